@@ -1,0 +1,76 @@
+"""The `decomp` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from decomp.errors import DecompError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="decomp: prune and partition neural networks, searched jointly, run in parallel.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+@app.callback()
+def _root() -> None:
+    """decomp: prune and partition neural networks, searched jointly, run in parallel."""
+
+
+@app.command()
+def graph(
+    model: Annotated[str, typer.Argument(help="torchvision:NAME, hf:MODEL_TYPE or python:pkg.module:factory")],
+    input_shape: Annotated[
+        Optional[list[str]], typer.Option("--input-shape", help="e.g. 1,3,224,224; repeat for several inputs")
+    ] = None,
+    depth: Annotated[Optional[int], typer.Option(help="group ops into blocks by this module depth")] = None,
+    blocks: Annotated[Optional[int], typer.Option(help="group ops into about this many blocks")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="a .safetensors file or a saved state dict")] = None,
+    tracer: Annotated[Optional[str], typer.Option(help="fx or export (default: what suits the spec)")] = None,
+    leaf_module: Annotated[
+        Optional[list[str]], typer.Option("--leaf-module", help="module class or path to keep whole (fx tracer)")
+    ] = None,
+    json_path: Annotated[
+        Optional[Path], typer.Option("--json", help="write the costed op graph as node-link JSON")
+    ] = None,
+    png: Annotated[Optional[Path], typer.Option(help="draw the block graph to this PNG")] = None,
+) -> None:
+    """Trace MODEL into a costed graph and summarise it per block."""
+    from cluster.render import auto_blocks, block_table, draw_blocks
+    from decomp.build import graph_of_spec
+    from decomp.specs import parse_input_shape
+
+    shapes = [parse_input_shape(s) for s in input_shape] if input_shape else None
+    with console.status(f"tracing {model} ..."):
+        op_graph = graph_of_spec(
+            model, weights=weights, input_shapes=shapes, tracer=tracer, leaf_modules=leaf_module or ()
+        )
+        block_graph = auto_blocks(op_graph) if depth is None and blocks is None else op_graph.coarsen(depth, blocks)
+    console.print(block_table(op_graph, block_graph))
+    if json_path is not None:
+        json_path.write_text(json.dumps(op_graph.to_json(), indent=1))
+        console.print(f"wrote {json_path}")
+    if png is not None:
+        draw_blocks(block_graph, png)
+        console.print(f"wrote {png}")
+
+
+def main() -> None:
+    """Console entry point: run the app and turn decomp errors into one clear message and exit code 2."""
+    try:
+        app()
+    except DecompError as err:
+        err_console.print(f"[bold red]error:[/] {type(err).__name__}: {err}", markup=True, highlight=False)
+        sys.exit(2)

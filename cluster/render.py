@@ -1,0 +1,86 @@
+"""Human-facing views of a model graph: the summary table and the block picture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import networkx as nx
+from rich.table import Table
+
+from decomp.coarsen import max_depth
+from decomp.graph import ModelGraph
+
+__all__ = ["auto_blocks", "block_table", "draw_blocks", "human"]
+
+_FIXED = ("placeholder", "output")
+
+
+def human(value: float, unit: str = "") -> str:
+    """1234567 -> '1.23M'; bytes use binary prefixes."""
+    base, prefixes = (1024.0, ["", "Ki", "Mi", "Gi", "Ti"]) if unit == "B" else (1000.0, ["", "K", "M", "G", "T"])
+    for prefix in prefixes:
+        if abs(value) < base or prefix == prefixes[-1]:
+            return f"{value:.0f}{prefix}{unit}" if prefix == "" else f"{value:.2f}{prefix}{unit}"
+        value /= base
+    return str(value)
+
+
+def auto_blocks(graph: ModelGraph, at_least: int = 8) -> ModelGraph:
+    """The shallowest module-depth coarsening with at least `at_least` compute blocks."""
+    deepest = max(max_depth(graph), 1)
+    for depth in range(1, deepest + 1):
+        blocks = graph.coarsen(depth=depth)
+        if sum(1 for n in blocks if blocks[n]["op"] not in _FIXED) >= at_least:
+            break
+    return blocks
+
+
+def block_table(op_graph: ModelGraph, block_graph: ModelGraph) -> Table:
+    totals = op_graph.totals
+    table = Table(
+        title=f"{op_graph.name}: {len(op_graph)} ops in {len(block_graph)} blocks (depth {block_graph.nx.graph['depth']})"
+    )
+    for column in ("block", "ops", "params", "MACs", "MACs %", "out bytes"):
+        table.add_column(column, justify="left" if column == "block" else "right")
+    for name in block_graph:
+        d = block_graph[name]
+        label = f"[dim]{name} ({d['op']})[/]" if d["op"] in _FIXED else name
+        share = f"{100 * d['macs'] / totals.macs:.1f}" if totals.macs else "-"
+        table.add_row(label, str(d["n_ops"]), human(d["params"]), human(d["macs"]), share, human(d["out_bytes"], "B"))
+    table.add_section()
+    table.add_row(
+        "[bold]total[/]",
+        str(len(op_graph)),
+        human(totals.params),
+        human(totals.macs),
+        "100.0",
+        f"{human(totals.activation_bytes, 'B')} act.",
+    )
+    table.caption = f"params {totals.params:,} | MACs {totals.macs:,} | activation bytes {totals.activation_bytes:,}"
+    return table
+
+
+def draw_blocks(graph: ModelGraph, path: str | Path) -> None:
+    """Draw the block graph left to right by topological generation, node size by MACs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    g = graph.nx.copy()
+    generations = list(nx.topological_generations(g))
+    for layer, nodes in enumerate(generations):
+        for n in nodes:
+            g.nodes[n]["layer"] = layer
+    pos = nx.multipartite_layout(g, subset_key="layer")
+    top = max((d["macs"] for _, d in g.nodes(data=True)), default=0) or 1
+    sizes = [200 + 1000 * d["macs"] / top for _, d in g.nodes(data=True)]
+    width = max(8.0, 0.9 * len(generations))
+    height = max(3.0, 1.2 * max(len(nodes) for nodes in generations))
+    fig, ax = plt.subplots(figsize=(width, height))
+    nx.draw_networkx(g, pos, ax=ax, node_size=sizes, font_size=7, node_color="#9ecae1", arrowsize=8)
+    ax.set_title(f"{graph.name}: blocks (size ~ MACs)")
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

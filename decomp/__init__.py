@@ -1,0 +1,26 @@
+"""decomp: model side of decomp. Tracing, the costed model graph, coarsening, model specs."""
+
+from decomp.build import build_graph, graph_from_module, graph_of_spec
+from decomp.errors import DecompError, GraphError, InputShapeError, SpecError, TracingError, WeightsError
+from decomp.graph import ModelGraph, Totals
+from decomp.specs import LoadedModel, ModelSpec, load_model, parse_spec
+from decomp.tracing import trace
+
+__all__ = [
+    "DecompError",
+    "GraphError",
+    "InputShapeError",
+    "LoadedModel",
+    "ModelGraph",
+    "ModelSpec",
+    "SpecError",
+    "Totals",
+    "TracingError",
+    "WeightsError",
+    "build_graph",
+    "graph_from_module",
+    "graph_of_spec",
+    "load_model",
+    "parse_spec",
+    "trace",
+]

@@ -1,0 +1,36 @@
+"""The error hierarchy: every user-facing failure is a `DecompError` that says what went wrong and how to fix it."""
+
+from __future__ import annotations
+
+__all__ = [
+    "DecompError",
+    "SpecError",
+    "WeightsError",
+    "TracingError",
+    "InputShapeError",
+    "GraphError",
+]
+
+
+class DecompError(Exception):
+    """Base class of every error decomp raises on purpose."""
+
+
+class SpecError(DecompError, ValueError):
+    """A model spec that cannot be parsed or resolved."""
+
+
+class WeightsError(DecompError):
+    """A weights file that cannot be read or does not fit the model."""
+
+
+class TracingError(DecompError):
+    """A model the tracer cannot capture as a graph."""
+
+
+class InputShapeError(DecompError, ValueError):
+    """Example inputs whose shape does not fit the model; names the layer that rejected them."""
+
+
+class GraphError(DecompError, ValueError):
+    """A graph operation asked for something the graph does not have (bad depth, block count, JSON)."""
