@@ -38,7 +38,8 @@ def auto_blocks(graph: ModelGraph, at_least: int = 8) -> ModelGraph:
 def block_table(op_graph: ModelGraph, block_graph: ModelGraph) -> Table:
     totals = op_graph.totals
     table = Table(
-        title=f"{op_graph.name}: {len(op_graph)} ops in {len(block_graph)} blocks (depth {block_graph.nx.graph['depth']})"
+        title=f"{op_graph.name}: {len(op_graph)} ops in {len(block_graph)} blocks "
+        f"(depth {block_graph.nx.graph['depth']})"
     )
     for column in ("block", "ops", "params", "MACs", "MACs %", "out bytes"):
         table.add_column(column, justify="left" if column == "block" else "right")

@@ -129,7 +129,10 @@ def build_graph(
     """Trace `model` on `example_inputs` and return its costed graph."""
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     gm = trace(model, inputs, tracer=tracer, leaf_modules=leaf_modules)
-    return graph_from_module(gm, name=name or type(model).__name__, tracer=tracer)
+    graph = graph_from_module(gm, name=name or type(model).__name__, tracer=tracer)
+    # parameters the traced forward never reads (e.g. auxiliary heads in eval mode)
+    graph.nx.graph["unused_params"] = _ParamLedger().take(model.parameters())[0] - graph.totals.params
+    return graph
 
 
 def graph_of_spec(

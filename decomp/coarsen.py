@@ -63,7 +63,7 @@ def _block_name(graph: ModelGraph, run: list[str], depth: int, taken: set[str]) 
     else:
         prefixes = [graph[n]["module"].split(".")[:depth] for n in run]
         common = []
-        for parts in zip(*prefixes):
+        for parts in zip(*prefixes, strict=False):  # stops at the shortest path
             if len(set(parts)) > 1:
                 break
             common.append(parts[0])

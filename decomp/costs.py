@@ -14,7 +14,12 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-__all__ = ["op_kind", "tensors_of", "node_macs"]
+__all__ = ["op_kind", "tensors_of", "node_macs", "is_opaque"]
+
+# functions from these modules are elementary ops: the rules below price them without running them
+_ELEMENTARY = ("torch", "_operator", "operator", "builtins", "math", "_tensor")
+# modules the rules price exactly (everything else with children is opaque and measured)
+_RULED_MODULES = (nn.modules.conv._ConvNd, nn.Linear, nn.Bilinear, nn.MultiheadAttention, nn.RNNBase)
 
 Shape = tuple[int, ...]
 
@@ -144,14 +149,25 @@ def _sdpa(node: fx.Node, gm: fx.GraphModule, out: Shape) -> int:
 
 
 def _einsum(node: fx.Node, gm: fx.GraphModule, out: Shape) -> int:
+    """numel(output) x the product of the summed-away dimensions (handles `...` and implicit output)."""
     equation, *operands = node.args
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
         operands = list(operands[0])
+    if len(operands) < 2:
+        return 0
+    lhs, arrow, rhs = equation.replace(" ", "").partition("->")
     sizes: dict[str, int] = {}
-    for spec, operand in zip(equation.split("->")[0].split(","), operands):
-        for letter, size in zip(spec.strip(), _shape(operand, gm) or ()):
-            sizes[letter] = size
-    return math.prod(sizes.values()) if len(operands) > 1 else 0
+    for spec, operand in zip(lhs.split(","), operands, strict=False):
+        shape = _shape(operand, gm) or ()
+        head, dots, tail = spec.partition("...")
+        if dots:
+            letters, dims = head + tail, shape[: len(head)] + shape[len(shape) - len(tail) :]
+        else:
+            letters, dims = spec, shape
+        sizes.update(zip(letters, dims, strict=False))
+    letters = lhs.replace(",", "").replace("...", "")
+    kept = set(rhs.replace("...", "")) if arrow else {c for c in letters if letters.count(c) == 1}
+    return _numel(out) * math.prod(size for letter, size in sizes.items() if letter not in kept)
 
 
 _FUNCTION_RULES: dict[str, Callable[[fx.Node, fx.GraphModule, Shape], int]] = {
@@ -169,8 +185,29 @@ _FUNCTION_RULES: dict[str, Callable[[fx.Node, fx.GraphModule, Shape], int]] = {
 }
 
 
+def is_opaque(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """True for nodes the rules cannot see into: user leaf modules, composite torch.nn modules
+    without a rule (e.g. TransformerEncoderLayer) and `torch.fx.wrap`-ped functions."""
+    if node.op == "call_module":
+        m = gm.get_submodule(node.target)
+        if isinstance(m, _RULED_MODULES):
+            return False
+        return not type(m).__module__.startswith("torch.nn") or next(m.children(), None) is not None
+    if node.op == "call_function":
+        if hasattr(node.target, "overloadpacket"):
+            return False
+        module = getattr(node.target, "__module__", None) or "builtins"
+        return module.split(".")[0] not in _ELEMENTARY
+    return False
+
+
 def node_macs(node: fx.Node, gm: fx.GraphModule, kind: str, out: Shape | None) -> int:
-    """Multiply-accumulates of one forward pass through `node`."""
+    """Multiply-accumulates of one forward pass through `node`.
+
+    Opaque nodes use the count measured while shapes were propagated (`meta['measured_macs']`).
+    """
+    if "measured_macs" in node.meta:
+        return int(node.meta["measured_macs"])
     if node.op == "call_module":
         return _module_macs(node, gm, out)
     rule = _FUNCTION_RULES.get(kind)

@@ -20,7 +20,8 @@ Edge attributes (u -> v: v reads a tensor that u produced)
   bytes         bytes that flow; a tensor read by several ops of one block counts once
 
 Graph attributes: name, tracer, level (`op` or `block`), inputs [{name, shape, dtype}],
-totals {params, macs, activation_bytes} (activation_bytes: every op output, inputs excluded), and
+totals {params, macs, activation_bytes} (params: those the traced forward reads; activation_bytes: every
+op output, inputs excluded), unused_params (parameters of the model the forward never reads), and
 for block graphs `depth` and `block_of` (op -> block).
 """
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,6 +179,8 @@ def _load_hf(spec: ModelSpec, input_shapes) -> LoadedModel:
 
 def _load_python(spec: ModelSpec, input_shapes) -> LoadedModel:
     mod_name, factory_name = spec.name.split(":")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` does: the user's own package in the current folder
     try:
         factory = getattr(importlib.import_module(mod_name), factory_name)
     except (ImportError, AttributeError) as err:

@@ -15,7 +15,10 @@ from collections.abc import Sequence
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
+from decomp.costs import is_opaque
 from decomp.errors import InputShapeError, TracingError
 
 __all__ = ["TRACERS", "trace"]
@@ -107,7 +110,14 @@ class _NamedShapeProp(ShapeProp):
 
     def run_node(self, n: fx.Node):
         try:
-            return super().run_node(n)
+            if not is_opaque(n, self.module):
+                return super().run_node(n)
+            # the cost rules cannot see inside: count its MACs with torch's counter (math SDPA so
+            # attention is counted on every backend)
+            with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+                result = super().run_node(n)
+            n.meta["measured_macs"] = counter.get_total_flops() // 2
+            return result
         except Exception as err:
             cause = err.__cause__ or err
             layer = n.target if n.op == "call_module" else _stack_path(n) or "<root>"
