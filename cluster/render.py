@@ -8,11 +8,9 @@ import networkx as nx
 from rich.table import Table
 
 from decomp.coarsen import max_depth
-from decomp.graph import ModelGraph
+from decomp.graph import IO_OPS, ModelGraph
 
 __all__ = ["auto_blocks", "block_table", "draw_blocks", "human"]
-
-_FIXED = ("placeholder", "output")
 
 
 def human(value: float, unit: str = "") -> str:
@@ -30,7 +28,7 @@ def auto_blocks(graph: ModelGraph, at_least: int = 8) -> ModelGraph:
     deepest = max(max_depth(graph), 1)
     for depth in range(1, deepest + 1):
         blocks = graph.coarsen(depth=depth)
-        if sum(1 for n in blocks if blocks[n]["op"] not in _FIXED) >= at_least:
+        if len(blocks.compute_nodes()) >= at_least:
             break
     return blocks
 
@@ -45,7 +43,7 @@ def block_table(op_graph: ModelGraph, block_graph: ModelGraph) -> Table:
         table.add_column(column, justify="left" if column == "block" else "right")
     for name in block_graph:
         d = block_graph[name]
-        label = f"[dim]{name} ({d['op']})[/]" if d["op"] in _FIXED else name
+        label = f"[dim]{name} ({d['op']})[/]" if d["op"] in IO_OPS else name
         share = f"{100 * d['macs'] / totals.macs:.1f}" if totals.macs else "-"
         table.add_row(label, str(d["n_ops"]), human(d["params"]), human(d["macs"]), share, human(d["out_bytes"], "B"))
     table.add_section()

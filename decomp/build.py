@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,8 +10,8 @@ import networkx as nx
 import torch
 from torch import fx, nn
 
-from decomp.costs import _resolve_attr, node_macs, node_tensors, op_kind
-from decomp.graph import ModelGraph
+from decomp.costs import module_path, node_macs, node_tensors, op_kind, resolve_attr
+from decomp.graph import IO_OPS, ModelGraph
 from decomp.specs import load_model
 from decomp.tracing import trace
 
@@ -19,15 +20,6 @@ __all__ = ["build_graph", "graph_from_module", "graph_of_spec"]
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def _module_path(node: fx.Node) -> str:
-    if node.op == "call_module":
-        return str(node.target)
-    if node.op == "get_attr":
-        return str(node.target).rpartition(".")[0]
-    stack = node.meta.get("nn_module_stack")
-    return list(stack.values())[-1][0] if stack else ""
 
 
 class _ParamLedger:
@@ -49,7 +41,7 @@ class _ParamLedger:
         params = []
         if node.op == "call_module":
             params.extend(gm.get_submodule(node.target).parameters())
-        params.extend(_resolve_attr(gm, a.target) for a in node.all_input_nodes if a.op == "get_attr")
+        params.extend(resolve_attr(gm, a.target) for a in node.all_input_nodes if a.op == "get_attr")
         return self.take(params)
 
 
@@ -75,7 +67,7 @@ def graph_from_module(gm: fx.GraphModule, name: str = "", tracer: str = "fx") ->
             op=node.op,
             kind=kind,
             target=str(node.target) if node.op != "call_function" else _function_name(node.target),
-            module=_module_path(node),
+            module=module_path(node),
             index=index,
             shape=(shapes[0] if len(shapes) == 1 else shapes) if shapes else None,
             dtype=_dtype_name(tensors[0][1]) if tensors else None,
@@ -98,18 +90,13 @@ def graph_from_module(gm: fx.GraphModule, name: str = "", tracer: str = "fx") ->
     g.graph["totals"] = {
         "params": sum(d["params"] for _, d in g.nodes(data=True)),
         "macs": sum(d["macs"] for _, d in g.nodes(data=True)),
-        "activation_bytes": sum(
-            d["out_bytes"] for _, d in g.nodes(data=True) if d["op"] not in ("placeholder", "output")
-        ),
+        "activation_bytes": sum(d["out_bytes"] for _, d in g.nodes(data=True) if d["op"] not in IO_OPS),
     }
     return ModelGraph(g)
 
 
 def _numel_bytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
-    count = 1
-    for d in shape:
-        count *= int(d)
-    return count * dtype.itemsize
+    return math.prod(shape) * dtype.itemsize
 
 
 def _function_name(target) -> str:

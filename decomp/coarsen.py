@@ -12,11 +12,9 @@ from __future__ import annotations
 import networkx as nx
 
 from decomp.errors import GraphError
-from decomp.graph import ModelGraph
+from decomp.graph import IO_OPS, ModelGraph
 
 __all__ = ["coarsen", "max_depth"]
-
-_FIXED = ("placeholder", "output")
 
 
 def max_depth(graph: ModelGraph) -> int:
@@ -29,11 +27,11 @@ def _runs(graph: ModelGraph, depth: int) -> list[list[str]]:
     last_key: object = None
     for name in graph.order():
         data = graph[name]
-        if data["op"] in _FIXED:
+        if data["op"] in IO_OPS:
             key: object = (data["op"], name)
         else:
             key = ".".join(data["module"].split(".")[:depth]) if data["module"] else ""
-        if key != last_key or data["op"] in _FIXED:
+        if key != last_key or data["op"] in IO_OPS:
             runs.append([])
         runs[-1].append(name)
         last_key = key
@@ -42,11 +40,11 @@ def _runs(graph: ModelGraph, depth: int) -> list[list[str]]:
 
 def _merge_to(graph: ModelGraph, runs: list[list[str]], blocks: int) -> list[list[str]]:
     macs = [sum(graph[n]["macs"] for n in run) for run in runs]
-    while sum(1 for run in runs if graph[run[0]]["op"] not in _FIXED) > blocks:
+    while _compute_count(graph, runs) > blocks:
         pairs = [
             (macs[i] + macs[i + 1], i)
             for i in range(len(runs) - 1)
-            if graph[runs[i][0]]["op"] not in _FIXED and graph[runs[i + 1][0]]["op"] not in _FIXED
+            if graph[runs[i][0]]["op"] not in IO_OPS and graph[runs[i + 1][0]]["op"] not in IO_OPS
         ]
         if not pairs:
             break
@@ -58,7 +56,7 @@ def _merge_to(graph: ModelGraph, runs: list[list[str]], blocks: int) -> list[lis
 
 def _block_name(graph: ModelGraph, run: list[str], depth: int, taken: set[str]) -> str:
     first = graph[run[0]]
-    if first["op"] in _FIXED:
+    if first["op"] in IO_OPS:
         base = run[0]
     else:
         prefixes = [graph[n]["module"].split(".")[:depth] for n in run]
@@ -99,7 +97,7 @@ def coarsen(graph: ModelGraph, depth: int | None = None, blocks: int | None = No
 
 
 def _compute_count(graph: ModelGraph, runs: list[list[str]]) -> int:
-    return sum(1 for run in runs if graph[run[0]]["op"] not in _FIXED)
+    return sum(1 for run in runs if graph[run[0]]["op"] not in IO_OPS)
 
 
 def _quotient(graph: ModelGraph, runs: list[list[str]], depth: int) -> ModelGraph:
@@ -111,7 +109,7 @@ def _quotient(graph: ModelGraph, runs: list[list[str]], depth: int) -> ModelGrap
         name = _block_name(graph, run, depth, taken)
         block_of.update((n, name) for n in run)
         first = graph[run[0]]
-        fixed = first["op"] in _FIXED
+        fixed = first["op"] in IO_OPS
         g.add_node(
             name,
             op=first["op"] if fixed else "block",

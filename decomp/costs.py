@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-__all__ = ["op_kind", "tensors_of", "node_macs", "is_opaque"]
+__all__ = ["op_kind", "module_path", "resolve_attr", "tensors_of", "node_tensors", "node_macs", "is_opaque"]
 
 # functions from these modules are elementary ops: the rules below price them without running them
 _ELEMENTARY = ("torch", "_operator", "operator", "builtins", "math", "_tensor")
@@ -34,6 +34,16 @@ def op_kind(node: fx.Node, gm: fx.GraphModule) -> str:
     if node.op == "call_method":
         return str(node.target)
     return node.op
+
+
+def module_path(node: fx.Node) -> str:
+    """Dotted path of the module an op belongs to ('' at the root), from the tracer's module stack."""
+    if node.op == "call_module":
+        return str(node.target)
+    if node.op == "get_attr":
+        return str(node.target).rpartition(".")[0]
+    stack = node.meta.get("nn_module_stack")
+    return list(stack.values())[-1][0] if stack else ""
 
 
 def tensors_of(value: Any) -> list[tuple[Shape, torch.dtype]]:
@@ -62,13 +72,14 @@ def _shape(arg: Any, gm: fx.GraphModule) -> Shape | None:
         if found:
             return found[0][0]
         if arg.op == "get_attr":
-            return tuple(_resolve_attr(gm, arg.target).shape)
+            return tuple(resolve_attr(gm, arg.target).shape)
     if isinstance(arg, torch.Tensor):
         return tuple(arg.shape)
     return None
 
 
-def _resolve_attr(gm: fx.GraphModule, target: str) -> Any:
+def resolve_attr(gm: fx.GraphModule, target: str) -> Any:
+    """The tensor or module a `get_attr` target names."""
     obj: Any = gm
     for part in target.split("."):
         obj = getattr(obj, part)

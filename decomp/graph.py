@@ -36,9 +36,10 @@ import networkx as nx
 
 from decomp.errors import GraphError
 
-__all__ = ["ModelGraph", "Totals", "SCHEMA_VERSION"]
+__all__ = ["IO_OPS", "ModelGraph", "Totals", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
+IO_OPS = ("placeholder", "output")  # graph inputs and the output: never merged into blocks
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,10 @@ class ModelGraph:
     def order(self) -> list[str]:
         """Node ids in topological order (the traced program order)."""
         return sorted(self.nx.nodes, key=lambda n: self.nx.nodes[n]["index"])
+
+    def compute_nodes(self) -> list[str]:
+        """Node ids in topological order, without the graph's inputs and output."""
+        return [n for n in self.order() if self.nx.nodes[n]["op"] not in IO_OPS]
 
     def sum(self, attribute: str) -> int:
         return sum(d.get(attribute, 0) for _, d in self.nx.nodes(data=True))

@@ -18,7 +18,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from decomp.costs import is_opaque
+from decomp.costs import is_opaque, module_path
 from decomp.errors import InputShapeError, TracingError
 
 __all__ = ["TRACERS", "trace"]
@@ -120,20 +120,13 @@ class _NamedShapeProp(ShapeProp):
             return result
         except Exception as err:
             cause = err.__cause__ or err
-            layer = n.target if n.op == "call_module" else _stack_path(n) or "<root>"
+            layer = n.target if n.op == "call_module" else module_path(n) or "<root>"
             kind = type(self.module.get_submodule(n.target)).__name__ if n.op == "call_module" else str(n.target)
             shapes = [tuple(a.shape) for a in self.fetch_args_kwargs_from_env(n)[0] if isinstance(a, torch.Tensor)]
             raise InputShapeError(
                 f"layer {layer} ({kind}) rejected its input of shape {shapes}: {cause}\n"
                 "Check --input-shape: give the shape the model expects (e.g. 1,3,224,224 for ImageNet models)."
             ) from cause
-
-
-def _stack_path(n: fx.Node) -> str:
-    stack = n.meta.get("nn_module_stack")
-    if not stack:
-        return ""
-    return list(stack.values())[-1][0]
 
 
 def _propagate_shapes(gm: fx.GraphModule, example_inputs: tuple[torch.Tensor, ...]) -> None:
