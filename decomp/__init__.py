@@ -1,7 +1,15 @@
 """decomp: model side of decomp. Tracing, the costed model graph, coarsening, model specs."""
 
 from decomp.build import build_graph, graph_from_module, graph_of_spec
-from decomp.errors import DecompError, GraphError, InputShapeError, SpecError, TracingError, WeightsError
+from decomp.errors import (
+    DecompError,
+    GraphError,
+    InputShapeError,
+    InvalidPlanError,
+    SpecError,
+    TracingError,
+    WeightsError,
+)
 from decomp.graph import ModelGraph, Totals
 from decomp.specs import LoadedModel, ModelSpec, load_model, parse_spec
 from decomp.tracing import trace
@@ -10,6 +18,7 @@ __all__ = [
     "DecompError",
     "GraphError",
     "InputShapeError",
+    "InvalidPlanError",
     "LoadedModel",
     "ModelGraph",
     "ModelSpec",

@@ -9,6 +9,7 @@ __all__ = [
     "TracingError",
     "InputShapeError",
     "GraphError",
+    "InvalidPlanError",
 ]
 
 
@@ -34,3 +35,7 @@ class InputShapeError(DecompError, ValueError):
 
 class GraphError(DecompError, ValueError):
     """A graph operation asked for something the graph does not have (bad depth, block count, JSON)."""
+
+
+class InvalidPlanError(DecompError, ValueError):
+    """A pruning or partition plan that does not fit the graph or breaks a rule."""

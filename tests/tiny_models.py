@@ -20,7 +20,7 @@ class Branches(nn.Module):
 
 
 class TinyNet(nn.Module):
-    """stem conv -> depthwise conv + residual add -> concat branches -> pool -> flatten -> linear."""
+    """stem conv -> depthwise conv + residual add -> concat branches -> 1x1 fuse -> pool -> flatten -> linear."""
 
     def __init__(self, classes: int = 10) -> None:
         super().__init__()
@@ -28,13 +28,14 @@ class TinyNet(nn.Module):
         self.bn = nn.BatchNorm2d(8)
         self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
         self.branches = Branches(8)
+        self.fuse = nn.Conv2d(16, 8, 1)
         self.pool = nn.AdaptiveAvgPool2d(2)
-        self.fc = nn.Linear(16 * 2 * 2, classes)
+        self.fc = nn.Linear(8 * 2 * 2, classes)
 
     def forward(self, x):
         x = F.relu(self.bn(self.stem(x)))
         x = x + self.dw(x)
-        x = self.branches(x)
+        x = self.fuse(self.branches(x))
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
@@ -45,8 +46,9 @@ def tiny_macs(h: int = 8, w: int = 8, classes: int = 10) -> int:
     dw = positions * 8 * 1 * 9
     left = positions * 8 * 8
     right = positions * 8 * 8 * 9
-    fc = classes * 64
-    return stem + dw + left + right + fc
+    fuse = positions * 8 * 16
+    fc = classes * 32
+    return stem + dw + left + right + fuse + fc
 
 
 def tiny_net(classes: int = 10):

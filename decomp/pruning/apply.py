@@ -1,0 +1,222 @@
+"""Apply a `PruningPlan`: physically (channels removed, a smaller module) or as masks (shapes kept).
+
+Structured pruning runs Torch-Pruning on a float64 copy of the model whose every parameter and
+buffer element holds its own flat index. After pruning, each surviving tensor lists exactly which
+original elements it kept: the physical model takes those values from the original, and the mask
+of every parameter follows for free, for any layer type Torch-Pruning can prune.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.utils.prune as torch_prune
+from torch import nn
+
+from decomp.errors import InvalidPlanError
+from decomp.pruning.fixups import sync_attributes
+from decomp.pruning.groups import GroupIndex, find_groups
+from decomp.pruning.importance import channel_importance
+from decomp.pruning.plan import GroupChoice, LayerSparsity, PruningPlan, parse_pattern
+
+__all__ = ["PrunedModel", "apply_plan", "resolve_plan", "MODES"]
+
+MODES = ("physical", "mask")
+
+
+@dataclass
+class PrunedModel:
+    """The result of applying a plan. `plan` has explicit kept indices, so it re-applies exactly."""
+
+    module: nn.Module
+    plan: PruningPlan
+    mode: str
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)  # parameter -> bool mask over the original
+
+    def sparsity(self) -> float:
+        """Share of the original parameters removed or masked to zero."""
+        total = sum(m.numel() for m in self.masks.values())
+        return 1.0 - sum(int(m.sum()) for m in self.masks.values()) / total if total else 0.0
+
+
+def resolve_plan(plan: PruningPlan, index: GroupIndex) -> PruningPlan:
+    """Check the plan against the model's groups and turn keep ratios into explicit channel indices."""
+    resolved = []
+    for choice in plan.groups:
+        if choice.group not in index:
+            known = ", ".join(list(index.groups)[:6])
+            raise InvalidPlanError(f"the model has no coupling group {choice.group!r} (groups: {known}, ...)")
+        group = index[choice.group]
+        if choice.keep is not None:
+            _check_keep(choice, group)
+            resolved.append(choice)
+            continue
+        # rank positions within one slice (a grouped conv's channel slice; the whole group when 1)
+        width = group.channels // group.slices
+        count = choice.kept_count(width, max(1, math.lcm(plan.round_to, group.multiple) // group.slices))
+        scores = channel_importance(index, choice.group, plan.criterion).view(group.slices, width).mean(0)
+        positions = torch.topk(scores, count).indices.sort().values.tolist()
+        keep = [s * width + p for s in range(group.slices) for p in positions]
+        resolved.append(GroupChoice(choice.group, keep=tuple(keep)))
+    return PruningPlan(groups=tuple(resolved), layers=plan.layers, criterion=plan.criterion, round_to=plan.round_to)
+
+
+def _check_keep(choice: GroupChoice, group) -> None:
+    bad = [i for i in choice.keep if not 0 <= i < group.channels]
+    if bad:
+        raise InvalidPlanError(f"group {group.id} has {group.channels} channels; kept indices {bad[:5]} do not exist")
+    if not choice.keep:
+        raise InvalidPlanError(f"the plan removes every channel of group {group.id}; keep at least one")
+    width = group.channels // group.slices
+    per_slice = [
+        sorted(i - s * width for i in choice.keep if s * width <= i < (s + 1) * width) for s in range(group.slices)
+    ]
+    if len(choice.keep) % group.multiple:
+        raise InvalidPlanError(
+            f"group {group.id} feeds attention with {group.multiple} heads; "
+            f"keep a multiple of {group.multiple} channels"
+        )
+    if any(p != per_slice[0] for p in per_slice):
+        raise InvalidPlanError(
+            f"group {group.id} runs through a grouped convolution with {group.slices} slices of {width} channels; "
+            "keep the same positions in every slice"
+        )
+
+
+def _encode(model: nn.Module) -> nn.Module:
+    encoded = copy.deepcopy(model).double()
+    with torch.no_grad():
+        for tensor in [*encoded.parameters(), *encoded.buffers()]:
+            if tensor.is_floating_point():
+                tensor.copy_(torch.arange(tensor.numel(), dtype=torch.float64).view_as(tensor))
+    return encoded
+
+
+def _decode(encoded: nn.Module, original: nn.Module) -> dict[str, torch.Tensor]:
+    """Fill the pruned encoded copy with the original values; return each parameter's keep mask."""
+    masks = {}
+    sources = dict(original.named_parameters()) | dict(original.named_buffers())
+    with torch.no_grad():
+        named = list(encoded.named_parameters()) + list(encoded.named_buffers())
+        for name, tensor in named:
+            source = sources[name]
+            if not source.is_floating_point():
+                continue
+            kept = tensor.detach().long().flatten()
+            tensor.data = source.detach().flatten()[kept].view(tensor.shape).clone()
+            if isinstance(tensor, nn.Parameter):
+                mask = torch.zeros(source.numel(), dtype=torch.bool)
+                mask[kept] = True
+                masks[name] = mask.view(source.shape)
+    return masks
+
+
+def _structured(model: nn.Module, inputs: tuple[torch.Tensor, ...], plan: PruningPlan):
+    encoded = _encode(model)
+    doubled = tuple(x.double() if x.is_floating_point() else x for x in inputs)
+    index = find_groups(encoded, doubled, keep_output=False)
+    for choice in plan.groups:
+        removed = sorted(set(range(index[choice.group].channels)) - set(choice.keep))
+        if removed:
+            index.tp_group(choice.group, removed).prune()
+    sync_attributes(encoded)
+    return encoded, _decode(encoded, model)
+
+
+def _layer_mask(weight: torch.Tensor, item: LayerSparsity) -> torch.Tensor:
+    flat = weight.detach().abs()
+    if item.sparsity is not None:
+        keep = flat.numel() - int(round(item.sparsity * flat.numel()))
+        mask = torch.zeros(flat.numel(), dtype=torch.bool)
+        mask[torch.topk(flat.flatten(), keep).indices] = True
+        return mask.view(weight.shape)
+    n, m = parse_pattern(item.pattern)
+    rows = flat.reshape(flat.shape[0], -1)
+    if rows.shape[1] % m:
+        raise InvalidPlanError(
+            f"layer {item.layer} has {rows.shape[1]} inputs per output, "
+            f"not a multiple of M={m} for pattern {item.pattern}"
+        )
+    blocks = rows.reshape(rows.shape[0], -1, m)
+    mask = torch.zeros_like(blocks, dtype=torch.bool).scatter_(-1, blocks.topk(n, dim=-1).indices, True)
+    return mask.view(weight.shape)
+
+
+def _combine(structural: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+    """Map a mask over a (possibly shrunk) weight back onto the original weight's shape."""
+    if structural is None:
+        return mask
+    combined = structural.clone().flatten()
+    combined[combined.nonzero().flatten()] = mask.flatten()  # survivors keep their row-major order
+    return combined.view(structural.shape)
+
+
+def _sparsify(physical: nn.Module, plan: PruningPlan, masks: dict[str, torch.Tensor]) -> None:
+    """Zero the weights the plan's layer sparsities remove (on the structurally pruned model)."""
+    layers = dict(physical.named_modules())
+    for item in plan.layers:
+        layer = layers.get(item.layer)
+        if layer is None or not isinstance(getattr(layer, "weight", None), torch.Tensor):
+            raise InvalidPlanError(f"the model has no layer {item.layer!r} with a weight to sparsify")
+        mask = _layer_mask(layer.weight, item)
+        with torch.no_grad():
+            layer.weight.mul_(mask)
+        name = f"{item.layer}.weight"
+        masks[name] = _combine(masks.get(name), mask)
+
+
+def apply_plan(
+    model: nn.Module, plan: PruningPlan, example_inputs: tuple[torch.Tensor, ...], mode: str = "physical"
+) -> PrunedModel:
+    """Apply `plan` to a copy of `model` (left untouched). `physical` removes channels; `mask` zeroes
+    them through `torch.nn.utils.prune` masks (weights kept under `*_orig`, shapes unchanged)."""
+    if mode not in MODES:
+        raise InvalidPlanError(f"unknown pruning mode {mode!r}; choose one of {', '.join(MODES)}")
+    model.eval()
+    inputs = tuple(example_inputs)
+    resolved = resolve_plan(plan, find_groups(model, inputs)) if plan.groups else plan
+    if resolved.groups:
+        physical, masks = _structured(model, inputs, resolved)
+    else:
+        physical, masks = copy.deepcopy(model), {}
+    _sparsify(physical, resolved, masks)
+    if mode == "physical":
+        result = physical.eval()
+    else:
+        result = copy.deepcopy(model).eval()
+        layers = dict(result.named_modules())
+        for name, mask in masks.items():
+            owner, _, pname = name.rpartition(".")
+            if not bool(mask.all()):
+                torch_prune.custom_from_mask(layers[owner], pname, mask)
+    _check_runs(result, model, inputs, resolved)
+    return PrunedModel(result, resolved, mode, masks)
+
+
+def _check_runs(pruned: nn.Module, model: nn.Module, inputs: tuple[torch.Tensor, ...], plan: PruningPlan) -> None:
+    with torch.no_grad():
+        expected = model(*inputs)
+        try:
+            got = pruned(*inputs)
+        except RuntimeError as err:
+            groups = ", ".join(c.group for c in plan.groups[:5])
+            raise InvalidPlanError(
+                f"the pruned model does not run ({err}); Torch-Pruning coupled a group wrongly "
+                f"(groups in the plan: {groups}...). Leave the failing group out of the plan."
+            ) from err
+    shapes = [tuple(t.shape) for t in _tensors(expected)], [tuple(t.shape) for t in _tensors(got)]
+    if shapes[0] != shapes[1]:
+        raise InvalidPlanError(f"pruning changed the model's output shapes from {shapes[0]} to {shapes[1]}")
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []

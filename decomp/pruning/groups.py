@@ -1,0 +1,138 @@
+"""Coupling groups for structured pruning, from Torch-Pruning's dependency graph.
+
+A group is a set of channels that must be removed together: the output channels of a layer, the
+BatchNorm/LayerNorm after it, every layer coupled through residual adds, concats and splits, and
+the matching input channels of the layers that read them. Each group is named by its root layer
+(the layer whose output channels it prunes first). Groups whose channels reach the model's output
+(e.g. the classifier's classes) are left out: pruning them would change what the model returns.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from decomp.errors import TracingError
+
+__all__ = ["CouplingGroup", "GroupIndex", "find_groups", "ROOT_TYPES"]
+
+ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+@dataclass(frozen=True)
+class CouplingGroup:
+    """Channels that are pruned together. `layers` lists (module path, 'out' | 'in') per coupled layer.
+
+    `slices` > 1 when a grouped convolution runs through the group: its channels form `slices` equal
+    slices, and a removal must take the same positions from every slice. `multiple`: the kept count
+    must be a multiple of it (an attention layer's head count, so every head keeps the same width).
+    """
+
+    id: str
+    channels: int
+    layers: tuple[tuple[str, str], ...]
+    slices: int = 1
+    multiple: int = 1
+
+    @property
+    def producers(self) -> tuple[str, ...]:
+        """Modules whose output channels are these channels."""
+        return tuple(path for path, side in self.layers if side == "out")
+
+
+class GroupIndex:
+    """The coupling groups of one model, with the dependency graph that found them."""
+
+    def __init__(self, model: nn.Module, dependency_graph: tp.DependencyGraph, groups: dict[str, CouplingGroup]):
+        self.model = model
+        self.dg = dependency_graph
+        self.groups = groups
+        self._modules = dict(model.named_modules())
+
+    def __iter__(self):
+        return iter(self.groups.values())
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __contains__(self, group_id: str) -> bool:
+        return group_id in self.groups
+
+    def __getitem__(self, group_id: str) -> CouplingGroup:
+        return self.groups[group_id]
+
+    def tp_group(self, group_id: str, idxs: list[int] | None = None) -> tp.Group:
+        """The Torch-Pruning group rooted at `group_id`'s layer, for the given channel indices."""
+        root = self._modules[group_id]
+        idxs = list(range(self.groups[group_id].channels)) if idxs is None else idxs
+        return self.dg.get_pruning_group(root, self.dg.get_pruner_of_module(root).prune_out_channels, idxs)
+
+
+def _side(handler) -> str:
+    return "in" if handler.__name__.endswith("in_channels") else "out"
+
+
+def _output_modules(dg: tp.DependencyGraph, model: nn.Module) -> set[nn.Module]:
+    """Layers whose output reaches the model's output through parameter-free ops only."""
+    own = {id(m) for m in model.modules()}
+
+    def reaches_end(node, seen) -> bool:
+        if not node.outputs:
+            return True
+        for nxt in node.outputs:
+            if id(nxt.module) in own or id(nxt) in seen:
+                continue
+            seen.add(id(nxt))
+            if reaches_end(nxt, seen):
+                return True
+        return False
+
+    return {node.module for node in dg.module2node.values() if id(node.module) in own and reaches_end(node, set())}
+
+
+def find_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], keep_output: bool = True) -> GroupIndex:
+    """Find the prunable coupling groups of `model` (in eval mode) on `example_inputs`."""
+    model.eval()
+    names = {id(m): n for n, m in model.named_modules()}
+    names.update((id(p), n) for n, p in model.named_parameters())
+    inputs = tuple(example_inputs)
+    try:
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs if len(inputs) > 1 else inputs[0])
+    except Exception as err:  # noqa: BLE001 - any failure of the dependency tracer
+        raise TracingError(
+            f"cannot find coupling groups of {type(model).__name__}: {type(err).__name__}: {err}. "
+            "Check the example inputs; structured pruning needs a model Torch-Pruning can trace."
+        ) from err
+    outputs = {id(m) for m in _output_modules(dg, model)} if keep_output else set()
+    modules = dict(model.named_modules())
+    order = {name: i for i, name in enumerate(modules)}
+    groups: dict[str, CouplingGroup] = {}
+    for group in dg.get_all_groups(root_module_types=list(ROOT_TYPES)):
+        layers: list[tuple[str, str]] = []
+        for item in group:
+            target, side = item.dep.target.module, _side(item.dep.handler)
+            if side == "out" and id(target) in outputs:
+                break  # these channels are the model's output channels
+            if id(target) in names and (names[id(target)], side) not in layers:
+                layers.append((names[id(target)], side))
+        else:
+            # named by its first producer layer in definition order, so the name does not depend
+            # on the order Torch-Pruning happened to visit the group
+            roots = [p for p, side in layers if side == "out" and isinstance(modules.get(p), ROOT_TYPES)]
+            root = min(roots, key=order.__getitem__)
+            targets = [item.dep.target.module for item in group]
+            slices = max((_conv_slices(t) for t in targets), default=1)
+            multiple = math.lcm(1, *(t.num_heads for t in targets if isinstance(t, nn.MultiheadAttention)))
+            groups[root] = CouplingGroup(root, len(group[0].idxs), tuple(layers), slices, multiple)
+    return GroupIndex(model, dg, dict(sorted(groups.items(), key=lambda kv: order[kv[0]])))
+
+
+def _conv_slices(module) -> int:
+    """Channel slices a grouped (not depthwise) convolution imposes."""
+    if isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups != module.in_channels:
+        return module.groups
+    return 1
