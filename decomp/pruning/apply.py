@@ -19,6 +19,7 @@ from torch import nn
 from decomp.errors import InvalidPlanError
 from decomp.pruning.fixups import sync_attributes
 from decomp.pruning.groups import GroupIndex, find_groups
+from decomp.pruning.heads import prune_heads
 from decomp.pruning.importance import channel_importance
 from decomp.pruning.plan import GroupChoice, LayerSparsity, PruningPlan, parse_pattern
 
@@ -120,7 +121,9 @@ def _structured(model: nn.Module, inputs: tuple[torch.Tensor, ...], plan: Prunin
     index = find_groups(encoded, doubled, keep_output=False)
     for choice in plan.groups:
         removed = sorted(set(range(index[choice.group].channels)) - set(choice.keep))
-        if removed:
+        if removed and index[choice.group].kind == "heads":
+            prune_heads(encoded.get_submodule(choice.group), list(choice.keep))
+        elif removed:
             index.tp_group(choice.group, removed).prune()
     sync_attributes(encoded)
     return encoded, _decode(encoded, model)

@@ -17,6 +17,8 @@ import torch_pruning as tp
 from torch import nn
 
 from decomp.errors import TracingError
+from decomp.pruning.heads import head_layout
+from decomp.pruning.layers import custom_pruners, custom_root_types
 
 __all__ = ["CouplingGroup", "GroupIndex", "find_groups", "ROOT_TYPES"]
 
@@ -27,6 +29,8 @@ ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 class CouplingGroup:
     """Channels that are pruned together. `layers` lists (module path, 'out' | 'in') per coupled layer.
 
+    `kind` is `channels` (a Torch-Pruning group) or `heads` (an attention module's heads, `channels`
+    then counts heads, removed whole).
     `slices` > 1 when a grouped convolution runs through the group: its channels form `slices` equal
     slices, and a removal must take the same positions from every slice. `multiple`: the kept count
     must be a multiple of it (an attention layer's head count, so every head keeps the same width).
@@ -37,6 +41,7 @@ class CouplingGroup:
     layers: tuple[tuple[str, str], ...]
     slices: int = 1
     multiple: int = 1
+    kind: str = "channels"
 
     @property
     def producers(self) -> tuple[str, ...]:
@@ -101,7 +106,9 @@ def find_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], keep
     names.update((id(p), n) for n, p in model.named_parameters())
     inputs = tuple(example_inputs)
     try:
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs if len(inputs) > 1 else inputs[0])
+        dg = tp.DependencyGraph().build_dependency(
+            model, example_inputs=inputs if len(inputs) > 1 else inputs[0], customized_pruners=custom_pruners(model)
+        )
     except Exception as err:  # noqa: BLE001 - any failure of the dependency tracer
         raise TracingError(
             f"cannot find coupling groups of {type(model).__name__}: {type(err).__name__}: {err}. "
@@ -111,7 +118,8 @@ def find_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], keep
     modules = dict(model.named_modules())
     order = {name: i for i, name in enumerate(modules)}
     groups: dict[str, CouplingGroup] = {}
-    for group in dg.get_all_groups(root_module_types=list(ROOT_TYPES)):
+    roots = (*ROOT_TYPES, *custom_root_types())
+    for group in dg.get_all_groups(root_module_types=list(roots)):
         layers: list[tuple[str, str]] = []
         for item in group:
             target, side = item.dep.target.module, _side(item.dep.handler)
@@ -122,13 +130,27 @@ def find_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], keep
         else:
             # named by its first producer layer in definition order, so the name does not depend
             # on the order Torch-Pruning happened to visit the group
-            roots = [p for p, side in layers if side == "out" and isinstance(modules.get(p), ROOT_TYPES)]
-            root = min(roots, key=order.__getitem__)
+            producers = [p for p, side in layers if side == "out" and isinstance(modules.get(p), roots)]
+            root = min(producers, key=order.__getitem__)
             targets = [item.dep.target.module for item in group]
             slices = max((_conv_slices(t) for t in targets), default=1)
             multiple = math.lcm(1, *(t.num_heads for t in targets if isinstance(t, nn.MultiheadAttention)))
             groups[root] = CouplingGroup(root, len(group[0].idxs), tuple(layers), slices, multiple)
+    _add_head_groups(modules, groups)
     return GroupIndex(model, dg, dict(sorted(groups.items(), key=lambda kv: order[kv[0]])))
+
+
+def _add_head_groups(modules: dict[str, nn.Module], groups: dict[str, CouplingGroup]) -> None:
+    """Replace Torch-Pruning's groups inside known attention modules by one group of whole heads."""
+    for path, module in modules.items():
+        layout = head_layout(module)
+        if layout is None:
+            continue
+        owned = {f"{path}.{child}" for child in layout.owned}
+        for gid in [g.id for g in groups.values() if owned & set(g.producers)]:
+            del groups[gid]
+        layers = tuple(sorted({(f"{path}.{name.rpartition('.')[0]}", "heads") for name, _, _ in layout.slices(module)}))
+        groups[path] = CouplingGroup(path, layout.heads(module), layers, kind="heads")
 
 
 def _conv_slices(module) -> int:

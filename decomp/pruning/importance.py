@@ -10,6 +10,8 @@ from torch import nn
 
 from decomp.errors import InvalidPlanError
 from decomp.pruning.groups import GroupIndex
+from decomp.pruning.heads import head_importance
+from decomp.pruning.layers import weight_dims
 from decomp.pruning.plan import CRITERIA, GroupChoice, PruningPlan
 
 __all__ = ["channel_importance", "plan_for_ratio", "accumulate_gradients"]
@@ -38,6 +40,10 @@ def channel_importance(index: GroupIndex, group_id: str, criterion: str = "l1") 
     """One score per channel of the group (higher = more important)."""
     if criterion not in CRITERIA:
         raise InvalidPlanError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    if index[group_id].kind == "heads":
+        if criterion not in ("l1", "l2"):
+            raise InvalidPlanError(f"attention head group {group_id} is ranked by l1 or l2, not {criterion}")
+        return head_importance(index.model.get_submodule(group_id), p=1 if criterion == "l1" else 2)
     group = index.tp_group(group_id)
     if criterion == "taylor" and any(
         p.grad is None for item in group for p in getattr(item.dep.target.module, "parameters", lambda: [])()
@@ -47,12 +53,27 @@ def channel_importance(index: GroupIndex, group_id: str, criterion: str = "l1") 
         )
     with torch.no_grad():
         scores = _MAKERS[criterion]()(group)
+        if criterion in ("l1", "l2"):
+            scores = _add_custom_layers(group, scores, p=1 if criterion == "l1" else 2)
     if scores is None:
         raise InvalidPlanError(
             f"criterion {criterion} cannot rank group {group_id} (e.g. bn_scale needs a BatchNorm in the group); "
             "choose l1, l2 or fpgm"
         )
     return scores.detach().float()
+
+
+def _add_custom_layers(group, scores: torch.Tensor | None, p: int) -> torch.Tensor | None:
+    """Magnitude of the group's layers Torch-Pruning's criteria skip (e.g. transformers' Conv1D)."""
+    for item in group:
+        layer = item.dep.target.module
+        dims = weight_dims(layer)
+        if dims is None:
+            continue
+        dim = dims[0] if item.dep.handler.__name__.endswith("out_channels") else dims[1]
+        norms = layer.weight.detach().abs().pow(p).sum(dim=1 - dim)[item.idxs]
+        scores = norms if scores is None else scores + norms
+    return scores
 
 
 def plan_for_ratio(

@@ -42,3 +42,21 @@ def test_half_channels_gives_a_smaller_model_that_runs_and_retraces(name):
         masked = apply_plan(model, pruned.plan, (x,), "mask")
         with torch.no_grad():
             torch.testing.assert_close(masked.module(x), out, atol=1e-4, rtol=1e-4)
+
+
+def test_gpt2_half_heads_and_mlp_channels():
+    from decomp import load_model
+
+    loaded = load_model("hf:gpt2", input_shapes=[(1, 32)])
+    model, inputs = loaded.module, loaded.example_inputs
+    index = find_groups(model, inputs)
+    assert sum(g.kind == "heads" for g in index) == 12 and len(index) == 24
+    pruned = apply_plan(model, plan_for_ratio(index, 0.5), inputs, "physical")
+    with torch.no_grad():
+        out = pruned.module(*inputs).last_hidden_state
+    assert out.shape == (1, 32, 768)
+    assert all(block.attn.num_heads == 6 and block.mlp.c_fc.nf == 1536 for block in pruned.module.h)
+    before = build_graph(model, inputs, tracer="export")
+    after = build_graph(pruned.module, inputs, tracer="export")
+    assert after.totals.macs == pytest.approx(before.totals.macs / 2, rel=0.01)  # all MACs are in the blocks
+    assert after.totals.params < before.totals.params - 12 * 3_500_000

@@ -1,0 +1,65 @@
+"""Attention heads removed whole, and transformers' Conv1D layers, on a tiny GPT-2 built from its config."""
+
+import pytest
+import torch
+
+from decomp import InvalidPlanError, build_graph, load_model
+from decomp.pruning import GroupChoice, PruningPlan, apply_plan, channel_importance, find_groups, plan_for_ratio
+
+SPEC = "hf:gpt2?n_layer=2&n_embd=32&n_head=4&vocab_size=50&n_positions=16"
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    loaded = load_model(SPEC, input_shapes=[(2, 8)])
+    return loaded.module, loaded.example_inputs
+
+
+def _hidden(module, inputs):
+    with torch.no_grad():
+        return module(*inputs).last_hidden_state
+
+
+def test_groups_are_heads_and_mlp_channels_not_the_residual_stream(gpt2):
+    model, inputs = gpt2
+    groups = {g.id: g for g in find_groups(model, inputs)}
+    assert set(groups) == {"h.0.attn", "h.0.mlp.c_fc", "h.1.attn", "h.1.mlp.c_fc"}
+    assert groups["h.0.attn"].kind == "heads" and groups["h.0.attn"].channels == 4
+    assert groups["h.0.mlp.c_fc"].layers == (("h.0.mlp.c_fc", "out"), ("h.0.mlp.c_proj", "in"))
+
+
+def test_removing_heads_matches_masking_them(gpt2):
+    model, inputs = gpt2
+    plan = PruningPlan(groups=(GroupChoice("h.0.attn", keep=(1, 3)), GroupChoice("h.1.mlp.c_fc", keep_ratio=0.25)))
+    physical, masked = apply_plan(model, plan, inputs, "physical"), apply_plan(model, plan, inputs, "mask")
+    attn = physical.module.h[0].attn
+    assert attn.num_heads == 2 and attn.c_attn.weight.shape == (32, 3 * 16) and attn.c_proj.weight.shape == (16, 32)
+    assert physical.module.h[1].mlp.c_fc.weight.shape == (32, 32)
+    torch.testing.assert_close(_hidden(physical.module, inputs), _hidden(masked.module, inputs), atol=1e-5, rtol=1e-4)
+    q_cols = model.h[0].attn.c_attn.weight[:, 8:16]  # head 1 of 4, head_dim 8, query block
+    assert torch.equal(attn.c_attn.weight[:, :8], q_cols)
+    k_cols = model.h[0].attn.c_attn.weight[:, 32 + 24 : 32 + 32]  # head 3's keys follow the kept queries
+    assert torch.equal(attn.c_attn.weight[:, 24:32], k_cols)
+
+
+def test_half_ratio_retraces_with_export_and_halves_block_macs(gpt2):
+    model, inputs = gpt2
+    pruned = apply_plan(model, plan_for_ratio(find_groups(model, inputs), 0.5), inputs)
+    assert _hidden(pruned.module, inputs).shape == (2, 8, 32)
+    before = build_graph(model, inputs, tracer="export")
+    after = build_graph(pruned.module, inputs, tracer="export")
+    assert after.totals.macs == pytest.approx(before.totals.macs / 2, rel=0.01)
+
+
+def test_heads_rank_by_weight_magnitude(gpt2):
+    model, inputs = gpt2
+    index = find_groups(model, inputs)
+    with torch.no_grad():
+        model.h[1].attn.c_proj.weight[16:24].mul_(50)  # head 2's output rows
+    try:
+        assert int(channel_importance(index, "h.1.attn", "l1").argmax()) == 2
+        with pytest.raises(InvalidPlanError, match="ranked by l1 or l2, not fpgm"):
+            channel_importance(index, "h.1.attn", "fpgm")
+    finally:
+        with torch.no_grad():
+            model.h[1].attn.c_proj.weight[16:24].div_(50)
