@@ -13,6 +13,8 @@ Node attributes
   params        parameters owned by the op (each shared parameter counted once, at its first use)
   param_bytes   bytes of those parameters
   macs          multiply-accumulates of one forward pass (see decomp.costs)
+  group         (optional, set by decomp.pruning.annotate_graph) the coupling group whose channels
+                this op's parameters produce; graph attribute `groups` then describes every group
   blocks only:  members (op names, topological order), n_ops, activation_bytes (outputs of the members)
 
 Edge attributes (u -> v: v reads a tensor that u produced)

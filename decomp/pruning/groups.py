@@ -17,10 +17,11 @@ import torch_pruning as tp
 from torch import nn
 
 from decomp.errors import TracingError
+from decomp.graph import ModelGraph
 from decomp.pruning.heads import head_layout
 from decomp.pruning.layers import custom_pruners, custom_root_types
 
-__all__ = ["CouplingGroup", "GroupIndex", "find_groups", "ROOT_TYPES"]
+__all__ = ["CouplingGroup", "GroupIndex", "annotate_graph", "find_groups", "ROOT_TYPES"]
 
 ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -158,3 +159,26 @@ def _conv_slices(module) -> int:
     if isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups != module.in_channels:
         return module.groups
     return 1
+
+
+def annotate_graph(graph: ModelGraph, index: GroupIndex) -> None:
+    """Record on `graph` which coupling group owns each op's output channels.
+
+    Sets node attribute `group` on every op of a group's producer layers (ops that own parameters),
+    and `graph.nx.graph['groups']` to {id: {channels, kind, slices, multiple, layers}}.
+    """
+    owner = {path: g.id for g in index for path, side in g.layers if side in ("out", "heads")}
+    for _, data in graph.nx.nodes(data=True):
+        gid = owner.get(data["module"])
+        if gid is not None and data["params"]:
+            data["group"] = gid
+    graph.nx.graph["groups"] = {
+        g.id: {
+            "channels": g.channels,
+            "kind": g.kind,
+            "slices": g.slices,
+            "multiple": g.multiple,
+            "layers": [list(layer) for layer in g.layers],
+        }
+        for g in index
+    }

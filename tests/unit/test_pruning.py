@@ -234,3 +234,17 @@ def test_original_model_is_left_untouched():
     apply_plan(model, plan_for_ratio(find_groups(model, inputs), 0.5), inputs, "mask")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert isinstance(Depthwise().dw, torch.nn.Conv2d) and Concat and FlattenLinear
+
+
+def test_graph_carries_each_producers_group():
+    from decomp.pruning import annotate_graph
+
+    model, inputs = TinyNet().eval(), (torch.randn(1, 3, 8, 8),)
+    graph = build_graph(model, inputs)
+    annotate_graph(graph, find_groups(model, inputs))
+    assert graph["stem"]["group"] == graph["dw"]["group"] == graph["bn"]["group"] == "stem"
+    assert graph["branches_left"]["group"] == "branches.left"
+    assert "group" not in graph["fc"]  # its outputs are the model's outputs
+    assert graph.nx.graph["groups"]["stem"]["channels"] == 8
+    again = type(graph).from_json(graph.to_json())
+    assert again["stem"]["group"] == "stem" and again.nx.graph["groups"] == graph.nx.graph["groups"]
