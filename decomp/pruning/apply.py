@@ -23,7 +23,7 @@ from decomp.pruning.heads import prune_heads
 from decomp.pruning.importance import channel_importance
 from decomp.pruning.plan import GroupChoice, LayerSparsity, PruningPlan, parse_pattern
 
-__all__ = ["PrunedModel", "apply_plan", "resolve_plan", "MODES"]
+__all__ = ["PrunedModel", "apply_plan", "resolve_plan", "mask_in_place", "make_permanent", "MODES"]
 
 MODES = ("physical", "mask")
 
@@ -223,3 +223,27 @@ def _tensors(value) -> list[torch.Tensor]:
     if isinstance(value, (list, tuple)):
         return [t for v in value for t in _tensors(v)]
     return []
+
+
+def mask_in_place(model: nn.Module, plan: PruningPlan) -> None:
+    """Add the plan's layer sparsities to `model`'s masks in place (for iterative prune -> retrain).
+
+    Magnitudes are those the forward pass sees, so weights already masked count as pruned first.
+    """
+    if plan.groups:
+        raise InvalidPlanError("mask_in_place takes layer sparsities only; apply channel groups with apply_plan")
+    layers = dict(model.named_modules())
+    for item in plan.layers:
+        layer = layers.get(item.layer)
+        if layer is None or not isinstance(getattr(layer, "weight", None), torch.Tensor):
+            raise InvalidPlanError(f"the model has no layer {item.layer!r} with a weight to sparsify")
+        torch_prune.custom_from_mask(layer, "weight", _layer_mask(layer.weight, item))
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Fold torch.nn.utils.prune masks into plain parameters (zeros stay zeros); returns `model`."""
+    for module in model.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, torch_prune.BasePruningMethod):
+                torch_prune.remove(module, hook._tensor_name)
+    return model

@@ -40,15 +40,17 @@ def effective_weights(model: nn.Module, layers: Iterable[str] | None = None) -> 
 
 
 def han_plan(model: nn.Module, quality: float | dict[str, float], layers: Iterable[str] | None = None) -> PruningPlan:
-    """Per layer, remove the weights below quality x std(weights) (std over the layer's live weights)."""
+    """Per layer, remove the weights at or below quality x std(weights).
+
+    The std is over the whole weight tensor as the forward pass sees it, pruned zeros included (as
+    in Distiller's sensitivity pruner), so repeating a quality prunes a little more each round.
+    """
     plan = []
     for name, w in effective_weights(model, layers).items():
         q = quality[name] if isinstance(quality, dict) else quality
         if q < 0:
             raise InvalidPlanError(f"quality parameter must be >= 0, got {q} for layer {name}")
-        live = w[w != 0]
-        threshold = q * live.std() if live.numel() > 1 else torch.tensor(0.0)
-        sparsity = float((w.abs() <= threshold).float().mean()) if q > 0 else float((w == 0).float().mean())
+        sparsity = float((w.abs() <= q * w.std()).float().mean())
         plan.append(LayerSparsity(name, sparsity=min(sparsity, 1.0 - 1.0 / w.numel())))
     return PruningPlan(layers=tuple(plan))
 
