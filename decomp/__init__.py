@@ -1,6 +1,9 @@
-"""decomp: model side of decomp. Tracing, the costed model graph, coarsening, model specs."""
+"""decomp: model side of decomp. Tracing, the costed model graph, coarsening, model and data specs.
+
+Pruning lives in `decomp.pruning`."""
 
 from decomp.build import build_graph, graph_from_module, graph_of_spec
+from decomp.data import DataSpec, DataSplits, load_data, parse_data_spec
 from decomp.errors import (
     DecompError,
     GraphError,
@@ -15,6 +18,8 @@ from decomp.specs import LoadedModel, ModelSpec, load_model, parse_spec
 from decomp.tracing import trace
 
 __all__ = [
+    "DataSpec",
+    "DataSplits",
     "DecompError",
     "GraphError",
     "InputShapeError",
@@ -29,7 +34,9 @@ __all__ = [
     "build_graph",
     "graph_from_module",
     "graph_of_spec",
+    "load_data",
     "load_model",
+    "parse_data_spec",
     "parse_spec",
     "trace",
 ]

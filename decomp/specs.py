@@ -6,10 +6,6 @@ A spec may carry constructor options after a `?`, e.g. `torchvision:resnet18?num
 
 from __future__ import annotations
 
-import importlib
-import json
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +14,7 @@ import torch
 from torch import nn
 
 from decomp.errors import SpecError, WeightsError
+from decomp.spec_text import format_options, import_factory, parse_options
 
 __all__ = ["ModelSpec", "LoadedModel", "parse_spec", "load_model", "parse_input_shape", "load_weights"]
 
@@ -43,10 +40,7 @@ class ModelSpec:
     options: tuple[tuple[str, Any], ...] = ()
 
     def __str__(self) -> str:
-        text = f"{self.source}:{self.name}"
-        if self.options:
-            text += "?" + "&".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in self.options)
-        return text
+        return f"{self.source}:{self.name}{format_options(self.options)}"
 
 
 @dataclass
@@ -60,28 +54,16 @@ class LoadedModel:
     input_names: tuple[str, ...] = field(default=())
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def parse_spec(text: str) -> ModelSpec:
     """Parse a spec string; an unknown form raises `SpecError` listing the valid ones."""
     body, _, query = text.partition("?")
     source, sep, name = body.partition(":")
     if not sep or not name or source not in ("torchvision", "hf", "python"):
         raise SpecError(f"unknown model spec {text!r}; valid forms:\n  {_forms()}")
-    options = []
-    for item in filter(None, query.split("&")):
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise SpecError(f"bad option {item!r} in model spec {text!r}; write options as ?key=value&key=value")
-        options.append((key, _parse_value(value)))
+    options = parse_options(query, text, "model spec")
     if source == "python" and name.count(":") != 1:
         raise SpecError(f"python spec must be python:pkg.module:factory, got {text!r}")
-    return ModelSpec(source, name, tuple(options))
+    return ModelSpec(source, name, options)
 
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
@@ -178,13 +160,7 @@ def _load_hf(spec: ModelSpec, input_shapes) -> LoadedModel:
 
 
 def _load_python(spec: ModelSpec, input_shapes) -> LoadedModel:
-    mod_name, factory_name = spec.name.split(":")
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as `python -m` does: the user's own package in the current folder
-    try:
-        factory = getattr(importlib.import_module(mod_name), factory_name)
-    except (ImportError, AttributeError) as err:
-        raise SpecError(f"cannot import {factory_name!r} from {mod_name!r} for spec {spec}: {err}") from None
+    factory = import_factory(*spec.name.split(":"), what=f"spec {spec}")
     made = factory(**dict(spec.options))
     module, inputs = made if isinstance(made, tuple) else (made, None)
     if not isinstance(module, nn.Module):
