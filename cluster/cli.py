@@ -67,6 +67,49 @@ def graph(
         console.print(f"wrote {png}")
 
 
+@app.command()
+def prune(
+    model: Annotated[str, typer.Argument(help="torchvision:NAME, hf:MODEL_TYPE or python:pkg.module:factory")],
+    out: Annotated[Path, typer.Option(help="folder for weights.safetensors, plan.json, summary.json")],
+    method: Annotated[str, typer.Option(help="l1, l2, fpgm, bn_scale, taylor (channels); magnitude, han, nm")] = "l1",
+    ratio: Annotated[Optional[float], typer.Option(help="share removed: channels, or weights for magnitude")] = None,
+    quality: Annotated[Optional[float], typer.Option(help="han: threshold = quality x std per layer")] = None,
+    pattern: Annotated[Optional[str], typer.Option(help="nm: N:M pattern such as 2:4")] = None,
+    data: Annotated[Optional[str], typer.Option(help="mnist, digits, synthetic?..., python:pkg.module:factory")] = None,
+    finetune_epochs: Annotated[int, typer.Option(help="epochs of fine-tuning after (each) pruning step")] = 0,
+    iterations: Annotated[int, typer.Option(help="prune -> retrain rounds (magnitude, han, nm)")] = 1,
+    scope: Annotated[str, typer.Option(help="local (same ratio per group) or global ranking")] = "local",
+    round_to: Annotated[int, typer.Option(help="keep channel counts multiples of this")] = 1,
+    lr: Annotated[float, typer.Option(help="fine-tuning learning rate")] = 1e-3,
+    weights: Annotated[Optional[Path], typer.Option(help="a .safetensors file or a saved state dict")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="also write the summary here")] = None,
+) -> None:
+    """Prune MODEL once (or iteratively) without a search, and write the result to --out."""
+    from cluster.render import prune_table
+    from decomp.pruning.job import PruneRequest, run_prune
+
+    request = PruneRequest(
+        model,
+        method,
+        ratio,
+        quality,
+        pattern,
+        data,
+        finetune_epochs,
+        iterations,
+        scope,
+        round_to,
+        lr,
+        weights=str(weights) if weights else None,
+    )
+    with console.status(f"pruning {model} ({method}) ..."):
+        summary = run_prune(request, out)
+    console.print(prune_table(summary))
+    console.print(f"wrote {out}/weights.safetensors, plan.json, summary.json")
+    if json_path is not None:
+        json_path.write_text(json.dumps(summary, indent=1))
+
+
 def main() -> None:
     """Console entry point: run the app and turn decomp errors into one clear message and exit code 2."""
     try:

@@ -10,7 +10,7 @@ from rich.table import Table
 from decomp.coarsen import max_depth
 from decomp.graph import IO_OPS, ModelGraph
 
-__all__ = ["auto_blocks", "block_table", "draw_blocks", "human"]
+__all__ = ["auto_blocks", "block_table", "draw_blocks", "human", "prune_table"]
 
 
 def human(value: float, unit: str = "") -> str:
@@ -56,6 +56,30 @@ def block_table(op_graph: ModelGraph, block_graph: ModelGraph) -> Table:
         f"{human(totals.activation_bytes, 'B')} act.",
     )
     table.caption = f"params {totals.params:,} | MACs {totals.macs:,} | activation bytes {totals.activation_bytes:,}"
+    return table
+
+
+def prune_table(summary: dict) -> Table:
+    """Before / after figures of a `decomp prune` job."""
+    before, after = summary["before"], summary["after"]
+    request = summary["request"]
+    table = Table(title=f"{request['model']}: {request['method']} pruning")
+    for column in ("", "before", "after", "ratio"):
+        table.add_column(column, justify="left" if not column else "right")
+    rows = [
+        ("params", "params", ""),
+        ("MACs", "macs", ""),
+        ("nonzero weights", "nonzero_weights", ""),
+        ("sparse size", "sparse_bytes", "B"),
+    ]
+    for label, key, unit in rows:
+        ratio = f"{before[key] / after[key]:.2f}x" if after[key] else "-"
+        table.add_row(label, human(before[key], unit), human(after[key], unit), ratio)
+    if before["accuracy"] is not None:
+        drop = 100 * (before["accuracy"] - after["accuracy"])
+        table.add_row(
+            "accuracy", f"{100 * before['accuracy']:.2f}%", f"{100 * after['accuracy']:.2f}%", f"{-drop:+.2f} pt"
+        )
     return table
 
 

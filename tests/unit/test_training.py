@@ -122,3 +122,16 @@ def test_make_permanent_folds_masks():
     make_permanent(model)
     assert not hasattr(model[0], "weight_mask") and isinstance(model[0].weight, nn.Parameter)
     assert int((model[0].weight == 0).sum()) == 160
+
+
+def test_sensitivity_finds_the_layer_that_matters():
+    from decomp.pruning.sensitivity import sensitivity
+
+    model, loader = _mlp(), _data()
+    train(model, loader, TrainConfig(epochs=5, lr=1e-2))
+    x = (torch.randn(2, 10),)
+    layers = sensitivity(model, x, lambda m: evaluate(m, loader), ratios=(0.0, 0.9), structured=False)
+    assert set(layers) == {"0", "3"}
+    assert all(rows[0][1] > rows[1][1] for rows in layers.values())  # 90% of any layer hurts
+    groups = sensitivity(model, x, lambda m: evaluate(m, loader), ratios=(0.5,))
+    assert list(groups) == ["0"] and 0.0 <= groups["0"][0][1] <= 1.0

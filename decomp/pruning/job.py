@@ -1,0 +1,181 @@
+"""One pruning job without a search: load a model (and data), prune by one method, optionally
+fine-tune or iterate, and write weights (safetensors), the plan and a summary to a folder.
+
+The folder is written to a temporary sibling and renamed, so it is never half-written. A pruned
+model is rebuilt from its spec with `load_pruned`: build the model, apply the plan (explicit
+channel indices), load the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model as load_safetensors
+from safetensors.torch import save_model
+from torch import nn
+
+from decomp.build import build_graph
+from decomp.data import DataSplits, load_data
+from decomp.errors import DecompError, InvalidPlanError
+from decomp.pruning.apply import apply_plan, make_permanent, mask_in_place
+from decomp.pruning.groups import find_groups
+from decomp.pruning.han import han_prune, remove_dead_neurons
+from decomp.pruning.importance import accumulate_gradients, plan_for_ratio
+from decomp.pruning.plan import CRITERIA, LayerSparsity, PruningPlan, parse_pattern
+from decomp.pruning.train import TrainConfig, evaluate, train
+from decomp.pruning.unstructured import global_magnitude_plan, prunable_layers, sparse_size
+from decomp.specs import LoadedModel, load_model
+
+__all__ = ["PruneRequest", "METHODS", "run_prune", "load_pruned"]
+
+METHODS = (*CRITERIA, "magnitude", "han", "nm")
+_NEEDS_DATA = ("taylor", "han")
+
+
+@dataclass(frozen=True)
+class PruneRequest:
+    """What `decomp prune` was asked. `ratio`: share removed (channels for structured methods,
+    weights for `magnitude`); `quality`: Han's threshold multiplier; `pattern`: N:M for `nm`."""
+
+    model: str
+    method: str = "l1"
+    ratio: float | None = None
+    quality: float | None = None
+    pattern: str | None = None
+    data: str | None = None
+    finetune_epochs: int = 0
+    iterations: int = 1
+    scope: str = "local"
+    round_to: int = 1
+    lr: float = 1e-3
+    batch_size: int = 64
+    weights: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise DecompError(f"unknown pruning method {self.method!r}; choose one of {', '.join(METHODS)}")
+        needed = {"han": "quality", "nm": "pattern"}.get(self.method, "ratio")
+        if getattr(self, needed) is None:
+            raise DecompError(f"method {self.method} needs --{needed}")
+        if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
+            raise InvalidPlanError(f"pruning ratio must be in [0, 1), got {self.ratio}")
+        if self.method in _NEEDS_DATA and self.data is None:
+            raise DecompError(f"method {self.method} needs training data: give --data (e.g. mnist)")
+        if self.iterations < 1 or self.finetune_epochs < 0:
+            raise DecompError("iterations must be >= 1 and finetune epochs >= 0")
+        if self.pattern is not None:
+            parse_pattern(self.pattern)
+
+
+def _measure(module: nn.Module, inputs: tuple[torch.Tensor, ...], data: DataSplits | None, loader) -> dict[str, Any]:
+    graph = build_graph(module, inputs)
+    size = sparse_size(module)
+    return {
+        "params": graph.totals.params,
+        "macs": graph.totals.macs,
+        "nonzero_weights": size.nonzeros,
+        "weights": size.weights,
+        "sparse_bytes": size.sparse_bytes,
+        "accuracy": evaluate(module, loader) if data is not None else None,
+    }
+
+
+def _nm_plan(model: nn.Module, pattern: str) -> PruningPlan:
+    _, m = parse_pattern(pattern)
+    layers = dict(model.named_modules())
+    fits = [n for n in prunable_layers(model) if layers[n].weight[0].numel() % m == 0]
+    return PruningPlan(layers=tuple(LayerSparsity(n, pattern=pattern) for n in fits))
+
+
+def _prune(
+    request: PruneRequest, loaded: LoadedModel, data: DataSplits | None, loaders
+) -> tuple[nn.Module, PruningPlan]:
+    model, inputs = loaded.module, loaded.example_inputs
+    retrain = TrainConfig(epochs=request.finetune_epochs, lr=request.lr)
+    if request.method in CRITERIA:
+        if request.method == "taylor":
+            accumulate_gradients(model, [next(iter(loaders[0]))])
+        index = find_groups(model, inputs)
+        plan = plan_for_ratio(index, request.ratio, request.method, request.scope, request.round_to)
+        pruned = apply_plan(model, plan, inputs, "physical")
+        if data is not None and retrain.epochs:
+            train(pruned.module, loaders[0], retrain)
+        return pruned.module, pruned.plan
+    if request.method == "han":
+        steps = [request.quality * (k + 1) / request.iterations for k in range(request.iterations)]
+        han_prune(model, loaders[0], loaders[1], steps, retrain)
+        pruned = remove_dead_neurons(model, inputs)
+        return pruned.module, pruned.plan
+    for k in range(request.iterations):  # magnitude (a rising sparsity) or N:M, retrained with masks
+        if request.method == "nm":
+            plan = _nm_plan(model, request.pattern)
+        else:
+            plan = global_magnitude_plan(model, request.ratio * (k + 1) / request.iterations)
+        mask_in_place(model, plan)
+        if data is not None and retrain.epochs:
+            train(model, loaders[0], retrain)
+    return make_permanent(model), plan
+
+
+def _write_atomically(out: Path, files: dict[str, Any]) -> None:
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name, write in files.items():
+            write(staging / name)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def run_prune(request: PruneRequest, out: str | Path) -> dict[str, Any]:
+    """Run the job, write `weights.safetensors`, `plan.json` and `summary.json` to `out`; return the summary."""
+    data = load_data(request.data) if request.data else None
+    shapes = [(1, *data.input_shape)] if data is not None else None
+    loaded = load_model(request.model, weights=request.weights, input_shapes=shapes)
+    loaders = data.loaders(request.batch_size) if data is not None else (None, None)
+    before = _measure(loaded.module, loaded.example_inputs, data, loaders[1])
+    module, plan = _prune(request, loaded, data, loaders)
+    after = _measure(module, loaded.example_inputs, data, loaders[1])
+    summary = {
+        "request": asdict(request),
+        "before": before,
+        "after": after,
+        "files": ["weights.safetensors", "plan.json"],
+    }
+    _write_atomically(
+        Path(out),
+        {
+            "weights.safetensors": lambda p: save_model(module, str(p)),
+            "plan.json": lambda p: p.write_text(plan.dumps()),
+            "summary.json": lambda p: p.write_text(json.dumps(summary, indent=1)),
+        },
+    )
+    return summary
+
+
+def load_pruned(folder: str | Path) -> nn.Module:
+    """Rebuild a pruned model from a `decomp prune` folder (the model spec comes from its summary)."""
+    folder = Path(folder)
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+        plan = PruningPlan.loads((folder / "plan.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DecompError(f"{folder} is not a decomp prune folder: {err}") from None
+    request = summary["request"]
+    shapes = [(1, *load_data(request["data"]).input_shape)] if request.get("data") else None
+    loaded = load_model(request["model"], weights=request.get("weights"), input_shapes=shapes)
+    module = apply_plan(loaded.module, PruningPlan(groups=plan.groups), loaded.example_inputs).module
+    load_safetensors(module, str(folder / "weights.safetensors"))
+    return module.eval()
