@@ -1,14 +1,22 @@
-"""decomp.pruning: coupling groups, pruning plans, importance criteria, masked and physical pruning."""
+"""decomp.pruning: coupling groups, pruning plans, importance criteria, masked and physical pruning,
+training utilities (Han's iterative recipe, dynamic masks, learnable gates, sensitivity, distillation)."""
 
 from decomp.pruning.apply import MODES, PrunedModel, apply_plan, make_permanent, mask_in_place, resolve_plan
+from decomp.pruning.dynamic import DynamicMasks
+from decomp.pruning.gates import ChannelGates, GateStage
 from decomp.pruning.groups import CouplingGroup, GroupIndex, annotate_graph, find_groups
 from decomp.pruning.han import HanRound, adjust_dropout, dropout_baseline, han_prune, remove_dead_neurons
 from decomp.pruning.importance import accumulate_gradients, channel_importance, plan_for_ratio
 from decomp.pruning.plan import CRITERIA, GroupChoice, LayerSparsity, PruningPlan
+from decomp.pruning.sensitivity import sensitivity
 from decomp.pruning.train import Callback, TrainConfig, evaluate, train
 from decomp.pruning.unstructured import SparseSize, global_magnitude_plan, han_plan, sparse_size
 
 __all__ = [
+    "ChannelGates",
+    "DynamicMasks",
+    "GateStage",
+    "sensitivity",
     "Callback",
     "HanRound",
     "SparseSize",

@@ -48,6 +48,10 @@ class TrainConfig:
 class Callback:
     """Hooks into `train`; every method is optional to override."""
 
+    def parameters(self) -> Iterable[nn.Parameter]:
+        """Extra parameters to train with the model's (e.g. learnable gates)."""
+        return []
+
     def penalty(self) -> torch.Tensor | float:
         """Added to the loss of every step."""
         return 0.0
@@ -87,7 +91,7 @@ def train(
     if config.distill and teacher is None:
         raise DecompError("distill > 0 needs a teacher model (e.g. the unpruned model)")
     torch.manual_seed(config.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad] + [p for cb in callbacks for p in cb.parameters()]
     if config.optimizer == "adam":
         optimizer = torch.optim.Adam(params, lr=config.lr)
     else:
