@@ -81,6 +81,7 @@ def prune(
     scope: Annotated[str, typer.Option(help="local (same ratio per group) or global ranking")] = "local",
     round_to: Annotated[int, typer.Option(help="keep channel counts multiples of this")] = 1,
     lr: Annotated[float, typer.Option(help="fine-tuning learning rate")] = 1e-3,
+    distill: Annotated[float, typer.Option(help="weight of distillation from the unpruned model, 0..1")] = 0.0,
     weights: Annotated[Optional[Path], typer.Option(help="a .safetensors file or a saved state dict")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="also write the summary here")] = None,
 ) -> None:
@@ -101,6 +102,7 @@ def prune(
         round_to,
         lr,
         weights=str(weights) if weights else None,
+        distill=distill,
     )
     with console.status(f"pruning {model} ({method}) ..."):
         summary = run_prune(request, out)

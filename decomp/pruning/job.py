@@ -8,6 +8,7 @@ channel indices), load the weights.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -57,6 +58,7 @@ class PruneRequest:
     lr: float = 1e-3
     batch_size: int = 64
     weights: str | None = None
+    distill: float = 0.0  # weight of distillation from the unpruned model while fine-tuning
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -70,6 +72,8 @@ class PruneRequest:
             raise DecompError(f"method {self.method} needs training data: give --data (e.g. mnist)")
         if self.iterations < 1 or self.finetune_epochs < 0:
             raise DecompError("iterations must be >= 1 and finetune epochs >= 0")
+        if self.distill and not (self.data and self.finetune_epochs):
+            raise DecompError("distillation happens while fine-tuning: give --data and --finetune-epochs")
         if self.pattern is not None:
             parse_pattern(self.pattern)
 
@@ -98,7 +102,8 @@ def _prune(
     request: PruneRequest, loaded: LoadedModel, data: DataSplits | None, loaders
 ) -> tuple[nn.Module, PruningPlan]:
     model, inputs = loaded.module, loaded.example_inputs
-    retrain = TrainConfig(epochs=request.finetune_epochs, lr=request.lr)
+    retrain = TrainConfig(epochs=request.finetune_epochs, lr=request.lr, distill=request.distill)
+    teacher = copy.deepcopy(model).eval() if request.distill else None
     if request.method in CRITERIA:
         if request.method == "taylor":
             accumulate_gradients(model, [next(iter(loaders[0]))])
@@ -106,11 +111,11 @@ def _prune(
         plan = plan_for_ratio(index, request.ratio, request.method, request.scope, request.round_to)
         pruned = apply_plan(model, plan, inputs, "physical")
         if data is not None and retrain.epochs:
-            train(pruned.module, loaders[0], retrain)
+            train(pruned.module, loaders[0], retrain, teacher=teacher)
         return pruned.module, pruned.plan
     if request.method == "han":
         steps = [request.quality * (k + 1) / request.iterations for k in range(request.iterations)]
-        han_prune(model, loaders[0], loaders[1], steps, retrain)
+        han_prune(model, loaders[0], loaders[1], steps, retrain, teacher=teacher)
         pruned = remove_dead_neurons(model, inputs)
         return pruned.module, pruned.plan
     for k in range(request.iterations):  # magnitude (a rising sparsity) or N:M, retrained with masks
@@ -120,7 +125,7 @@ def _prune(
             plan = global_magnitude_plan(model, request.ratio * (k + 1) / request.iterations)
         mask_in_place(model, plan)
         if data is not None and retrain.epochs:
-            train(model, loaders[0], retrain)
+            train(model, loaders[0], retrain, teacher=teacher)
     return make_permanent(model), plan
 
 

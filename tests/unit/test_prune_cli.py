@@ -21,7 +21,7 @@ def _outputs(module, x):
 
 def test_structured_job_writes_a_folder_that_reloads(tmp_path):
     out = tmp_path / "pruned"
-    summary = run_prune(PruneRequest(TINY, "l2", ratio=0.5, data=DATA, finetune_epochs=1), out)
+    summary = run_prune(PruneRequest(TINY, "l2", ratio=0.5, data=DATA, finetune_epochs=1, distill=0.5), out)
     assert sorted(p.name for p in out.iterdir()) == ["plan.json", "summary.json", "weights.safetensors"]
     assert summary["after"]["params"] < 0.5 * summary["before"]["params"]
     assert 0.0 <= summary["after"]["accuracy"] <= 1.0
@@ -72,6 +72,7 @@ def test_nm_and_han_methods(tmp_path):
         ({"method": "l1", "ratio": 1.0}, r"pruning ratio must be in \[0, 1\), got 1.0"),
         ({"method": "han", "quality": 1.0}, "needs training data: give --data"),
         ({"method": "nm", "pattern": "4:2"}, "0 < N < M"),
+        ({"method": "l1", "ratio": 0.5, "distill": 0.5}, "give --data and --finetune-epochs"),
     ],
 )
 def test_bad_requests_are_named(kwargs, message):
