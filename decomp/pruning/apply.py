@@ -21,6 +21,7 @@ from decomp.pruning.fixups import sync_attributes
 from decomp.pruning.groups import GroupIndex, find_groups
 from decomp.pruning.heads import prune_heads
 from decomp.pruning.importance import channel_importance
+from decomp.pruning.layers import weight_dims
 from decomp.pruning.plan import GroupChoice, LayerSparsity, PruningPlan, parse_pattern
 
 __all__ = ["PrunedModel", "apply_plan", "resolve_plan", "mask_in_place", "make_permanent", "MODES"]
@@ -129,8 +130,15 @@ def _structured(model: nn.Module, inputs: tuple[torch.Tensor, ...], plan: Prunin
     return encoded, _decode(encoded, model)
 
 
-def _layer_mask(weight: torch.Tensor, item: LayerSparsity) -> torch.Tensor:
-    flat = weight.detach().abs()
+def _layer_mask(layer: nn.Module, item: LayerSparsity) -> torch.Tensor:
+    if weight_dims(layer) == (1, 0):  # stored (in, out): work on (out, in) and transpose back
+        return _weight_mask(layer.weight.detach().t(), item).t()
+    return _weight_mask(layer.weight.detach(), item)
+
+
+def _weight_mask(weight: torch.Tensor, item: LayerSparsity) -> torch.Tensor:
+    """Mask over a weight of shape (out, in, ...): magnitude top-k, or N of every M consecutive inputs."""
+    flat = weight.abs()
     if item.sparsity is not None:
         keep = flat.numel() - int(round(item.sparsity * flat.numel()))
         mask = torch.zeros(flat.numel(), dtype=torch.bool)
@@ -164,7 +172,7 @@ def _sparsify(physical: nn.Module, plan: PruningPlan, masks: dict[str, torch.Ten
         layer = layers.get(item.layer)
         if layer is None or not isinstance(getattr(layer, "weight", None), torch.Tensor):
             raise InvalidPlanError(f"the model has no layer {item.layer!r} with a weight to sparsify")
-        mask = _layer_mask(layer.weight, item)
+        mask = _layer_mask(layer, item)
         with torch.no_grad():
             layer.weight.mul_(mask)
         name = f"{item.layer}.weight"
@@ -237,7 +245,7 @@ def mask_in_place(model: nn.Module, plan: PruningPlan) -> None:
         layer = layers.get(item.layer)
         if layer is None or not isinstance(getattr(layer, "weight", None), torch.Tensor):
             raise InvalidPlanError(f"the model has no layer {item.layer!r} with a weight to sparsify")
-        torch_prune.custom_from_mask(layer, "weight", _layer_mask(layer.weight, item))
+        torch_prune.custom_from_mask(layer, "weight", _layer_mask(layer, item))
 
 
 def make_permanent(model: nn.Module) -> nn.Module:

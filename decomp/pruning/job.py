@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_model as load_safetensors
 from safetensors.torch import save_model
 from torch import nn
@@ -29,6 +28,7 @@ from decomp.pruning.apply import apply_plan, make_permanent, mask_in_place
 from decomp.pruning.groups import find_groups
 from decomp.pruning.han import han_prune, remove_dead_neurons
 from decomp.pruning.importance import accumulate_gradients, plan_for_ratio
+from decomp.pruning.layers import inputs_per_output
 from decomp.pruning.plan import CRITERIA, LayerSparsity, PruningPlan, parse_pattern
 from decomp.pruning.train import TrainConfig, evaluate, train
 from decomp.pruning.unstructured import global_magnitude_plan, prunable_layers, sparse_size
@@ -78,8 +78,8 @@ class PruneRequest:
             parse_pattern(self.pattern)
 
 
-def _measure(module: nn.Module, inputs: tuple[torch.Tensor, ...], data: DataSplits | None, loader) -> dict[str, Any]:
-    graph = build_graph(module, inputs)
+def _measure(module: nn.Module, loaded: LoadedModel, data: DataSplits | None, loader) -> dict[str, Any]:
+    graph = build_graph(module, loaded.example_inputs, tracer=loaded.tracer)
     size = sparse_size(module)
     return {
         "params": graph.totals.params,
@@ -94,7 +94,7 @@ def _measure(module: nn.Module, inputs: tuple[torch.Tensor, ...], data: DataSpli
 def _nm_plan(model: nn.Module, pattern: str) -> PruningPlan:
     _, m = parse_pattern(pattern)
     layers = dict(model.named_modules())
-    fits = [n for n in prunable_layers(model) if layers[n].weight[0].numel() % m == 0]
+    fits = [n for n in prunable_layers(model) if inputs_per_output(layers[n]) % m == 0]
     return PruningPlan(layers=tuple(LayerSparsity(n, pattern=pattern) for n in fits))
 
 
@@ -150,9 +150,9 @@ def run_prune(request: PruneRequest, out: str | Path) -> dict[str, Any]:
     shapes = [(1, *data.input_shape)] if data is not None else None
     loaded = load_model(request.model, weights=request.weights, input_shapes=shapes)
     loaders = data.loaders(request.batch_size) if data is not None else (None, None)
-    before = _measure(loaded.module, loaded.example_inputs, data, loaders[1])
+    before = _measure(loaded.module, loaded, data, loaders[1])
     module, plan = _prune(request, loaded, data, loaders)
-    after = _measure(module, loaded.example_inputs, data, loaders[1])
+    after = _measure(module, loaded, data, loaders[1])
     summary = {
         "request": asdict(request),
         "before": before,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch_pruning as tp
 from torch import nn
 
-__all__ = ["custom_pruners", "custom_root_types", "weight_dims"]
+__all__ = ["custom_pruners", "custom_root_types", "inputs_per_output", "weight_dims"]
 
 
 class Conv1DPruner(tp.pruner.BasePruningFunc):
@@ -62,3 +62,9 @@ def weight_dims(layer: nn.Module) -> tuple[int, int] | None:
     if conv1d and isinstance(layer, conv1d):
         return 1, 0
     return None
+
+
+def inputs_per_output(layer: nn.Module) -> int:
+    """Weights feeding one output channel (in_features, or in_channels/groups x kernel size)."""
+    out_dim = (weight_dims(layer) or (0, 1))[0]
+    return layer.weight.numel() // layer.weight.shape[out_dim]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from decomp.errors import InvalidPlanError
+from decomp.pruning.layers import custom_root_types
 from decomp.pruning.plan import LayerSparsity, PruningPlan
 
 __all__ = ["SparseSize", "prunable_layers", "han_plan", "global_magnitude_plan", "sparse_size", "effective_weights"]
@@ -23,8 +24,9 @@ _WEIGHTED = (nn.Linear, nn.modules.conv._ConvNd)
 
 
 def prunable_layers(model: nn.Module) -> list[str]:
-    """Linear and convolution layers, by module path."""
-    return [name for name, m in model.named_modules() if isinstance(m, _WEIGHTED)]
+    """Linear and convolution layers (and custom ones such as transformers' Conv1D), by module path."""
+    kinds = (*_WEIGHTED, *custom_root_types())
+    return [name for name, m in model.named_modules() if isinstance(m, kinds)]
 
 
 def effective_weights(model: nn.Module, layers: Iterable[str] | None = None) -> dict[str, torch.Tensor]:

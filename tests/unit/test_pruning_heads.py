@@ -63,3 +63,19 @@ def test_heads_rank_by_weight_magnitude(gpt2):
     finally:
         with torch.no_grad():
             model.h[1].attn.c_proj.weight[16:24].div_(50)
+
+
+def test_conv1d_layers_take_unstructured_and_n_m_along_their_inputs(gpt2):
+    from decomp.pruning import LayerSparsity, sparse_size
+    from decomp.pruning.unstructured import prunable_layers
+
+    model, inputs = gpt2
+    assert "h.0.mlp.c_fc" in prunable_layers(model)
+    plan = PruningPlan(
+        layers=(LayerSparsity("h.0.mlp.c_fc", pattern="2:4"), LayerSparsity("h.0.attn.c_proj", sparsity=0.5))
+    )
+    pruned = apply_plan(model, plan, inputs).module
+    weight = pruned.h[0].mlp.c_fc.weight  # (in=32, out=128): groups of 4 consecutive inputs per output
+    assert bool(((weight != 0).t().reshape(128, 8, 4).sum(-1) == 2).all())
+    assert int((pruned.h[0].attn.c_proj.weight != 0).sum()) == 32 * 32 // 2
+    assert sparse_size(pruned).nonzeros < sparse_size(model).nonzeros
