@@ -46,17 +46,24 @@ def graph(
         Optional[Path], typer.Option("--json", help="write the costed op graph as node-link JSON")
     ] = None,
     png: Annotated[Optional[Path], typer.Option(help="draw the block graph to this PNG")] = None,
+    groups: Annotated[bool, typer.Option(help="find the coupling groups structured pruning can remove")] = True,
 ) -> None:
     """Trace MODEL into a costed graph and summarise it per block."""
     from cluster.render import auto_blocks, block_table, draw_blocks
-    from decomp.build import graph_of_spec
-    from decomp.specs import parse_input_shape
+    from decomp.build import build_graph
+    from decomp.pruning import annotate_graph, find_groups
+    from decomp.specs import load_model, parse_input_shape
 
     shapes = [parse_input_shape(s) for s in input_shape] if input_shape else None
     with console.status(f"tracing {model} ..."):
-        op_graph = graph_of_spec(
-            model, weights=weights, input_shapes=shapes, tracer=tracer, leaf_modules=leaf_module or ()
-        )
+        loaded = load_model(model, weights=weights, input_shapes=shapes)
+        inputs = loaded.example_inputs
+        op_graph = build_graph(loaded.module, inputs, tracer or loaded.tracer, leaf_module or (), name=model)
+        if groups:
+            try:
+                annotate_graph(op_graph, find_groups(loaded.module, inputs))
+            except DecompError as err:
+                console.print(f"[yellow]no coupling groups:[/] {err}")
         block_graph = auto_blocks(op_graph) if depth is None and blocks is None else op_graph.coarsen(depth, blocks)
     console.print(block_table(op_graph, block_graph))
     if json_path is not None:

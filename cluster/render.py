@@ -39,23 +39,26 @@ def block_table(op_graph: ModelGraph, block_graph: ModelGraph) -> Table:
         title=f"{op_graph.name}: {len(op_graph)} ops in {len(block_graph)} blocks "
         f"(depth {block_graph.nx.graph['depth']})"
     )
-    for column in ("block", "ops", "params", "MACs", "MACs %", "out bytes"):
+    groups = op_graph.nx.graph.get("groups")
+    columns = ["block", "ops", "params", "MACs", "MACs %", "out bytes"] + (["groups"] if groups is not None else [])
+    for column in columns:
         table.add_column(column, justify="left" if column == "block" else "right")
     for name in block_graph:
         d = block_graph[name]
         label = f"[dim]{name} ({d['op']})[/]" if d["op"] in IO_OPS else name
         share = f"{100 * d['macs'] / totals.macs:.1f}" if totals.macs else "-"
-        table.add_row(label, str(d["n_ops"]), human(d["params"]), human(d["macs"]), share, human(d["out_bytes"], "B"))
+        row = [label, str(d["n_ops"]), human(d["params"]), human(d["macs"]), share, human(d["out_bytes"], "B")]
+        if groups is not None:  # groups whose producer layers sit in this block
+            owned = {op_graph[m].get("group") for m in d["members"]} - {None}
+            row.append(str(len(owned)) if owned else "")
+        table.add_row(*row)
     table.add_section()
-    table.add_row(
-        "[bold]total[/]",
-        str(len(op_graph)),
-        human(totals.params),
-        human(totals.macs),
-        "100.0",
-        f"{human(totals.activation_bytes, 'B')} act.",
-    )
+    total = ["[bold]total[/]", str(len(op_graph)), human(totals.params), human(totals.macs), "100.0"]
+    total.append(f"{human(totals.activation_bytes, 'B')} act.")
+    table.add_row(*total, *([str(len(groups))] if groups is not None else []))
     table.caption = f"params {totals.params:,} | MACs {totals.macs:,} | activation bytes {totals.activation_bytes:,}"
+    if groups is not None:
+        table.caption += f" | prunable groups {len(groups)}"
     return table
 
 

@@ -17,6 +17,7 @@ def test_graph_prints_blocks_and_writes_json_and_png(tmp_path):
     result = CliRunner().invoke(app, ["graph", SPEC, "--depth", "1", "--json", str(out), "--png", str(png)])
     assert result.exit_code == 0, result.output
     assert "branches" in result.output and f"{tiny_macs():,}" in result.output
+    assert "prunable groups 4" in result.output
     data = json.loads(out.read_text())
     assert data["totals"]["macs"] == tiny_macs() and data["totals"]["params"] > 0
     assert png.read_bytes()[:4] == b"\x89PNG"
