@@ -1,7 +1,15 @@
 """decomp.pruning: coupling groups, pruning plans, importance criteria, masked and physical pruning,
 training utilities (Han's iterative recipe, dynamic masks, learnable gates, sensitivity, distillation)."""
 
-from decomp.pruning.apply import MODES, PrunedModel, apply_plan, make_permanent, mask_in_place, resolve_plan
+from decomp.pruning.apply import (
+    MODES,
+    PrunedModel,
+    apply_plan,
+    copy_model,
+    make_permanent,
+    mask_in_place,
+    resolve_plan,
+)
 from decomp.pruning.dynamic import DynamicMasks
 from decomp.pruning.gates import ChannelGates, GateStage
 from decomp.pruning.groups import CouplingGroup, GroupIndex, annotate_graph, find_groups
@@ -10,7 +18,14 @@ from decomp.pruning.importance import accumulate_gradients, channel_importance, 
 from decomp.pruning.plan import CRITERIA, GroupChoice, LayerSparsity, PruningPlan
 from decomp.pruning.sensitivity import sensitivity
 from decomp.pruning.train import Callback, TrainConfig, evaluate, train
-from decomp.pruning.unstructured import SparseSize, global_magnitude_plan, han_plan, sparse_size
+from decomp.pruning.unstructured import (
+    SparseSize,
+    effective_weights,
+    global_magnitude_plan,
+    han_plan,
+    prunable_layers,
+    sparse_size,
+)
 
 __all__ = [
     "ChannelGates",
@@ -23,6 +38,7 @@ __all__ = [
     "TrainConfig",
     "adjust_dropout",
     "dropout_baseline",
+    "effective_weights",
     "evaluate",
     "global_magnitude_plan",
     "han_plan",
@@ -43,8 +59,10 @@ __all__ = [
     "accumulate_gradients",
     "annotate_graph",
     "apply_plan",
+    "copy_model",
     "channel_importance",
     "find_groups",
     "plan_for_ratio",
+    "prunable_layers",
     "resolve_plan",
 ]

@@ -24,7 +24,7 @@ from decomp.pruning.importance import channel_importance
 from decomp.pruning.layers import weight_dims
 from decomp.pruning.plan import GroupChoice, LayerSparsity, PruningPlan, parse_pattern
 
-__all__ = ["PrunedModel", "apply_plan", "resolve_plan", "mask_in_place", "make_permanent", "MODES"]
+__all__ = ["PrunedModel", "apply_plan", "copy_model", "resolve_plan", "mask_in_place", "make_permanent", "MODES"]
 
 MODES = ("physical", "mask")
 
@@ -88,8 +88,26 @@ def _check_keep(choice: GroupChoice, group) -> None:
         )
 
 
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy of `model`, also when it carries torch.nn.utils.prune masks after a forward pass with
+    gradients (its masked weights are then non-leaf tensors, which `copy.deepcopy` refuses)."""
+    computed = []
+    for module in model.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, torch_prune.BasePruningMethod):
+                tensor = getattr(module, hook._tensor_name)
+                if not tensor.is_leaf:
+                    computed.append((module, hook._tensor_name, tensor))
+                    setattr(module, hook._tensor_name, tensor.detach())
+    try:
+        return copy.deepcopy(model)
+    finally:
+        for module, name, tensor in computed:
+            setattr(module, name, tensor)
+
+
 def _encode(model: nn.Module) -> nn.Module:
-    encoded = copy.deepcopy(model).double()
+    encoded = copy_model(model).double()
     with torch.no_grad():
         for tensor in [*encoded.parameters(), *encoded.buffers()]:
             if tensor.is_floating_point():
@@ -192,12 +210,12 @@ def apply_plan(
     if resolved.groups:
         physical, masks = _structured(model, inputs, resolved)
     else:
-        physical, masks = copy.deepcopy(model), {}
+        physical, masks = copy_model(model), {}
     _sparsify(physical, resolved, masks)
     if mode == "physical":
         result = physical.eval()
     else:
-        result = copy.deepcopy(model).eval()
+        result = copy_model(model).eval()
         layers = dict(result.named_modules())
         for name, mask in masks.items():
             owner, _, pname = name.rpartition(".")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from decomp.pruning.apply import PrunedModel, apply_plan, make_permanent, mask_in_place
+from decomp.pruning.apply import PrunedModel, apply_plan, copy_model, make_permanent, mask_in_place
 from decomp.pruning.groups import _side, find_groups
 from decomp.pruning.layers import weight_dims
 from decomp.pruning.plan import GroupChoice, PruningPlan
@@ -65,7 +65,7 @@ def adjust_dropout(model: nn.Module, baseline: DropoutBaseline) -> dict[str, flo
 class HanRound:
     """One prune -> retrain round."""
 
-    quality: float
+    quality: float | dict[str, float]
     accuracy: float
     nonzeros: int
     weights: int
@@ -77,12 +77,16 @@ def han_prune(
     model: nn.Module,
     train_loader: Iterable,
     test_loader: Iterable,
-    qualities: Sequence[float],
+    qualities: Sequence[float | dict[str, float]],
     retrain: TrainConfig | None = None,
     layers: Sequence[str] | None = None,
     teacher: nn.Module | None = None,
 ) -> list[HanRound]:
-    """Iterate prune (threshold quality x std) -> adjust dropout -> retrain, in place with masks."""
+    """Iterate prune (threshold quality x std) -> adjust dropout -> retrain, in place with masks.
+
+    Each entry of `qualities` is one round: one quality for every layer, or a dict layer -> quality
+    (e.g. a lower one for the sensitive first and last layers, as Han et al. do).
+    """
     names = list(layers) if layers is not None else prunable_layers(model)
     baseline = dropout_baseline(model)
     rounds = []
@@ -135,9 +139,10 @@ def _is_dead(items, side: str) -> bool:
 def remove_dead_neurons(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> PrunedModel:
     """Physically remove channels with no live output connections, or no live inputs and no bias.
 
-    Masks are made permanent first. Both removals leave the model's outputs unchanged.
+    Works on a copy with its masks made permanent; `model` is left as it was. Both removals leave the
+    model's outputs unchanged.
     """
-    make_permanent(model)
+    model = make_permanent(copy_model(model))
     index = find_groups(model, example_inputs)
     choices = []
     for group in index:

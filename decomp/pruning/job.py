@@ -8,12 +8,11 @@ channel indices), load the weights.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from torch import nn
 from decomp.build import build_graph
 from decomp.data import DataSplits, load_data
 from decomp.errors import DecompError, InvalidPlanError
-from decomp.pruning.apply import apply_plan, make_permanent, mask_in_place
+from decomp.pruning.apply import apply_plan, copy_model, make_permanent, mask_in_place
 from decomp.pruning.groups import find_groups
 from decomp.pruning.han import han_prune, remove_dead_neurons
 from decomp.pruning.importance import accumulate_gradients, plan_for_ratio
@@ -34,7 +33,7 @@ from decomp.pruning.train import TrainConfig, evaluate, train
 from decomp.pruning.unstructured import global_magnitude_plan, prunable_layers, sparse_size
 from decomp.specs import LoadedModel, load_model
 
-__all__ = ["PruneRequest", "METHODS", "run_prune", "load_pruned"]
+__all__ = ["PruneRequest", "METHODS", "run_prune", "load_pruned", "open_pruned"]
 
 METHODS = (*CRITERIA, "magnitude", "han", "nm")
 _NEEDS_DATA = ("taylor", "han")
@@ -103,7 +102,7 @@ def _prune(
 ) -> tuple[nn.Module, PruningPlan]:
     model, inputs = loaded.module, loaded.example_inputs
     retrain = TrainConfig(epochs=request.finetune_epochs, lr=request.lr, distill=request.distill)
-    teacher = copy.deepcopy(model).eval() if request.distill else None
+    teacher = copy_model(model).eval() if request.distill else None
     if request.method in CRITERIA:
         if request.method == "taylor":
             accumulate_gradients(model, [next(iter(loaders[0]))])
@@ -170,17 +169,25 @@ def run_prune(request: PruneRequest, out: str | Path) -> dict[str, Any]:
     return summary
 
 
-def load_pruned(folder: str | Path) -> nn.Module:
-    """Rebuild a pruned model from a `decomp prune` folder (the model spec comes from its summary)."""
+def open_pruned(folder: str | Path) -> tuple[LoadedModel, PruningPlan]:
+    """Rebuild a pruned model from a `decomp prune` folder (the model spec comes from its summary):
+    the loaded model with the pruned module in place of the dense one, and the folder's plan."""
     folder = Path(folder)
     try:
         summary = json.loads((folder / "summary.json").read_text())
         plan = PruningPlan.loads((folder / "plan.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise DecompError(f"{folder} is not a decomp prune folder: {err}") from None
-    request = summary["request"]
+        request = summary["request"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise DecompError(
+            f"{folder} is not a decomp prune folder ({err}); give the --out folder of decomp prune"
+        ) from None
     shapes = [(1, *load_data(request["data"]).input_shape)] if request.get("data") else None
     loaded = load_model(request["model"], weights=request.get("weights"), input_shapes=shapes)
     module = apply_plan(loaded.module, PruningPlan(groups=plan.groups), loaded.example_inputs).module
     load_safetensors(module, str(folder / "weights.safetensors"))
-    return module.eval()
+    return replace(loaded, module=module.eval()), plan
+
+
+def load_pruned(folder: str | Path) -> nn.Module:
+    """The pruned model of a `decomp prune` folder (see `open_pruned`)."""
+    return open_pruned(folder)[0].module

@@ -110,10 +110,12 @@ def test_dead_neurons_are_removed_without_changing_outputs():
     x = torch.randn(8, 10)
     with torch.no_grad():
         expected = model(x)
+    mask_in_place(model, PruningPlan(layers=(LayerSparsity("0", sparsity=0.0),)))  # masks on the input model
     pruned = remove_dead_neurons(model, (x,))
     assert pruned.module[0].out_features == 29 and pruned.module[3].in_features == 29
     with torch.no_grad():
         torch.testing.assert_close(pruned.module(x), expected)
+    assert hasattr(model[0], "weight_mask") and model[0].out_features == 32  # the input model is left as it was
 
 
 def test_make_permanent_folds_masks():
