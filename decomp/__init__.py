@@ -6,6 +6,7 @@ from decomp.build import build_graph, graph_from_module, graph_of_spec
 from decomp.data import DataSpec, DataSplits, load_data, parse_data_spec
 from decomp.errors import (
     DecompError,
+    ExportError,
     GraphError,
     InputShapeError,
     InvalidPlanError,
@@ -21,6 +22,7 @@ __all__ = [
     "DataSpec",
     "DataSplits",
     "DecompError",
+    "ExportError",
     "GraphError",
     "InputShapeError",
     "InvalidPlanError",

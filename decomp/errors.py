@@ -10,6 +10,7 @@ __all__ = [
     "InputShapeError",
     "GraphError",
     "InvalidPlanError",
+    "ExportError",
 ]
 
 
@@ -39,3 +40,8 @@ class GraphError(DecompError, ValueError):
 
 class InvalidPlanError(DecompError, ValueError):
     """A pruning or partition plan that does not fit the graph or breaks a rule."""
+
+
+class ExportError(DecompError):
+    """An export folder that cannot be written or read: missing or changed files, a newer format,
+    contents that would need unpickling."""
