@@ -1,0 +1,344 @@
+"""Run a partitioned model: one Ray actor per part, or all parts in this process.
+
+`RayRunner` places each part on its own actor (a GPU each where the cluster has GPUs, else CPU with
+its own thread count) and pipelines micro-batches: for every micro-batch the driver submits one call
+per part, passing the object refs of earlier parts' outputs straight to the actors that read them, so
+tensors go from actor to actor without a driver round trip, and the parts work on different
+micro-batches at once. Outputs come back in submission order; `max_in_flight` bounds the micro-batches
+submitted but not yet collected. Parts are stateless, so an actor that dies is restarted and its
+unfinished calls are retried (`max_restarts`, Ray's `max_task_retries`).
+
+`LocalRunner` runs the same layout in this process, one part after another. Both give a `RunReport`
+from `measure`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import ray
+import torch
+from ray.exceptions import RayActorError, RayTaskError
+
+from cluster.connect import cluster_cpus, cluster_gpus, connect
+from decomp.errors import DecompError, InputShapeError
+from decomp.partition.export import load_part, manifest_layout, read_manifest
+from decomp.partition.parts import PartsLayout, as_tuple
+
+__all__ = [
+    "LocalRunner",
+    "RayRunner",
+    "RunReport",
+    "RuntimeFailure",
+    "export_inputs",
+    "export_loaders",
+    "loaders_for",
+    "measure",
+    "run_export",
+    "split_batch",
+]
+
+Loader = Callable[[], Callable[..., Any]]
+
+
+class RuntimeFailure(DecompError):
+    """A part failed or its worker died beyond its restarts."""
+
+
+def _given(module: Callable[..., Any]) -> Callable[..., Any]:
+    return module
+
+
+def loaders_for(modules: Sequence[Callable[..., Any]]) -> list[Loader]:
+    """Loaders that hand over modules already in memory (they travel to the actors pickled)."""
+    return [functools.partial(_given, m) for m in modules]
+
+
+def export_loaders(folder: str | os.PathLike[str]) -> list[Loader]:
+    """Loaders that read each part of an export folder where it runs (only that part's file, checksum
+    checked), so a worker never receives the weights through the driver."""
+    manifest = read_manifest(folder)
+    return [functools.partial(load_part, os.fspath(folder), k) for k in range(len(manifest["parts"]))]
+
+
+class _Part:
+    """What runs inside a worker: load the part once, then call it; counts busy time."""
+
+    def __init__(self, name: str, loader: Loader, threads: int, device: str) -> None:
+        torch.set_num_threads(max(1, threads))
+        self.name, self.device = name, torch.device(device)
+        self.module = loader()
+        if self.device.type != "cpu" and hasattr(self.module, "to"):
+            self.module = self.module.to(self.device)
+        self.busy, self.calls = 0.0, 0
+
+    def run(self, *tensors: Any) -> Any:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            args = [t.to(self.device) if isinstance(t, torch.Tensor) else t for t in tensors]
+            out = tuple(o.cpu() if isinstance(o, torch.Tensor) else o for o in as_tuple(self.module(*args)))
+        self.busy += time.perf_counter() - start
+        self.calls += 1
+        return out if len(out) > 1 else out[0]
+
+    def stats(self) -> dict[str, Any]:
+        return {"busy_s": self.busy, "calls": self.calls, "pid": os.getpid(), "threads": torch.get_num_threads()}
+
+
+_PartActor = ray.remote(_Part)
+
+
+class LocalRunner:
+    """All parts in this process, one after another (`threads` torch threads)."""
+
+    def __init__(self, layout: PartsLayout, loaders: Sequence[Loader], threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.layout = layout
+        self.parts = [
+            _Part(p.name, loader, torch.get_num_threads(), "cpu")
+            for p, loader in zip(layout.parts, loaders, strict=True)
+        ]
+
+    def map(self, batches: Iterable[Sequence[torch.Tensor]]) -> Iterator[tuple[Any, ...]]:
+        for inputs in batches:
+            env = dict(zip(self.layout.inputs, inputs, strict=True))
+            for spec, part in zip(self.layout.parts, self.parts, strict=True):
+                env.update(zip(spec.outputs, as_tuple(part.run(*(env[n] for n in spec.inputs))), strict=True))
+            yield tuple(env[n] for n in self.layout.outputs)
+
+    def stats(self) -> list[dict[str, Any]]:
+        return [p.stats() for p in self.parts]
+
+    def close(self) -> None:
+        self.parts = []
+
+
+class RayRunner:
+    """One Ray actor per part; see the module docstring. `threads`: torch threads per CPU part."""
+
+    def __init__(
+        self,
+        layout: PartsLayout,
+        loaders: Sequence[Loader],
+        threads: int = 1,
+        devices: Sequence[str] = (),
+        max_in_flight: int | None = None,
+        max_restarts: int = 2,
+    ) -> None:
+        if len(loaders) != len(layout.parts):
+            raise DecompError(f"{len(loaders)} loaders for {len(layout.parts)} parts")
+        connect()
+        self.layout = layout
+        self.max_in_flight = max_in_flight or 2 * len(layout.parts)
+        gpus, cpus = cluster_gpus(), cluster_cpus()
+        # ask for no more CPU than the cluster has, or the last actors would wait forever for a slot
+        cpu_share = min(float(threads), cpus / len(layout.parts)) if cpus else 0.0
+        self.devices, self.actors = [], []
+        for k, (part, loader) in enumerate(zip(layout.parts, loaders, strict=True)):
+            hint = devices[k] if devices else part.device
+            on_gpu = gpus > 0 and not hint.startswith("cpu")
+            device = (hint if hint.startswith("cuda") else "cuda") if on_gpu else "cpu"
+            options = {"num_gpus": min(1.0, gpus / len(layout.parts))} if on_gpu else {"num_cpus": cpu_share}
+            actor = _PartActor.options(max_restarts=max_restarts, max_task_retries=max_restarts, **options).remote(
+                part.name, loader, threads, device
+            )
+            self.devices.append(device)
+            self.actors.append(actor)
+        self._get([a.stats.remote() for a in self.actors])  # surface load errors now, not at the first batch
+
+    def submit(self, inputs: Sequence[torch.Tensor]) -> list[ray.ObjectRef]:
+        """Queue one micro-batch on every part; returns the refs of the model outputs."""
+        if len(inputs) != len(self.layout.inputs):
+            raise DecompError(
+                f"the model takes {len(self.layout.inputs)} input(s) ({', '.join(self.layout.inputs)}), "
+                f"got {len(inputs)}"
+            )
+        env: dict[str, Any] = {n: ray.put(t) for n, t in zip(self.layout.inputs, inputs, strict=True)}
+        for part, actor in zip(self.layout.parts, self.actors, strict=True):
+            refs = actor.run.options(num_returns=len(part.outputs)).remote(*(env[n] for n in part.inputs))
+            env.update(zip(part.outputs, refs if len(part.outputs) > 1 else [refs], strict=True))
+        return [env[n] for n in self.layout.outputs]
+
+    def map(self, batches: Iterable[Sequence[torch.Tensor]]) -> Iterator[tuple[Any, ...]]:
+        """Outputs of each micro-batch, in order, with at most `max_in_flight` submitted and uncollected."""
+        pending: deque[list[ray.ObjectRef]] = deque()
+        for inputs in batches:
+            pending.append(self.submit(inputs))
+            if len(pending) >= self.max_in_flight:
+                yield tuple(self._get(pending.popleft()))
+        while pending:
+            yield tuple(self._get(pending.popleft()))
+
+    def stats(self) -> list[dict[str, Any]]:
+        return [
+            {**s, "device": d}
+            for s, d in zip(self._get([a.stats.remote() for a in self.actors]), self.devices, strict=True)
+        ]
+
+    def close(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+    def __enter__(self) -> RayRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _get(self, refs: list[ray.ObjectRef]) -> list[Any]:
+        try:
+            return ray.get(refs)
+        except RayTaskError as err:
+            cause = err.cause if isinstance(err.cause, BaseException) else None
+            if isinstance(cause, DecompError):
+                raise cause from None
+            if isinstance(cause, RayActorError):  # a later part's call failed because an earlier worker died
+                raise _died(cause) from None
+            raise RuntimeFailure(f"a part failed on its worker: {cause or err}") from None
+        except RayActorError as err:
+            raise _died(err) from None
+
+
+def _died(err: BaseException) -> RuntimeFailure:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return RuntimeFailure(
+        f"a part's worker died and could not be restarted ({first}); check the worker logs "
+        "(memory, a crashed library) and run again"
+    )
+
+
+def split_batch(inputs: Sequence[torch.Tensor], micro_batches: int) -> list[list[torch.Tensor]]:
+    """Cut every input along dim 0 into `micro_batches` chunks (as even as possible)."""
+    size = inputs[0].shape[0]
+    if not 1 <= micro_batches <= size:
+        raise DecompError(f"micro-batches must be in 1..{size} (the batch size), got {micro_batches}")
+    chunks = [t.tensor_split(micro_batches) for t in inputs]
+    return [list(c) for c in zip(*chunks, strict=True)]
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """Throughput and latency of `batches` batches of `batch_size`, each cut into `micro_batches`."""
+
+    runner: str
+    parts: int
+    batches: int
+    batch_size: int
+    micro_batches: int
+    seconds: float
+    throughput: float  # samples per second
+    latency_median_s: float  # from submitting a batch's first micro-batch to collecting its last
+    latency_max_s: float
+    busy_s: tuple[float, ...]  # per part, during the measured batches
+    busy_share: tuple[float, ...]  # busy / wall time
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measure(
+    runner: LocalRunner | RayRunner,
+    inputs: Sequence[torch.Tensor],
+    batches: int,
+    micro_batches: int = 1,
+    warmup: int = 1,
+) -> tuple[RunReport, tuple[Any, ...]]:
+    """Stream `batches` copies of `inputs` through `runner` (after `warmup` unmeasured ones); returns the
+    report and the outputs of the last batch (micro-batch outputs concatenated along dim 0)."""
+    chunks = split_batch(inputs, micro_batches)
+    for _ in runner.map(chunks * warmup):
+        pass
+    busy_before = [s["busy_s"] for s in runner.stats()]
+    submitted: dict[int, float] = {}
+    latencies, last = [], []
+
+    def stream() -> Iterator[list[torch.Tensor]]:
+        for b in range(batches):
+            for m, chunk in enumerate(chunks):
+                if m == 0:
+                    submitted[b] = time.perf_counter()
+                yield chunk
+
+    start = time.perf_counter()
+    for i, out in enumerate(runner.map(stream())):
+        b, m = divmod(i, micro_batches)
+        if b == batches - 1:
+            last.append(out)
+        if m == micro_batches - 1:
+            latencies.append(time.perf_counter() - submitted[b])
+    seconds = time.perf_counter() - start
+    busy = tuple(s["busy_s"] - b for s, b in zip(runner.stats(), busy_before, strict=True))
+    outputs = tuple(
+        torch.cat([o[j] for o in last]) if isinstance(last[0][j], torch.Tensor) else last[0][j]
+        for j in range(len(last[0]))
+    )
+    report = RunReport(
+        runner=type(runner).__name__,
+        parts=len(runner.layout.parts),
+        batches=batches,
+        batch_size=inputs[0].shape[0],
+        micro_batches=micro_batches,
+        seconds=seconds,
+        throughput=batches * inputs[0].shape[0] / seconds,
+        latency_median_s=statistics.median(latencies),
+        latency_max_s=max(latencies),
+        busy_s=busy,
+        busy_share=tuple(b / seconds for b in busy),
+    )
+    return report, outputs
+
+
+def export_inputs(manifest: dict[str, Any], batch_size: int | None = None, seed: int = 0) -> list[torch.Tensor]:
+    """Random model inputs of the shapes and dtypes the manifest records, with the batch dimension set to
+    `batch_size` (an export made for one batch size only accepts that one). Integer inputs (token ids)
+    are drawn from 0..1, valid for any embedding table."""
+    gen = torch.Generator().manual_seed(seed)
+    tensors = []
+    for info in manifest["inputs"]:
+        shape = list(info["shape"])
+        if batch_size is not None and shape and batch_size != shape[0]:
+            if info.get("batch_dim") != 0:
+                raise InputShapeError(
+                    f"this export takes input {info['name']!r} with batch size {shape[0]} only (its graph fixes "
+                    f"the batch); run it with --batch-size {shape[0]}"
+                )
+            shape[0] = batch_size
+        dtype = getattr(torch, info["dtype"])
+        if dtype.is_floating_point:
+            tensors.append(torch.randn(shape, generator=gen).to(dtype))
+        elif dtype == torch.bool:
+            tensors.append(torch.ones(shape, dtype=dtype))
+        else:
+            tensors.append(torch.randint(0, 2, shape, generator=gen, dtype=dtype))
+    return tensors
+
+
+def run_export(
+    folder: str | os.PathLike[str],
+    batch_size: int | None = None,
+    micro_batches: int = 1,
+    batches: int = 10,
+    threads: int = 1,
+    local: bool = False,
+    warmup: int = 1,
+) -> RunReport:
+    """Run an export folder on random inputs (one Ray actor per part, or in this process with `local`)
+    and measure it."""
+    manifest = read_manifest(folder)
+    layout, loaders = manifest_layout(manifest), export_loaders(folder)
+    inputs = export_inputs(manifest, batch_size)
+    runner = LocalRunner(layout, loaders, threads) if local else RayRunner(layout, loaders, threads=threads)
+    try:
+        report, _ = measure(runner, inputs, batches, micro_batches, warmup)
+    finally:
+        runner.close()
+    return report

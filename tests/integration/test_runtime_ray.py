@@ -1,0 +1,143 @@
+"""The parallel runtime: parts on Ray actors give the same outputs as in-process, in order, and survive
+a worker that dies; errors inside a part reach the caller by name."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+from torch import nn
+
+from cluster.connect import connect
+from cluster.runtime import LocalRunner, RayRunner, RuntimeFailure, loaders_for, measure, split_batch
+from decomp.errors import InputShapeError
+from decomp.partition import PartsLayout, PartSpec, run_local
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_cluster():
+    connect(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+class Twice(nn.Module):
+    def forward(self, h):
+        return h, 2 * h
+
+
+class DiesOnce(nn.Module):
+    """Kills its worker process on the `at`-th call, once (a marker file remembers), or every time."""
+
+    def __init__(self, marker: str, at: int, always: bool = False) -> None:
+        super().__init__()
+        self.marker, self.at, self.always, self.calls = marker, at, always, 0
+
+    def forward(self, h):
+        self.calls += 1
+        if self.calls == self.at and (self.always or not Path(self.marker).exists()):
+            Path(self.marker).touch()
+            os._exit(1)
+        return h + 1
+
+
+class Checked(nn.Module):
+    def forward(self, h):
+        if h.shape[-1] != 4:
+            raise InputShapeError(f"part p2 expects input h1 with last dim 4, got {tuple(h.shape)}")
+        return h.sum(-1)
+
+
+def _layout_and_modules(middle: nn.Module | None = None):
+    torch.manual_seed(0)
+    first = nn.Sequential(nn.Linear(6, 4), nn.ReLU())
+    layout = PartsLayout(
+        ["x"],
+        ["y", "h2"],
+        [PartSpec("p0", ["x"], ["h"]), PartSpec("p1", ["h"], ["h1", "h2"]), PartSpec("p2", ["h1"], ["y"])],
+    )
+    if middle is not None:
+        layout = PartsLayout(
+            ["x"], ["y"], [PartSpec("p0", ["x"], ["h"]), PartSpec("p1", ["h"], ["h1"]), PartSpec("p2", ["h1"], ["y"])]
+        )
+    return layout, [first, middle or Twice(), Checked()]
+
+
+def test_ray_runner_matches_in_process_outputs_in_order():
+    layout, modules = _layout_and_modules()
+    batches = [[torch.randn(3, 6)] for _ in range(12)]  # distinct micro-batches: order is checked
+    with RayRunner(layout, loaders_for(modules), max_in_flight=3) as runner:
+        got = list(runner.map(batches))
+        stats = runner.stats()
+    assert len(got) == 12
+    for out, (x,) in zip(got, batches, strict=True):
+        expected = run_local(layout, modules, x)
+        for a, b in zip(out, expected, strict=True):
+            torch.testing.assert_close(a, b)
+    assert [s["calls"] for s in stats] == [12, 12, 12]
+    assert len({s["pid"] for s in stats}) == 3 and all(s["threads"] == 1 for s in stats)  # one process per part
+
+
+def test_measure_reports_throughput_and_busy_time_per_part():
+    layout, modules = _layout_and_modules()
+    x = torch.randn(16, 6)
+    with RayRunner(layout, loaders_for(modules)) as runner:
+        report, outputs = measure(runner, [x], batches=4, micro_batches=4)
+    local_report, local_outputs = measure(LocalRunner(layout, loaders_for(modules)), [x], batches=4, micro_batches=4)
+    for a, b in zip(outputs, local_outputs, strict=True):
+        torch.testing.assert_close(a, b)
+    assert report.parts == 3 and report.batch_size == 16 and report.micro_batches == 4
+    assert report.throughput == pytest.approx(4 * 16 / report.seconds)
+    assert all(b > 0 for b in report.busy_s) and all(0 < s < 1 for s in report.busy_share)
+    assert report.latency_median_s <= report.latency_max_s <= report.seconds
+    assert local_report.runner == "LocalRunner" and report.runner == "RayRunner"
+
+
+def test_a_worker_that_dies_is_restarted_and_its_calls_retried(tmp_path):
+    layout, modules = _layout_and_modules(DiesOnce(str(tmp_path / "died"), at=3))
+    batches = [[torch.randn(2, 6)] for _ in range(6)]
+    with RayRunner(layout, loaders_for(modules)) as runner:
+        got = list(runner.map(batches))
+    assert (tmp_path / "died").exists()  # it did die
+    for (y,), (x,) in zip(got, batches, strict=True):
+        torch.testing.assert_close(y, (modules[0](x) + 1).sum(-1))
+
+
+def test_a_worker_that_keeps_dying_is_reported(tmp_path):
+    layout, modules = _layout_and_modules(DiesOnce(str(tmp_path / "died"), at=1, always=True))
+    runner = RayRunner(layout, loaders_for(modules), max_restarts=1)
+    with pytest.raises(RuntimeFailure, match="worker died"):
+        list(runner.map([[torch.randn(2, 6)] for _ in range(3)]))
+    runner.close()
+
+
+def test_an_error_inside_a_part_reaches_the_caller_by_name():
+    layout, modules = _layout_and_modules(nn.Linear(4, 5))  # p2 gets width 5, expects 4
+    with RayRunner(layout, loaders_for(modules)) as runner, pytest.raises(InputShapeError, match="part p2"):
+        list(runner.map([[torch.randn(2, 6)]]))
+
+
+def test_split_batch_rejects_more_micro_batches_than_samples():
+    assert [len(c[0]) for c in split_batch([torch.zeros(10, 2)], 3)] == [4, 3, 3]
+    with pytest.raises(Exception, match="micro-batches must be in 1..10"):
+        split_batch([torch.zeros(10, 2)], 11)
+
+
+def test_run_export_on_ray_loads_each_part_in_its_actor(tmp_path):
+    from cluster.runtime import export_inputs, export_loaders, run_export
+    from decomp.partition import load_export, manifest_layout, read_manifest
+    from decomp.partition.job import SplitRequest, run_split
+
+    run_split(SplitRequest("python:tests.tiny_models:tiny_net", 3), tmp_path / "out")
+    report = run_export(tmp_path / "out", batch_size=4, micro_batches=2, batches=3)
+    assert report.runner == "RayRunner" and report.parts == 3 and all(b > 0 for b in report.busy_s)
+    manifest = read_manifest(tmp_path / "out")
+    (x,) = export_inputs(manifest, 6)
+    with RayRunner(manifest_layout(manifest), export_loaders(tmp_path / "out")) as runner:
+        (got,) = next(runner.map([[x]]))
+    torch.testing.assert_close(got, load_export(tmp_path / "out")(x)[0])
