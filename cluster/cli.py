@@ -119,6 +119,71 @@ def prune(
         json_path.write_text(json.dumps(summary, indent=1))
 
 
+@app.command()
+def split(
+    model: Annotated[str, typer.Argument(help="model spec (as for graph); with --pruned, may be left as ''")],
+    out: Annotated[Path, typer.Option(help="export folder to write (must not exist or be empty)")],
+    parts: Annotated[int, typer.Option(help="number of parts")] = 2,
+    mode: Annotated[
+        str, typer.Option(help="pipeline (optimal DP cut points) or dag (graph partitioning)")
+    ] = "pipeline",
+    plan: Annotated[Optional[Path], typer.Option(help="a partition plan JSON to use instead of a baseline")] = None,
+    pruned: Annotated[Optional[Path], typer.Option(help="a decomp prune --out folder: split its pruned model")] = None,
+    method: Annotated[str, typer.Option(help="dag mode: auto, metis or kl")] = "auto",
+    input_shape: Annotated[
+        Optional[list[str]], typer.Option("--input-shape", help="e.g. 1,3,224,224; repeat for several inputs")
+    ] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="a .safetensors file or a saved state dict")] = None,
+    onnx: Annotated[bool, typer.Option(help="also write part_K.onnx (needs the onnx package)")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing export folder")] = False,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="also write the summary here")] = None,
+) -> None:
+    """Split MODEL into parts with a baseline plan (or --plan), export them to --out and verify the export."""
+    from cluster.render import split_table
+    from decomp.partition.job import SplitRequest, run_split
+    from decomp.specs import parse_input_shape
+
+    request = SplitRequest(
+        model,
+        parts,
+        mode,
+        plan=str(plan) if plan else None,
+        pruned=str(pruned) if pruned else None,
+        method=method,
+        weights=str(weights) if weights else None,
+        input_shapes=tuple(parse_input_shape(s) for s in input_shape or ()),
+        onnx=onnx,
+    )
+    with console.status(f"splitting {model or pruned} into {parts} parts ({mode}) ..."):
+        summary = run_split(request, out, overwrite=overwrite)
+    console.print(split_table(summary))
+    console.print(f"wrote {summary['out']} (verified: max abs diff {summary['max_abs_diff']:.3g})")
+    if json_path is not None:
+        json_path.write_text(json.dumps(summary, indent=1))
+
+
+@app.command()
+def run(
+    export: Annotated[Path, typer.Argument(help="an export folder written by decomp split or decomp export")],
+    batch_size: Annotated[Optional[int], typer.Option(help="samples per batch (default: the export's)")] = None,
+    micro_batches: Annotated[int, typer.Option(help="cut each batch into this many pipelined micro-batches")] = 1,
+    batches: Annotated[int, typer.Option(help="batches to measure (after one warm-up batch)")] = 10,
+    threads: Annotated[int, typer.Option(help="torch threads per part")] = 1,
+    local: Annotated[bool, typer.Option(help="run the parts in this process instead of Ray actors")] = False,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="also write the report here")] = None,
+) -> None:
+    """Run an export on random inputs, one Ray actor per part, and report throughput, latency and busy time."""
+    from cluster.render import run_table
+    from cluster.runtime import run_export
+
+    where = "in this process" if local else "on Ray"
+    with console.status(f"running {export} {where} ..."):
+        report = run_export(export, batch_size, micro_batches, batches, threads, local)
+    console.print(run_table(report))
+    if json_path is not None:
+        json_path.write_text(json.dumps(report.to_json(), indent=1))
+
+
 def main() -> None:
     """Console entry point: run the app and turn decomp errors into one clear message and exit code 2."""
     try:

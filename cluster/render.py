@@ -10,7 +10,7 @@ from rich.table import Table
 from decomp.coarsen import max_depth
 from decomp.graph import IO_OPS, ModelGraph
 
-__all__ = ["auto_blocks", "block_table", "draw_blocks", "human", "prune_table"]
+__all__ = ["auto_blocks", "block_table", "draw_blocks", "human", "prune_table", "run_table", "split_table"]
 
 
 def human(value: float, unit: str = "") -> str:
@@ -83,6 +83,53 @@ def prune_table(summary: dict) -> Table:
         table.add_row(
             "accuracy", f"{100 * before['accuracy']:.2f}%", f"{100 * after['accuracy']:.2f}%", f"{-drop:+.2f} pt"
         )
+    return table
+
+
+def split_table(summary: dict) -> Table:
+    """Per-part figures of a `decomp split` job."""
+    metrics, request = summary["metrics"], summary["request"]
+    table = Table(title=f"{request['model'] or request['pruned']}: {len(metrics['parts'])} parts ({request['mode']})")
+    columns = ["part", "ops", "params", "MACs", "MACs %", "peak act.", "in bytes/sample"]
+    stage = summary.get("stage_seconds")
+    if stage:
+        columns.append("est. stage ms")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "part" else "right")
+    total = sum(p["macs"] for p in metrics["parts"]) or 1
+    for k, part in enumerate(metrics["parts"]):
+        row = [
+            str(part["part"]),
+            str(part["nodes"]),
+            human(part["params"]),
+            human(part["macs"]),
+            f"{100 * part['macs'] / total:.1f}",
+            human(part["peak_bytes"], "B"),
+            human(part["received_bytes"] / metrics["batch"], "B"),
+        ]
+        if stage:
+            row.append(f"{1000 * stage[k]:.2f}")
+        table.add_row(*row)
+    table.caption = (
+        f"balance {metrics['balance']:.2f} | bytes between parts per sample "
+        f"{human(metrics['comm_bytes_per_sample'], 'B')} | export parts {summary['parts_in_export']}"
+    )
+    return table
+
+
+def run_table(report) -> Table:
+    """Throughput, latency and per-part busy time of `decomp run`."""
+    table = Table(
+        title=f"{report.runner}: {report.parts} parts, {report.batches} batches of {report.batch_size} "
+        f"in {report.micro_batches} micro-batches"
+    )
+    for column in ("", "value"):
+        table.add_column(column, justify="left" if not column else "right")
+    table.add_row("throughput", f"{report.throughput:.2f} samples/s")
+    table.add_row("latency per batch (median)", f"{1000 * report.latency_median_s:.1f} ms")
+    table.add_row("latency per batch (max)", f"{1000 * report.latency_max_s:.1f} ms")
+    for k, (busy, share) in enumerate(zip(report.busy_s, report.busy_share, strict=True)):
+        table.add_row(f"part {k} busy", f"{busy:.3f} s ({100 * share:.0f}%)")
     return table
 
 

@@ -292,12 +292,12 @@ def _walk(graph: ModelGraph, nodes: list[str], rank: dict[str, int], forward: bo
     """One greedy pass: forward, no node before its inputs' parts; backward, none after its readers'."""
     fixed: dict[str, int] = {}
     neighbours = graph.nx.predecessors if forward else graph.nx.successors
+    last = max(rank.values())
     for n in nodes if forward else reversed(nodes):
         bounds = [fixed[u] for u in neighbours(n) if u in fixed]
         if forward:
             fixed[n] = max([rank.get(n, 0), *bounds]) if n in rank else max(bounds, default=0)
         else:
-            last = max(rank.values())
             fixed[n] = min([rank[n], *bounds]) if n in rank else min(bounds, default=last)
     return fixed
 
