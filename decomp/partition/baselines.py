@@ -26,12 +26,17 @@ METHODS = ("auto", "metis", "kl")
 
 @dataclass(frozen=True)
 class StageCost:
-    """Seconds a stage takes: its MACs at `macs_per_s`, plus the bytes it receives at `bytes_per_s`, plus
-    `overhead_s`. The defaults are a rough accelerator (1e12 MAC/s) behind a 10 GB/s link."""
+    """Seconds a stage takes: its compute, plus the bytes it receives at `bytes_per_s`, plus `overhead_s`.
+    Compute is the stage's MACs at `macs_per_s`, or with `measured=True` the sum of its ops' measured
+    `seconds` (node attribute set by `decomp.latency.annotate_op_times`): MACs do not take the same
+    time everywhere in a network (early convolutions on large feature maps run slower per MAC), so a
+    split balanced by measured times is balanced in wall time. The defaults are a rough accelerator
+    (1e12 MAC/s) behind a 10 GB/s link."""
 
     macs_per_s: float = 1e12
     bytes_per_s: float = 1e10
     overhead_s: float = 0.0
+    measured: bool = False
 
     def __post_init__(self) -> None:
         if not (self.macs_per_s > 0 and self.bytes_per_s > 0):
@@ -41,14 +46,31 @@ class StageCost:
         if not self.overhead_s >= 0:
             raise InvalidPlanError(f"stage overhead_s must be >= 0, got {self.overhead_s}")
 
-    def time(self, macs: Any, received_bytes: Any) -> Any:
-        """Stage time for scalars or numpy arrays: the one formula both the DP and the reports use."""
-        return macs / self.macs_per_s + received_bytes / self.bytes_per_s + self.overhead_s
+    def work(self, graph: ModelGraph, nodes: list[str]) -> np.ndarray:
+        """Each node's compute work in this cost's unit: MACs, or measured seconds with `measured`."""
+        if not self.measured:
+            return np.array([graph[v]["macs"] for v in nodes], dtype=np.int64)
+        missing = [v for v in nodes if not isinstance(graph[v].get("seconds"), (int, float))]
+        if missing:
+            raise InvalidPlanError(
+                f"{len(missing)} op(s) have no measured seconds (e.g. {', '.join(missing[:3])}); run decomp.latency."
+                "annotate_op_times(graph, op_times(model, inputs)) first, or use StageCost(measured=False)"
+            )
+        return np.array([graph[v]["seconds"] for v in nodes], dtype=np.float64)
+
+    def time(self, work: Any, received_bytes: Any) -> Any:
+        """Stage time from its summed `work` (see `work`) and received bytes, for scalars or numpy arrays:
+        the one formula both the DP and the reports use."""
+        compute = work if self.measured else work / self.macs_per_s
+        return compute + received_bytes / self.bytes_per_s + self.overhead_s
 
 
 def pipeline_stage_times(graph: ModelGraph, plan: PartitionPlan, cost: StageCost = StageCost()) -> list[float]:
     """Seconds each part of `plan` takes under `cost`, receiving what `partition_metrics` counts."""
-    return [float(cost.time(p.macs, p.received_bytes)) for p in partition_metrics(graph, plan).parts]
+    compute = set(graph.compute_nodes())
+    work = [cost.work(graph, [n for n in members if n in compute]).sum() for members in plan.members()]
+    received = [p.received_bytes for p in partition_metrics(graph, plan).parts]
+    return [float(cost.time(w, r)) for w, r in zip(work, received, strict=True)]
 
 
 def _check_parts(graph: ModelGraph, parts: int) -> list[str]:
@@ -100,7 +122,8 @@ def optimal_pipeline(graph: ModelGraph, parts: int, cost: StageCost = StageCost(
     nodes = _check_parts(graph, parts)
     n = len(nodes)
     received = _received_matrix(graph)
-    prefix = np.concatenate([[0], np.cumsum([graph[v]["macs"] for v in nodes], dtype=np.int64)])
+    work = cost.work(graph, nodes)
+    prefix = np.concatenate([np.zeros(1, work.dtype), np.cumsum(work)])
     times = cost.time(prefix[None, :] - prefix[:, None], received)
     rows = np.arange(n + 1)
     times[rows[:, None] >= rows] = np.inf  # stage [i, j) needs i < j

@@ -1,0 +1,110 @@
+"""Measured time of every op of a traced model, run in place (in a whole forward pass, so caches and
+memory traffic are those the op sees in the real model).
+
+The node names are those of `build_graph` on the same trace (same model, inputs, tracer and leaf
+modules), so the times can be put on the graph (`annotate_op_times`) and used where MACs alone
+misjudge time, e.g. `StageCost(measured=True)` for a pipeline split balanced in wall time.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from decomp.errors import GraphError
+from decomp.graph import ModelGraph
+from decomp.partition.plan import PartitionPlan
+from decomp.tracing import trace
+
+__all__ = ["annotate_op_times", "op_times", "rescale_op_times"]
+
+
+class _Timed(fx.Interpreter):
+    """Runs the graph and adds each node's wall time to `seconds[node]`."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.seconds: dict[str, list[float]] = {n.name: [] for n in gm.graph.nodes}
+
+    def run_node(self, n: fx.Node) -> Any:
+        start = time.perf_counter()
+        out = super().run_node(n)
+        self.seconds[n.name].append(time.perf_counter() - start)
+        return out
+
+
+def op_times(
+    model: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...] | torch.Tensor,
+    tracer: str = "fx",
+    leaf_modules: Sequence[str | type] = (),
+    repeats: int = 5,
+    warmup: int = 2,
+    threads: int | None = None,
+) -> dict[str, float]:
+    """Median seconds of every op (fx node name -> seconds) over `repeats` forward passes on
+    `example_inputs` after `warmup` unmeasured ones, with `threads` torch threads (default: as set)."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    gm = trace(model, inputs, tracer=tracer, leaf_modules=leaf_modules)
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        timed = _Timed(gm)
+        with torch.inference_mode():
+            for _ in range(warmup):
+                timed.run(*inputs)
+            timed.seconds = {name: [] for name in timed.seconds}
+            for _ in range(repeats):
+                timed.run(*inputs)
+    finally:
+        torch.set_num_threads(before)
+    return {name: statistics.median(s) for name, s in timed.seconds.items() if s}
+
+
+def annotate_op_times(graph: ModelGraph, times: dict[str, float]) -> ModelGraph:
+    """Set node attribute `seconds` on every op of `graph` from `op_times` of the same trace; returns
+    the graph. Ops of the graph that `times` lacks mean the two come from different traces: an error."""
+    missing = [n for n in graph.compute_nodes() if n not in times]
+    if missing:
+        raise GraphError(
+            f"{len(missing)} op(s) of the graph have no measured time (e.g. {', '.join(missing[:3])}); "
+            "measure op_times on the same model, inputs, tracer and leaf modules the graph was built from"
+        )
+    for n in graph.nx.nodes:
+        if n in times:
+            graph.nx.nodes[n]["seconds"] = float(times[n])
+    return graph
+
+
+def rescale_op_times(graph: ModelGraph, plan: PartitionPlan, stage_seconds: Sequence[float]) -> list[float]:
+    """Calibrate the graph's op `seconds` to a run of `plan`: scale the ops of each part so they add up to
+    the seconds that part was measured to take per call (e.g. `busy_s / calls` from the runtime); returns
+    the factors. Parts running side by side on one machine slow each other down (shared caches and
+    memory bandwidth), unevenly: ops on large feature maps suffer most. A split re-balanced on the
+    calibrated times (`optimal_pipeline(graph, K, StageCost(measured=True))`) is balanced as it runs."""
+    members = plan.members()
+    if len(stage_seconds) != len(members):
+        raise GraphError(f"{len(stage_seconds)} stage times for a plan of {len(members)} parts")
+    compute = set(graph.compute_nodes())
+    factors = []
+    for nodes, measured in zip(members, stage_seconds, strict=True):
+        nodes = [n for n in nodes if n in compute]
+        missing = [n for n in nodes if "seconds" not in graph[n]]
+        if missing:
+            raise GraphError(f"op(s) {', '.join(missing[:3])} have no seconds; annotate_op_times first")
+        predicted = sum(graph[n]["seconds"] for n in nodes)
+        if not (measured > 0 and predicted > 0):
+            raise GraphError(f"cannot scale a part predicted at {predicted} s to a measured {measured} s")
+        factor = measured / predicted
+        for n in nodes:
+            graph.nx.nodes[n]["seconds"] *= factor
+        factors.append(factor)
+    return factors
