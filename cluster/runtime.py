@@ -138,9 +138,15 @@ class RayRunner:
         connect()
         self.layout = layout
         self.max_in_flight = max_in_flight or 2 * len(layout.parts)
-        gpus, cpus = cluster_gpus(), cluster_cpus()
-        # ask for no more CPU than the cluster has, or the last actors would wait forever for a slot
-        cpu_share = min(float(threads), cpus / len(layout.parts)) if cpus else 0.0
+        gpus = cluster_gpus()
+        cpus = 0.0 if gpus else _free_cpus(float(threads) * len(layout.parts))
+        if not gpus and cpus <= 0:
+            raise RuntimeFailure(
+                f"the Ray cluster has no free CPU for {len(layout.parts)} part(s) ({cluster_cpus():g} CPUs, all "
+                "held by other actors); close other runners or add nodes"
+            )
+        # ask for no more CPU than is free, or the last actors would wait forever for a slot
+        cpu_share = min(float(threads), cpus / len(layout.parts))
         self.devices, self.actors = [], []
         for k, (part, loader) in enumerate(zip(layout.parts, loaders, strict=True)):
             hint = devices[k] if devices else part.device
@@ -206,6 +212,17 @@ class RayRunner:
             raise RuntimeFailure(f"a part failed on its worker: {cause or err}") from None
         except RayActorError as err:
             raise _died(err) from None
+
+
+def _free_cpus(wanted: float, wait_s: float = 15.0) -> float:
+    """Free CPUs in the cluster, waiting up to `wait_s` for `wanted` of them (actors just killed give
+    theirs back a moment later)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        free = float(ray.available_resources().get("CPU", 0.0))
+        if free >= wanted or time.monotonic() > deadline:
+            return free
+        time.sleep(0.1)
 
 
 def _died(err: BaseException) -> RuntimeFailure:
