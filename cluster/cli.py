@@ -184,6 +184,48 @@ def run(
         json_path.write_text(json.dumps(report.to_json(), indent=1))
 
 
+@app.command()
+def profile(
+    model: Annotated[str, typer.Argument(help="model spec (as for graph)")],
+    device: Annotated[str, typer.Option(help="cpu, or cuda / cuda:N where torch sees a GPU")] = "cpu",
+    threads: Annotated[int, typer.Option(help="torch threads to profile and measure with")] = 1,
+    table: Annotated[
+        Optional[Path], typer.Option(help="op table file (default: per device under ~/.cache/decomp)")
+    ] = None,
+    input_shape: Annotated[
+        Optional[list[str]], typer.Option("--input-shape", help="e.g. 1,3,224,224; repeat for several inputs")
+    ] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="a .safetensors file or a saved state dict")] = None,
+    repeats: Annotated[int, typer.Option(help="timed forward passes of the whole model")] = 20,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="also write the summary here")] = None,
+) -> None:
+    """Profile MODEL's ops into this device's latency table, then print predicted vs measured latency."""
+    from decomp.latency.job import ProfileRequest, run_profile
+    from decomp.specs import parse_input_shape
+
+    request = ProfileRequest(
+        model,
+        device,
+        threads,
+        str(table) if table else None,
+        tuple(parse_input_shape(s) for s in input_shape or ()),
+        str(weights) if weights else None,
+        repeats,
+    )
+    with console.status(f"profiling {model} on {device} ({threads} threads) ..."):
+        summary = run_profile(request)
+    console.print(
+        f"{model}: {summary['ops']} ops, {summary['ops_profiled_now']} profiled now "
+        f"({summary['profile_seconds']:.1f} s), table {summary['table']} holds {summary['table_entries']} entries"
+    )
+    console.print(
+        f"predicted {1000 * summary['predicted_s']:.2f} ms | measured {1000 * summary['measured_s']:.2f} ms "
+        f"| error {100 * summary['error']:+.1f}% (uncalibrated sum of isolated op times)"
+    )
+    if json_path is not None:
+        json_path.write_text(json.dumps(summary, indent=1))
+
+
 def main() -> None:
     """Console entry point: run the app and turn decomp errors into one clear message and exit code 2."""
     try:

@@ -1,5 +1,30 @@
-"""decomp.latency: measured op times and (to come) the latency and communication model."""
+"""decomp.latency: the latency and communication model. Cluster specs (devices, links, presets),
+per-op latency tables measured on the device the profiler runs on, predictions of a candidate's
+latency, pipelined throughput, communication and memory per device, and calibration to measurements."""
 
+from decomp.latency.cluster import PRESETS, ClusterSpec, Device, DeviceKind, Link, NodeSpec, load_cluster
+from decomp.latency.predict import Calibration, LatencyModel, Prediction, calibrate
 from decomp.latency.profile import annotate_op_times, op_times, rescale_op_times
+from decomp.latency.table import OpTable, default_table_path, device_key, op_signature, profile_ops
 
-__all__ = ["annotate_op_times", "op_times", "rescale_op_times"]
+__all__ = [
+    "PRESETS",
+    "Calibration",
+    "ClusterSpec",
+    "Device",
+    "DeviceKind",
+    "LatencyModel",
+    "Link",
+    "NodeSpec",
+    "OpTable",
+    "Prediction",
+    "annotate_op_times",
+    "calibrate",
+    "default_table_path",
+    "device_key",
+    "load_cluster",
+    "op_signature",
+    "op_times",
+    "profile_ops",
+    "rescale_op_times",
+]

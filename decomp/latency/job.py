@@ -1,0 +1,98 @@
+"""The job behind `decomp profile`: build or update the op table of this device for a model, then
+compare the predicted latency of the whole model with a measured one."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from decomp.errors import SpecError
+from decomp.latency.cluster import LOCAL, ClusterSpec, DeviceKind, NodeSpec
+from decomp.latency.predict import Calibration, LatencyModel
+from decomp.latency.table import OpTable, default_table_path, device_key, profile_ops
+from decomp.specs import load_model
+
+__all__ = ["ProfileRequest", "measure_latency", "run_profile", "this_device"]
+
+
+@dataclass(frozen=True)
+class ProfileRequest:
+    model: str
+    device: str = "cpu"
+    threads: int = 1
+    table: str | None = None  # default: the cache path of this device key
+    input_shapes: tuple[tuple[int, ...], ...] = field(default=())
+    weights: str | None = None
+    repeats: int = 20
+
+    def __post_init__(self) -> None:
+        if self.threads < 1 or self.repeats < 1:
+            raise SpecError(f"threads and repeats must be >= 1, got {self.threads} and {self.repeats}")
+        if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
+            raise SpecError(f"device {self.device!r} asked for, but torch sees no CUDA device here; use --device cpu")
+
+
+def this_device(device: str = "cpu", threads: int = 1) -> ClusterSpec:
+    """A one-device cluster for the machine the profiler runs on (roofline figures are placeholders:
+    every op of a profiled model has a measured entry)."""
+    kind = DeviceKind(device_key(device, threads), "gpu" if device.startswith("cuda") else "cpu", 1e12, 1e11, 2**40)
+    return ClusterSpec("here", (kind,), (NodeSpec("here", ((kind.name, 1),)),), LOCAL, LOCAL)
+
+
+def measure_latency(model: nn.Module, inputs: tuple[torch.Tensor, ...], repeats: int = 20, warmup: int = 3) -> float:
+    """Median seconds of one forward pass (inference mode)."""
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            if inputs and inputs[0].is_cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(*inputs)
+            if inputs and inputs[0].is_cuda:
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_profile(request: ProfileRequest) -> dict[str, Any]:
+    """Profile the model's ops missing from the table (then save it), predict and measure its latency."""
+    shapes = [tuple(s) for s in request.input_shapes] or None
+    loaded = load_model(request.model, weights=request.weights, input_shapes=shapes)
+    device = torch.device(request.device)
+    model = loaded.module.to(device)
+    inputs = tuple(x.to(device) for x in loaded.example_inputs)
+    key = device_key(device, request.threads)
+    path = Path(request.table) if request.table else default_table_path(key)
+    table = OpTable.load(path, key)
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.threads)
+    try:
+        started = time.perf_counter()
+        graph, measured_ops = profile_ops(model, inputs, table, loaded.tracer, threads=request.threads)
+        profile_s = time.perf_counter() - started
+        table.save(path)
+        measured = measure_latency(model, inputs, request.repeats)
+    finally:
+        torch.set_num_threads(before)
+    cluster = this_device(request.device, request.threads)
+    prediction = LatencyModel(cluster, {key: table}, {key: Calibration()}).predict(graph)
+    predicted = prediction.compute_s[0]
+    return {
+        "request": asdict(request),
+        "device": key,
+        "table": str(path),
+        "table_entries": len(table),
+        "ops": len(graph.compute_nodes()),
+        "ops_profiled_now": measured_ops,
+        "profile_seconds": profile_s,
+        "predicted_s": predicted,
+        "measured_s": measured,
+        "error": predicted / measured - 1.0,
+    }

@@ -1,0 +1,193 @@
+"""Predict a candidate's latency, pipelined throughput, communication and memory per device from its
+costed graph (pruned or not), a partition plan and a cluster spec, without running it.
+
+Each op costs what the op table of its device kind says; an op the table lacks gets a roofline
+estimate, max(2 x MACs / peak FLOP/s, bytes read and written / memory bandwidth), and is counted in
+`Prediction.estimated_ops`. A part's time per micro-batch is `scale x (sum of its ops) + per_op x
+(its op count) + fixed` with the device kind's `Calibration` (fitted by `calibrate` on measured
+runs; identity by default). A tensor sent between parts costs its link's latency plus bytes over
+bandwidth (`ClusterSpec.link`), once per receiving part.
+
+- latency of one batch: M micro-batches through the DAG of parts, the critical path of one
+  micro-batch plus (M - 1) bottleneck stages;
+- pipelined throughput: samples per second with M micro-batches, each stage (compute plus what it
+  receives) running one micro-batch at a time: M x micro-batch / ((M + K - 1) x bottleneck), where
+  (K - 1) / (M + K - 1) is the pipeline bubble;
+- memory per device: the parts' peak bytes (`partition_metrics`) summed per device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import networkx as nx
+import numpy as np
+
+from decomp.errors import GraphError
+from decomp.graph import ModelGraph
+from decomp.latency.cluster import ClusterSpec, DeviceKind
+from decomp.latency.table import OpTable, op_signature
+from decomp.partition.metrics import batch_size, partition_metrics
+from decomp.partition.plan import PartitionPlan, crossings
+
+__all__ = ["Calibration", "LatencyModel", "Prediction", "calibrate"]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Per-device-kind correction of summed op times to what a part takes when run: `scale x ops + per_op
+    x op count + fixed` seconds per call."""
+
+    scale: float = 1.0
+    per_op: float = 0.0
+    fixed: float = 0.0
+
+    def apply(self, op_seconds: float, ops: int) -> float:
+        return self.scale * op_seconds + self.per_op * ops + self.fixed
+
+
+def calibrate(op_seconds: Sequence[float], ops: Sequence[int], measured: Sequence[float]) -> Calibration:
+    """Least-squares fit of `measured ~ scale x op_seconds + per_op x ops + fixed` over runs (a part's summed
+    table times, its op count, its measured seconds per call), minimising relative error, with every term
+    kept >= 0 (a term that would go negative is dropped and the rest refitted)."""
+    x = np.array([op_seconds, ops, np.ones(len(ops))], dtype=np.float64).T
+    y = np.asarray(measured, dtype=np.float64)
+    if len(y) < 3 or not np.all(y > 0):
+        raise GraphError(f"calibration needs at least 3 runs with measured times > 0, got {len(y)}")
+    weights = 1.0 / y  # relative error: a 1 ms part counts as much as a 1 s one
+    active = [0, 1, 2]
+    while True:
+        coef, *_ = np.linalg.lstsq(x[:, active] * weights[:, None], y * weights, rcond=None)
+        if np.all(coef >= 0) or len(active) == 1:
+            break
+        active.pop(int(np.argmin(coef)))
+    full = np.zeros(3)
+    full[active] = np.maximum(coef, 0.0)
+    return Calibration(*map(float, full))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a candidate is predicted to cost on a cluster (seconds, samples per second, bytes)."""
+
+    latency_s: float  # one batch of M micro-batches, end to end
+    throughput: float  # samples per second, pipelined
+    stage_s: tuple[float, ...]  # per part and micro-batch: compute plus receiving its inputs
+    compute_s: tuple[float, ...]  # per part and micro-batch: compute only
+    comm_s: float  # per batch: every transfer between parts (and inputs to the parts that read them)
+    bottleneck_s: float
+    bubble: float  # (K - 1) / (M + K - 1)
+    memory_bytes: tuple[int, ...]  # per device of the plan, peak
+    micro_batch: int
+    micro_batches: int
+    estimated_ops: int  # ops priced by the roofline (no table entry)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class LatencyModel:
+    """Op tables and calibrations per device kind (`tables[kind.name]`), with the cluster they price."""
+
+    def __init__(
+        self,
+        cluster: ClusterSpec,
+        tables: Mapping[str, OpTable] | None = None,
+        calibrations: Mapping[str, Calibration] | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.tables = dict(tables or {})
+        self.calibrations = dict(calibrations or {})
+
+    def op_seconds(self, graph: ModelGraph, kind: DeviceKind) -> tuple[dict[str, float], set[str]]:
+        """Seconds of every compute node of `graph` on a device of `kind`, and the nodes the table lacks
+        (priced by the roofline)."""
+        table = self.tables.get(kind.name)
+        out, estimated = {}, set()
+        for n in graph.compute_nodes():
+            seconds = table.get(op_signature(graph, n)) if table is not None else None
+            if seconds is None:
+                seconds = _roofline(graph, n, kind)
+                estimated.add(n)
+            out[n] = seconds
+        return out, estimated
+
+    def predict(
+        self,
+        graph: ModelGraph,
+        plan: PartitionPlan | None = None,
+        micro_batches: int = 1,
+        devices: Sequence[int | str] | None = None,
+    ) -> Prediction:
+        """Predict `graph` (built at the micro-batch size) split by `plan` (default: one part), part k on
+        `devices[k]` (default: the plan's device hints, else cluster device k)."""
+        if micro_batches < 1:
+            raise GraphError(f"micro_batches must be >= 1, got {micro_batches}")
+        nodes = graph.compute_nodes()
+        plan = plan or PartitionPlan.from_assignment({n: 0 for n in nodes}, "pipeline")
+        k = plan.parts
+        chosen = list(devices) if devices is not None else (list(plan.devices) or list(range(k)))
+        if len(chosen) != k:
+            raise GraphError(f"{len(chosen)} devices for a plan of {k} parts")
+        placed = [self.cluster.device(d) for d in chosen]
+        part_of = plan.part_of()
+        compute = [0.0] * k
+        priced = {p.kind.name: self.op_seconds(graph, p.kind) for p in {d.id: d for d in placed}.values()}
+        counts, sums, estimated = [0] * k, [0.0] * k, 0
+        for n in nodes:
+            p = part_of[n]
+            seconds, guessed = priced[placed[p].kind.name]
+            sums[p] += seconds[n]
+            counts[p] += 1
+            estimated += n in guessed
+        for p in range(k):
+            cal = self.calibrations.get(placed[p].kind.name, Calibration())
+            compute[p] = cal.apply(sums[p], counts[p]) if counts[p] else 0.0
+        # transfers: tensor from producer's part to each receiving part (inputs come from part 0's device)
+        received = [0.0] * k
+        edge_s: dict[tuple[int, int], float] = {}
+        comm = 0.0
+        for _, src, dst, nbytes in crossings(graph, plan):
+            link = self.cluster.link(chosen[src if src is not None else 0], chosen[dst])
+            t = link.time(nbytes)
+            received[dst] += t
+            comm += t
+            if src is not None:
+                edge_s[src, dst] = edge_s.get((src, dst), 0.0) + t
+        stage = [c + r for c, r in zip(compute, received, strict=True)]
+        bottleneck = max(stage)
+        # critical path of one micro-batch through the DAG of parts
+        dag = nx.DiGraph()
+        dag.add_nodes_from(range(k))
+        dag.add_edges_from(edge_s)
+        finish: dict[int, float] = {}
+        for p in nx.topological_sort(dag):
+            start = max((finish[q] + edge_s[q, p] for q in dag.predecessors(p)), default=0.0)
+            finish[p] = start + compute[p]
+        critical = max(finish.values())
+        bubble = (k - 1) / (micro_batches + k - 1)
+        micro = batch_size(graph)
+        memory: dict[str, int] = {}
+        for p, part in enumerate(partition_metrics(graph, plan).parts):
+            memory[placed[p].id] = memory.get(placed[p].id, 0) + part.peak_bytes
+        return Prediction(
+            latency_s=critical + (micro_batches - 1) * bottleneck,
+            throughput=micro_batches * micro / ((micro_batches + k - 1) * bottleneck) if bottleneck > 0 else 0.0,
+            stage_s=tuple(stage),
+            compute_s=tuple(compute),
+            comm_s=comm * micro_batches,
+            bottleneck_s=bottleneck,
+            bubble=bubble,
+            memory_bytes=tuple(memory.values()),
+            micro_batch=micro,
+            micro_batches=micro_batches,
+            estimated_ops=estimated,
+        )
+
+
+def _roofline(graph: ModelGraph, node: str, kind: DeviceKind) -> float:
+    d = graph[node]
+    read = sum(graph.nx.edges[u, node].get("bytes", 0) for u in graph.nx.predecessors(node))
+    moved = read + d.get("out_bytes", 0) + d.get("param_bytes", 0)
+    return max(2.0 * d.get("macs", 0) / kind.peak_flops, moved / kind.mem_bandwidth)
