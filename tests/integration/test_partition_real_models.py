@@ -148,3 +148,19 @@ def test_exported_parts_reproduce_the_model(tmp_path, spec, parts, kind, pruned)
     with torch.no_grad():
         got, expected = load_export(folder)(*doubled), flat_outputs(model(*doubled))
     assert max(float((a - b).abs().max()) for a, b in zip(got, expected, strict=True)) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    ("spec", "parts", "mode"),
+    [("torchvision:googlenet", 4, "dag"), (GPT2, 2, "dag"), ("torchvision:resnet50", 4, "pipeline")],
+)
+def test_baseline_split_jobs_on_real_models(tmp_path, spec, parts, mode):
+    """`decomp split`'s baselines (METIS + repair in DAG mode, the DP in pipeline mode) end to end."""
+    from decomp.partition.job import SplitRequest, run_split
+
+    shape = SHAPES.get(spec, (1, 3, 64, 64))
+    summary = run_split(SplitRequest(spec, parts, mode, input_shapes=(shape,)), tmp_path / "out")
+    assert summary["max_abs_diff"] <= 1e-5 and len(summary["metrics"]["parts"]) == parts
+    assert summary["metrics"]["balance"] < 2.0  # the baselines balance MACs
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest["partition_plan"]["mode"] == mode and len(manifest["parts"]) == summary["parts_in_export"]
