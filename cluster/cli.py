@@ -220,7 +220,7 @@ def profile(
     )
     console.print(
         f"predicted {1000 * summary['predicted_s']:.2f} ms | measured {1000 * summary['measured_s']:.2f} ms "
-        f"| error {100 * summary['error']:+.1f}% (uncalibrated sum of isolated op times)"
+        f"| error {100 * summary['error']:+.1f}% (sum of the table's op times)"
     )
     if json_path is not None:
         json_path.write_text(json.dumps(summary, indent=1))

@@ -4,9 +4,11 @@ costed graph (pruned or not), a partition plan and a cluster spec, without runni
 Each op costs what the op table of its device kind says; an op the table lacks gets a roofline
 estimate, max(2 x MACs / peak FLOP/s, bytes read and written / memory bandwidth), and is counted in
 `Prediction.estimated_ops`. A part's time per micro-batch is `scale x (sum of its ops) + per_op x
-(its op count) + fixed` with the device kind's `Calibration` (fitted by `calibrate` on measured
-runs; identity by default). A tensor sent between parts costs its link's latency plus bytes over
-bandwidth (`ClusterSpec.link`), once per receiving part.
+(its op count) + per_byte x (activation bytes its ops read and write) + fixed` with the device kind's
+`Calibration` (fitted by `calibrate` on measured runs; identity by default). The bytes term is the
+cost of memory traffic an op timed alone does not pay: timed alone, its inputs stay in cache between
+repeats; in the model they come from the op before, often from main memory. A tensor sent between
+parts costs its link's latency plus bytes over bandwidth (`ClusterSpec.link`), once per receiving part.
 
 - latency of one batch: M micro-batches through the DAG of parts, the critical path of one
   micro-batch plus (M - 1) bottleneck stages;
@@ -31,40 +33,60 @@ from decomp.latency.table import OpTable, op_signature
 from decomp.partition.metrics import batch_size, partition_metrics
 from decomp.partition.plan import PartitionPlan, crossings
 
-__all__ = ["Calibration", "LatencyModel", "Prediction", "calibrate"]
+__all__ = ["Calibration", "LatencyModel", "Prediction", "activation_traffic", "calibrate"]
 
 
 @dataclass(frozen=True)
 class Calibration:
     """Per-device-kind correction of summed op times to what a part takes when run: `scale x ops + per_op
-    x op count + fixed` seconds per call."""
+    x op count + per_byte x activation bytes + fixed` seconds per call."""
 
     scale: float = 1.0
     per_op: float = 0.0
+    per_byte: float = 0.0
     fixed: float = 0.0
 
-    def apply(self, op_seconds: float, ops: int) -> float:
-        return self.scale * op_seconds + self.per_op * ops + self.fixed
+    def apply(self, op_seconds: float, ops: int, traffic: float = 0.0) -> float:
+        return self.scale * op_seconds + self.per_op * ops + self.per_byte * traffic + self.fixed
 
 
-def calibrate(op_seconds: Sequence[float], ops: Sequence[int], measured: Sequence[float]) -> Calibration:
-    """Least-squares fit of `measured ~ scale x op_seconds + per_op x ops + fixed` over runs (a part's summed
-    table times, its op count, its measured seconds per call), minimising relative error, with every term
-    kept >= 0 (a term that would go negative is dropped and the rest refitted)."""
-    x = np.array([op_seconds, ops, np.ones(len(ops))], dtype=np.float64).T
+def calibrate(
+    op_seconds: Sequence[float],
+    ops: Sequence[int],
+    measured: Sequence[float],
+    traffic: Sequence[float] | None = None,
+) -> Calibration:
+    """Least-squares fit of `measured ~ scale x op_seconds + per_op x ops + per_byte x traffic + fixed` over
+    runs (a part's summed table times, its op count, the activation bytes its ops read and write
+    (`activation_traffic`), its measured seconds per call), minimising relative error, with every term
+    kept >= 0 (a term that would go negative is dropped and the rest refitted). Without `traffic` the
+    bytes term stays 0."""
+    n = len(measured)
+    columns = [op_seconds, ops, traffic if traffic is not None else [0.0] * n, [1.0] * n]
+    x = np.array(columns, dtype=np.float64).T
     y = np.asarray(measured, dtype=np.float64)
-    if len(y) < 3 or not np.all(y > 0):
-        raise GraphError(f"calibration needs at least 3 runs with measured times > 0, got {len(y)}")
+    if n < 3 or not np.all(y > 0):
+        raise GraphError(f"calibration needs at least 3 runs with measured times > 0, got {n}")
     weights = 1.0 / y  # relative error: a 1 ms part counts as much as a 1 s one
-    active = [0, 1, 2]
+    active = [0, 1, 3] if traffic is None else [0, 1, 2, 3]
     while True:
         coef, *_ = np.linalg.lstsq(x[:, active] * weights[:, None], y * weights, rcond=None)
         if np.all(coef >= 0) or len(active) == 1:
             break
         active.pop(int(np.argmin(coef)))
-    full = np.zeros(3)
+    full = np.zeros(4)
     full[active] = np.maximum(coef, 0.0)
     return Calibration(*map(float, full))
+
+
+def activation_traffic(graph: ModelGraph, nodes: Sequence[str]) -> float:
+    """Bytes `nodes` read from their inputs and write as outputs (parameters not counted)."""
+    g = graph.nx
+    return float(
+        sum(
+            g.nodes[n].get("out_bytes", 0) + sum(b for _, _, b in g.in_edges(n, data="bytes", default=0)) for n in nodes
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -134,16 +156,18 @@ class LatencyModel:
         part_of = plan.part_of()
         compute = [0.0] * k
         priced = {p.kind.name: self.op_seconds(graph, p.kind) for p in {d.id: d for d in placed}.values()}
-        counts, sums, estimated = [0] * k, [0.0] * k, 0
+        counts, sums, traffic, estimated = [0] * k, [0.0] * k, [0.0] * k, 0
+        g = graph.nx
         for n in nodes:
             p = part_of[n]
             seconds, guessed = priced[placed[p].kind.name]
             sums[p] += seconds[n]
             counts[p] += 1
+            traffic[p] += g.nodes[n].get("out_bytes", 0) + sum(b for _, _, b in g.in_edges(n, data="bytes", default=0))
             estimated += n in guessed
         for p in range(k):
             cal = self.calibrations.get(placed[p].kind.name, Calibration())
-            compute[p] = cal.apply(sums[p], counts[p]) if counts[p] else 0.0
+            compute[p] = cal.apply(sums[p], counts[p], traffic[p]) if counts[p] else 0.0
         # transfers: tensor from producer's part to each receiving part (inputs come from part 0's device)
         received = [0.0] * k
         edge_s: dict[tuple[int, int], float] = {}

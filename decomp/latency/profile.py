@@ -21,38 +21,41 @@ from decomp.graph import ModelGraph
 from decomp.partition.plan import PartitionPlan
 from decomp.tracing import trace
 
-__all__ = ["annotate_op_times", "op_times", "rescale_op_times"]
+__all__ = ["annotate_op_times", "node_times", "op_times", "rescale_op_times"]
 
 
 class _Timed(fx.Interpreter):
-    """Runs the graph and adds each node's wall time to `seconds[node]`."""
+    """Runs the graph and adds the wall time of each node's call (not the interpreter's bookkeeping
+    around it) to `seconds[node]`."""
 
     def __init__(self, gm: fx.GraphModule) -> None:
         super().__init__(gm)
         self.seconds: dict[str, list[float]] = {n.name: [] for n in gm.graph.nodes}
 
     def run_node(self, n: fx.Node) -> Any:
-        start = time.perf_counter()
-        out = super().run_node(n)
-        self.seconds[n.name].append(time.perf_counter() - start)
+        with self._set_current_node(n):
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            call = getattr(self, n.op)
+            start = time.perf_counter()
+            out = call(n.target, args, kwargs)
+            self.seconds[n.name].append(time.perf_counter() - start)
         return out
 
 
-def op_times(
-    model: nn.Module,
-    example_inputs: tuple[torch.Tensor, ...] | torch.Tensor,
-    tracer: str = "fx",
-    leaf_modules: Sequence[str | type] = (),
+def node_times(
+    gm: fx.GraphModule,
+    inputs: tuple[Any, ...],
     repeats: int = 5,
     warmup: int = 2,
     threads: int | None = None,
+    stat: str = "median",
 ) -> dict[str, float]:
-    """Median seconds of every op (fx node name -> seconds) over `repeats` forward passes on
-    `example_inputs` after `warmup` unmeasured ones, with `threads` torch threads (default: as set)."""
+    """Seconds of every node of `gm` over `repeats` runs on `inputs` after `warmup` ones: the median, or
+    with `stat='min'` the least (what the op takes when nothing else on the machine disturbs it)."""
+    if stat not in ("median", "min"):
+        raise ValueError(f"stat must be 'median' or 'min', got {stat!r}")
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-    gm = trace(model, inputs, tracer=tracer, leaf_modules=leaf_modules)
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -66,7 +69,24 @@ def op_times(
                 timed.run(*inputs)
     finally:
         torch.set_num_threads(before)
-    return {name: statistics.median(s) for name, s in timed.seconds.items() if s}
+    reduce = statistics.median if stat == "median" else min
+    return {name: reduce(s) for name, s in timed.seconds.items() if s}
+
+
+def op_times(
+    model: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...] | torch.Tensor,
+    tracer: str = "fx",
+    leaf_modules: Sequence[str | type] = (),
+    repeats: int = 5,
+    warmup: int = 2,
+    threads: int | None = None,
+) -> dict[str, float]:
+    """Median seconds of every op (fx node name -> seconds) over `repeats` forward passes on
+    `example_inputs` after `warmup` unmeasured ones, with `threads` torch threads (default: as set)."""
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    gm = trace(model, inputs, tracer=tracer, leaf_modules=leaf_modules)
+    return node_times(gm, inputs, repeats, warmup, threads)
 
 
 def annotate_op_times(graph: ModelGraph, times: dict[str, float]) -> ModelGraph:

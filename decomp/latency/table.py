@@ -1,5 +1,12 @@
-"""Per-op latency lookup tables: every op of a graph profiled in isolation with `torch.utils.benchmark`
-on the device the profiler runs on, keyed by the op's signature, cached on disk.
+"""Per-op latency lookup tables: the ops of a graph profiled on the device the profiler runs on, keyed
+by the op's signature, cached on disk.
+
+Two ways to time an op (`profile_ops(method=...)`): `in_place` (the default) times each op's call
+inside whole forward passes, so it pays what it pays in the model (inputs and weights coming from
+main memory, not from a cache its own previous repeat warmed); `isolated` times each op alone on its
+recorded inputs with `torch.utils.benchmark`. Isolated times miss that traffic and under-predict
+convolutional networks by 15-30% (a `Calibration` with its bytes term recovers part of it); see
+BENCHMARKS.md for both measured against real forward passes.
 
 An op's signature is what decides its cost and can be read off the costed graph alone: what it does
 (module class, or function / ATen op), the shapes of the tensors it reads and makes, dtype, and its
@@ -27,9 +34,12 @@ from torch.utils import benchmark
 from decomp.build import graph_from_module
 from decomp.errors import GraphError
 from decomp.graph import ModelGraph
+from decomp.latency.profile import node_times
 from decomp.tracing import trace
 
-__all__ = ["FORMAT", "OpTable", "default_table_path", "device_key", "op_signature", "profile_ops"]
+__all__ = ["FORMAT", "METHODS", "OpTable", "default_table_path", "device_key", "op_signature", "profile_ops"]
+
+METHODS = ("in_place", "isolated")
 
 FORMAT = "decomp.op_table/1"
 
@@ -81,6 +91,16 @@ class OpTable:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def merge(self, other: OpTable) -> OpTable:
+        """Take `other`'s entries (same device key), keeping the lesser time where both have one: tables
+        profiled at different moments on a shared machine, or on several machines of one kind, combine
+        into times nearer the undisturbed ones. Returns this table."""
+        if other.device != self.device:
+            raise GraphError(f"cannot merge a table of {other.device!r} into one of {self.device!r}")
+        for sig, seconds in other.entries.items():
+            self.entries[sig] = min(seconds, self.entries.get(sig, seconds))
+        return self
 
     def missing(self, graph: ModelGraph) -> list[str]:
         """Compute nodes of `graph` whose signature the table lacks."""
@@ -168,26 +188,36 @@ def profile_ops(
     tracer: str = "fx",
     leaf_modules: Sequence[str | type] = (),
     threads: int | None = None,
+    method: str = "in_place",
     min_run_time: float = 0.05,
+    repeats: int = 10,
 ) -> tuple[ModelGraph, int]:
-    """Time every op of `model` whose signature `table` lacks, each alone on its recorded inputs
-    (`torch.utils.benchmark`, median of `blocked_autorange`), and add it to `table`; returns the costed
-    graph of the trace and the number of ops measured."""
+    """Time the ops of `model` whose signature `table` lacks and add them to `table`; returns the costed
+    graph of the trace and the number of signatures added. `in_place`: the least over `repeats` forward
+    passes of each op's call (ops sharing a signature averaged); `isolated`: each op alone on its
+    recorded inputs, the median of `torch.utils.benchmark`'s `blocked_autorange(min_run_time)`."""
+    if method not in METHODS:
+        raise GraphError(f"unknown profiling method {method!r}; choose one of {', '.join(METHODS)}")
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     gm = trace(model, inputs, tracer=tracer, leaf_modules=leaf_modules)
     graph = graph_from_module(gm, name=type(model).__name__, tracer=tracer)
-    todo: dict[str, str] = {}
+    todo: dict[str, list[str]] = {}  # signature -> nodes
     for n in graph.compute_nodes():
         sig = op_signature(graph, n)
-        if sig not in table.entries and sig not in todo.values():
-            todo[n] = sig
+        if sig not in table.entries:
+            todo.setdefault(sig, []).append(n)
     if not todo:
         return graph, 0
-    capture = _Capture(gm, set(todo))
+    if method == "in_place":
+        times = node_times(gm, inputs, repeats=repeats, warmup=2, threads=threads, stat="min")
+        for sig, nodes in todo.items():
+            table.entries[sig] = float(sum(times[n] for n in nodes) / len(nodes))
+        return graph, len(todo)
+    capture = _Capture(gm, {nodes[0] for nodes in todo.values()})
     with torch.inference_mode():
         capture.run(*inputs)
-        for name, sig in todo.items():
-            fn, args, kwargs = capture.calls[name]
+        for sig, nodes in todo.items():
+            fn, args, kwargs = capture.calls[nodes[0]]
             timer = benchmark.Timer(
                 stmt="fn(*args, **kwargs)",
                 globals={"fn": fn, "args": args, "kwargs": kwargs},

@@ -66,6 +66,15 @@ def test_profile_fills_the_table_once_and_reloads(tmp_path):
     assert profile_ops(model, x, table, threads=1)[1] == 0  # warm table: nothing to measure
     path = table.save(tmp_path / "t.json")
     assert OpTable.load(path, table.device).entries == table.entries
+    isolated = OpTable(table.device)
+    assert profile_ops(model, x, isolated, threads=1, method="isolated", min_run_time=0.01)[1] == measured
+    slower = OpTable(table.device, {k: 2 * v for k, v in table.entries.items()} | {"extra": 1.0})
+    merged = OpTable(table.device, dict(table.entries)).merge(slower)
+    assert merged.entries == {**table.entries, "extra": 1.0}  # the lesser time wins, new entries join
+    with pytest.raises(GraphError, match="cannot merge"):
+        merged.merge(OpTable("cuda:other"))
+    with pytest.raises(GraphError, match="unknown profiling method 'guess'"):
+        profile_ops(model, x, table, method="guess")
     with pytest.raises(GraphError, match="was measured on"):
         OpTable.load(path, "cuda:other")
     # a wider model shares no Linear signature but the ReLU-free ops of the same width
