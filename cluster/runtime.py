@@ -30,7 +30,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from cluster.connect import cluster_cpus, cluster_gpus, connect
 from decomp.errors import DecompError, InputShapeError
 from decomp.partition.export import load_part, manifest_layout, read_manifest
-from decomp.partition.parts import PartsLayout, as_tuple
+from decomp.partition.parts import PartsLayout, as_tuple, run_local
 
 __all__ = [
     "LocalRunner",
@@ -108,11 +108,9 @@ class LocalRunner:
         ]
 
     def map(self, batches: Iterable[Sequence[torch.Tensor]]) -> Iterator[tuple[Any, ...]]:
+        calls = [part.run for part in self.parts]
         for inputs in batches:
-            env = dict(zip(self.layout.inputs, inputs, strict=True))
-            for spec, part in zip(self.layout.parts, self.parts, strict=True):
-                env.update(zip(spec.outputs, as_tuple(part.run(*(env[n] for n in spec.inputs))), strict=True))
-            yield tuple(env[n] for n in self.layout.outputs)
+            yield run_local(self.layout, calls, *inputs)
 
     def stats(self) -> list[dict[str, Any]]:
         return [p.stats() for p in self.parts]

@@ -14,7 +14,7 @@ from torch import nn
 
 from decomp.errors import SpecError
 from decomp.latency.cluster import LOCAL, ClusterSpec, DeviceKind, NodeSpec
-from decomp.latency.predict import Calibration, LatencyModel
+from decomp.latency.predict import LatencyModel
 from decomp.latency.table import OpTable, default_table_path, device_key, profile_ops
 from decomp.specs import load_model
 
@@ -86,7 +86,7 @@ def run_profile(request: ProfileRequest) -> dict[str, Any]:
     finally:
         torch.set_num_threads(before)
     cluster = this_device(request.device, request.threads)
-    prediction = LatencyModel(cluster, {key: table}, {key: Calibration()}).predict(graph)
+    prediction = LatencyModel(cluster, {key: table}).predict(graph)
     predicted = prediction.compute_s[0]
     return {
         "request": asdict(request),

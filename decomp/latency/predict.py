@@ -81,12 +81,11 @@ def calibrate(
 
 def activation_traffic(graph: ModelGraph, nodes: Sequence[str]) -> float:
     """Bytes `nodes` read from their inputs and write as outputs (parameters not counted)."""
-    g = graph.nx
-    return float(
-        sum(
-            g.nodes[n].get("out_bytes", 0) + sum(b for _, _, b in g.in_edges(n, data="bytes", default=0)) for n in nodes
-        )
-    )
+    return float(sum(_traffic(graph.nx, n) for n in nodes))
+
+
+def _traffic(g: nx.DiGraph, n: str) -> int:
+    return g.nodes[n].get("out_bytes", 0) + sum(b for _, _, b in g.in_edges(n, data="bytes", default=0))
 
 
 @dataclass(frozen=True)
@@ -154,29 +153,28 @@ class LatencyModel:
             raise GraphError(f"{len(chosen)} devices for a plan of {k} parts")
         placed = [self.cluster.device(d) for d in chosen]
         part_of = plan.part_of()
-        compute = [0.0] * k
         priced = {p.kind.name: self.op_seconds(graph, p.kind) for p in {d.id: d for d in placed}.values()}
         counts, sums, traffic, estimated = [0] * k, [0.0] * k, [0.0] * k, 0
-        g = graph.nx
         for n in nodes:
             p = part_of[n]
             seconds, guessed = priced[placed[p].kind.name]
             sums[p] += seconds[n]
             counts[p] += 1
-            traffic[p] += g.nodes[n].get("out_bytes", 0) + sum(b for _, _, b in g.in_edges(n, data="bytes", default=0))
+            traffic[p] += _traffic(graph.nx, n)
             estimated += n in guessed
-        for p in range(k):
-            cal = self.calibrations.get(placed[p].kind.name, Calibration())
-            compute[p] = cal.apply(sums[p], counts[p], traffic[p]) if counts[p] else 0.0
+        compute = [
+            self.calibrations.get(placed[p].kind.name, Calibration()).apply(sums[p], counts[p], traffic[p])
+            if counts[p]
+            else 0.0
+            for p in range(k)
+        ]
         # transfers: tensor from producer's part to each receiving part (inputs come from part 0's device)
         received = [0.0] * k
         edge_s: dict[tuple[int, int], float] = {}
-        comm = 0.0
         for _, src, dst, nbytes in crossings(graph, plan):
             link = self.cluster.link(chosen[src if src is not None else 0], chosen[dst])
             t = link.time(nbytes)
             received[dst] += t
-            comm += t
             if src is not None:
                 edge_s[src, dst] = edge_s.get((src, dst), 0.0) + t
         stage = [c + r for c, r in zip(compute, received, strict=True)]
@@ -200,7 +198,7 @@ class LatencyModel:
             throughput=micro_batches * micro / ((micro_batches + k - 1) * bottleneck) if bottleneck > 0 else 0.0,
             stage_s=tuple(stage),
             compute_s=tuple(compute),
-            comm_s=comm * micro_batches,
+            comm_s=sum(received) * micro_batches,
             bottleneck_s=bottleneck,
             bubble=bubble,
             memory_bytes=tuple(memory.values()),

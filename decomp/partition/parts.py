@@ -97,6 +97,13 @@ def as_tuple(value: Any) -> tuple[Any, ...]:
 
 def run_local(layout: PartsLayout, modules: Sequence[Callable[..., Any]], *inputs: torch.Tensor) -> tuple[Any, ...]:
     """Run the parts one after another in this process; returns the model outputs in layout order."""
+    env = run_parts(layout, modules, *inputs)
+    return tuple(env[n] for n in layout.outputs)
+
+
+def run_parts(layout: PartsLayout, modules: Sequence[Callable[..., Any]], *inputs: torch.Tensor) -> dict[str, Any]:
+    """Run the parts one after another in this process; returns every named tensor (model inputs,
+    tensors crossing parts, outputs)."""
     if len(inputs) != len(layout.inputs):
         raise InvalidPlanError(
             f"the model takes {len(layout.inputs)} input(s) ({', '.join(layout.inputs)}), got {len(inputs)}"
@@ -111,4 +118,4 @@ def run_local(layout: PartsLayout, modules: Sequence[Callable[..., Any]], *input
                 f"part {part.name} returned {len(results)} values, its layout says {len(part.outputs)}"
             )
         env.update(zip(part.outputs, results, strict=True))
-    return tuple(env[n] for n in layout.outputs)
+    return env

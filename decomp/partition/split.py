@@ -28,7 +28,7 @@ from torch.fx.passes.split_module import split_module
 from decomp.build import graph_from_module
 from decomp.costs import resolve_attr
 from decomp.errors import InvalidPlanError
-from decomp.partition.parts import PartsLayout, PartSpec, run_local
+from decomp.partition.parts import PartsLayout, PartSpec, run_local, run_parts
 from decomp.partition.plan import PartitionPlan, quotient
 from decomp.tracing import trace
 
@@ -58,10 +58,7 @@ class SplitModel:
 
     def tensors(self, *inputs: torch.Tensor) -> dict[str, Any]:
         """Every named tensor (model inputs, tensors crossing parts, outputs) for one run on `inputs`."""
-        env: dict[str, Any] = dict(zip(self.layout.inputs, inputs, strict=True))
-        for part, module in zip(self.layout.parts, self.modules, strict=True):
-            env.update(zip(part.outputs, module(*(env[n] for n in part.inputs)), strict=True))
-        return env
+        return run_parts(self.layout, self.modules, *inputs)
 
 
 def flat_outputs(value: Any) -> list[torch.Tensor]:
