@@ -11,6 +11,7 @@ __all__ = [
     "GraphError",
     "InvalidPlanError",
     "ExportError",
+    "SearchError",
 ]
 
 
@@ -45,3 +46,8 @@ class InvalidPlanError(DecompError, ValueError):
 class ExportError(DecompError):
     """An export folder that cannot be written or read: missing or changed files, a newer format,
     contents that would need unpickling."""
+
+
+class SearchError(DecompError, ValueError):
+    """A search set up wrongly: an unknown searcher or objective, a space with nothing to search, a genome
+    that does not fit its space, a searcher state from another searcher."""

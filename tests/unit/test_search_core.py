@@ -1,0 +1,85 @@
+"""The search core: records, spaces, the ask/tell base, the registry and the Pareto utilities."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from decomp.errors import SearchError
+from search.base import SEARCHERS, make_searcher
+from search.pareto import Normalizer, crowding_distance, hypervolume, minimized, non_dominated, pareto_ranks
+from search.records import Candidate, Constraint, Evaluation, Gene, Objective
+from search.space import BoxSpace, Space
+
+
+def test_gene_clip_and_bounds():
+    assert Gene("k", 0, 3, integer=True).clip(2.6) == 3
+    assert Gene("r", 0.2, 0.8).clip(1.5) == 0.8
+    with pytest.raises(SearchError, match="low <= high"):
+        Gene("bad", 1, 0)
+    with pytest.raises(SearchError, match="not finite"):
+        Gene("r", 0, 1).clip(math.nan)
+
+
+def test_space_with_nothing_to_search_is_an_error():
+    with pytest.raises(SearchError, match="nothing to search"):
+        Space([Gene("a", 1, 1), Gene("b", 0, 0, integer=True)])
+
+
+def test_nan_value_makes_a_failed_evaluation_naming_it():
+    e = Evaluation.of(3, [1.0, math.nan], names=["macs", "latency_s"])
+    assert not e.ok and "latency_s" in e.message
+    assert Evaluation.from_json(json.loads(json.dumps(e.to_json()))).values[1] != 1.0
+
+
+def test_candidate_and_evaluation_json_round_trip():
+    c = Candidate(4, "random", (0.5, 2))
+    assert Candidate.from_json(json.loads(json.dumps(c.to_json()))) == c
+    e = Evaluation.of(4, [1.0, 2.0], [0.5], {"extra": 3.0}, wall_time=0.1)
+    assert Evaluation.from_json(json.loads(json.dumps(e.to_json()))) == e
+
+
+def test_unknown_searcher_lists_the_valid_ones():
+    with pytest.raises(SearchError, match="valid searchers: .*random"):
+        make_searcher("nope", BoxSpace(2), [Objective("f")])
+    assert "random" in SEARCHERS
+
+
+def test_random_searcher_is_seeded_and_resumes_exactly():
+    objectives = [Objective("f1"), Objective("f2", "maximize")]
+    a = make_searcher("random", BoxSpace(3), objectives, seed=7)
+    b = make_searcher("random", BoxSpace(3), objectives, seed=7)
+    first = a.ask(3)
+    assert [c.genome for c in first] == [c.genome for c in b.ask(3)]
+    for c in first:
+        a.tell(c, Evaluation.of(c.id, [sum(c.genome), c.genome[0]]))
+    restored = make_searcher("random", BoxSpace(3), objectives, seed=0)
+    restored.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    assert [(c.id, c.genome) for c in restored.ask(2)] == [(c.id, c.genome) for c in a.ask(2)]
+    assert len(restored.history) == 3
+
+
+def test_told_values_are_minimized_and_constraints_violations():
+    s = make_searcher("random", BoxSpace(2), [Objective("acc", "maximize")], [Constraint("mem", 10.0)])
+    c = s.ask(1)[0]
+    s.tell(c, Evaluation.of(c.id, [0.9], [12.0]))
+    told = s.history[-1]
+    assert told.values == (-0.9,) and told.violation == 2.0 and not told.feasible
+    with pytest.raises(SearchError, match="1 constraint"):
+        s.tell(c, Evaluation.of(c.id, [0.9]))
+
+
+def test_pareto_utilities():
+    points = np.array([[1.0, 2.0], [2.0, 1.0], [3.0, 3.0], [1.0, 2.0]])
+    assert non_dominated(points).tolist() == [True, True, False, True]
+    assert pareto_ranks(points).tolist() == [0, 0, 1, 0]
+    assert np.isinf(crowding_distance(points[:3])).sum() >= 2
+    assert minimized([[1.0, 2.0]], [Objective("a"), Objective("b", "maximize")]).tolist() == [[1.0, -2.0]]
+    # one point at the ideal of a unit box, reference 1.1: volume 1.1^2
+    norm = Normalizer((0.0, 0.0), (1.0, 1.0))
+    assert hypervolume(np.array([[0.0, 0.0]]), norm) == pytest.approx(1.21)
+    assert hypervolume(np.array([[2.0, 0.0]]), norm) == 0.0
+    assert hypervolume(np.array([[0.5, 0.5], [math.nan, 0.0]]), norm) == pytest.approx(0.36)
+    with pytest.raises(SearchError, match="ideal < nadir"):
+        Normalizer((0.0,), (0.0,))
