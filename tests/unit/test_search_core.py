@@ -83,3 +83,21 @@ def test_pareto_utilities():
     assert hypervolume(np.array([[0.5, 0.5], [math.nan, 0.0]]), norm) == pytest.approx(0.36)
     with pytest.raises(SearchError, match="ideal < nadir"):
         Normalizer((0.0,), (0.0,))
+
+
+def test_problem_fronts_match_their_closed_form_hypervolume():
+    from search.problems import dtlz2, zdt1
+
+    z = zdt1()
+    f1 = np.linspace(0, 1, 4001)
+    front = np.stack([f1, 1 - np.sqrt(f1)], axis=1)
+    assert hypervolume(front, z.normalizer) == pytest.approx(z.true_hypervolume, rel=2e-3)
+    # a point with the distance variables at 0 lies on the front
+    assert z.evaluate([0.25] + [0.0] * 29) == pytest.approx((0.25, 0.5))
+    d = dtlz2()
+    rng = np.random.default_rng(0)
+    genomes = np.concatenate([rng.uniform(size=(6000, 2)), np.full((6000, 10), 0.5)], axis=1)
+    points = np.array([d.evaluate(g) for g in genomes])
+    assert np.linalg.norm(points, axis=1) == pytest.approx(np.ones(6000))
+    # a finite sample of the sphere falls a little short of the exact volume, never above it
+    assert 0.97 * d.true_hypervolume < hypervolume(points, d.normalizer) < d.true_hypervolume
