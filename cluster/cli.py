@@ -9,8 +9,9 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
-from decomp.errors import DecompError
+from decomp.errors import DecompError, SpecError
 
 __all__ = ["app", "main"]
 
@@ -222,6 +223,63 @@ def profile(
         f"predicted {1000 * summary['predicted_s']:.2f} ms | measured {1000 * summary['measured_s']:.2f} ms "
         f"| error {100 * summary['error']:+.1f}% (sum of the table's op times)"
     )
+    if json_path is not None:
+        json_path.write_text(json.dumps(summary, indent=1))
+
+
+@app.command()
+def calibrate(
+    models: Annotated[list[str], typer.Argument(help="model specs whose candidates to run (as for graph)")],
+    ratios: Annotated[str, typer.Option(help="structured prune ratios, comma-separated")] = "0,0.5",
+    parts: Annotated[str, typer.Option(help="pipeline part counts, comma-separated")] = "1,2",
+    batch_size: Annotated[int, typer.Option(help="samples per batch")] = 8,
+    micro_batches: Annotated[int, typer.Option(help="micro-batches per batch")] = 4,
+    batches: Annotated[int, typer.Option(help="timed batches per candidate and round")] = 6,
+    rounds: Annotated[int, typer.Option(help="rounds interleaved over the candidates; the fastest is kept")] = 2,
+    threads: Annotated[int, typer.Option(help="torch threads per part")] = 1,
+    runtime: Annotated[str, typer.Option(help="ray (one actor per part) or local (in-process, --parts 1)")] = "ray",
+    table: Annotated[Optional[Path], typer.Option(help="op table file (default: this device's)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="calibration file (default: beside the op table)")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: a local Ray)")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="also write the summary here")] = None,
+) -> None:
+    """Run candidates of MODELS through the runtime and fit this device's latency calibration."""
+    from cluster.calibrate import CalibrateRequest, run_calibration
+
+    try:
+        ratio_list = tuple(float(r) for r in ratios.split(","))
+        part_list = tuple(int(k) for k in parts.split(","))
+    except ValueError:
+        raise SpecError(f"--ratios and --parts take comma-separated numbers, got {ratios!r} and {parts!r}") from None
+    request = CalibrateRequest(
+        tuple(models),
+        ratio_list,
+        part_list,
+        batch_size,
+        micro_batches,
+        batches,
+        rounds,
+        threads,
+        runtime,
+        str(table) if table else None,
+        str(out) if out else None,
+    )
+    if runtime == "ray":
+        from cluster.connect import connect
+
+        connect(address)
+    with console.status("calibrating ...") as status:
+        summary = run_calibration(request, note=status.update)
+    result = Table(title=f"calibration for {summary['device']} ({runtime})")
+    for column in ("candidate", "measured samples/s", "predicted samples/s", "error"):
+        result.add_column(column)
+    for row in summary["candidates"]:
+        result.add_row(
+            row["candidate"], f"{row['measured']:.2f}", f"{row['predicted']:.2f}", f"{100 * row['error']:+.1f}%"
+        )
+    console.print(result)
+    terms = ", ".join(f"{k}={v:.3g}" for k, v in summary["calibration"].items())
+    console.print(f"fitted {terms}; in-sample MAPE {100 * summary['mape']:.1f}%; saved {summary['calibration_file']}")
     if json_path is not None:
         json_path.write_text(json.dumps(summary, indent=1))
 

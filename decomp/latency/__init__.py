@@ -2,6 +2,7 @@
 per-op latency tables measured on the device the profiler runs on, predictions of a candidate's
 latency, pipelined throughput, communication and memory per device, and calibration to measurements."""
 
+from decomp.latency.calibration import default_calibration_path, fit_runtime, load_calibration, save_calibration
 from decomp.latency.cluster import PRESETS, ClusterSpec, Device, DeviceKind, Link, NodeSpec, load_cluster
 from decomp.latency.predict import Calibration, LatencyModel, Prediction, calibrate
 from decomp.latency.profile import annotate_op_times, op_times, rescale_op_times
@@ -20,6 +21,10 @@ __all__ = [
     "Prediction",
     "annotate_op_times",
     "calibrate",
+    "default_calibration_path",
+    "fit_runtime",
+    "load_calibration",
+    "save_calibration",
     "default_table_path",
     "device_key",
     "load_cluster",

@@ -39,12 +39,33 @@ __all__ = ["Calibration", "LatencyModel", "Prediction", "activation_traffic", "c
 @dataclass(frozen=True)
 class Calibration:
     """Per-device-kind correction of summed op times to what a part takes when run: `scale x ops + per_op
-    x op count + per_byte x activation bytes + fixed` seconds per call."""
+    x op count + per_byte x activation bytes + fixed` seconds per call of its compute; and what the
+    runtime adds around each call of a part, outside its compute: `per_call` seconds plus `per_in_byte`
+    seconds per byte the part receives (dispatch, moving tensors between processes through Ray's
+    object store; fitted by `decomp calibrate` for the runtime it ran, 0 for in-process calls)."""
 
     scale: float = 1.0
     per_op: float = 0.0
     per_byte: float = 0.0
     fixed: float = 0.0
+    per_call: float = 0.0
+    per_in_byte: float = 0.0
+
+    def runtime(self, in_bytes: float) -> float:
+        """Seconds the runtime adds to one call of a part that receives `in_bytes`."""
+        return self.per_call + self.per_in_byte * in_bytes
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, float]) -> Calibration:
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise GraphError(
+                f"unknown calibration term(s) {', '.join(unknown)}; valid: {', '.join(cls.__dataclass_fields__)}"
+            )
+        return cls(**{k: float(v) for k, v in data.items()})
 
     def apply(self, op_seconds: float, ops: int, traffic: float = 0.0) -> float:
         return self.scale * op_seconds + self.per_op * ops + self.per_byte * traffic + self.fixed
@@ -169,15 +190,21 @@ class LatencyModel:
             for p in range(k)
         ]
         # transfers: tensor from producer's part to each receiving part (inputs come from part 0's device)
-        received = [0.0] * k
+        received, in_bytes = [0.0] * k, [0] * k
         edge_s: dict[tuple[int, int], float] = {}
         for _, src, dst, nbytes in crossings(graph, plan):
             link = self.cluster.link(chosen[src if src is not None else 0], chosen[dst])
             t = link.time(nbytes)
             received[dst] += t
+            in_bytes[dst] += nbytes
             if src is not None:
                 edge_s[src, dst] = edge_s.get((src, dst), 0.0) + t
-        stage = [c + r for c, r in zip(compute, received, strict=True)]
+        # what the runtime adds around each call of a part (0 unless a calibration for a runtime says so)
+        runtime = [
+            self.calibrations.get(placed[p].kind.name, Calibration()).runtime(in_bytes[p]) if counts[p] else 0.0
+            for p in range(k)
+        ]
+        stage = [c + r + o for c, r, o in zip(compute, received, runtime, strict=True)]
         bottleneck = max(stage)
         # critical path of one micro-batch through the DAG of parts
         dag = nx.DiGraph()
@@ -186,7 +213,7 @@ class LatencyModel:
         finish: dict[int, float] = {}
         for p in nx.topological_sort(dag):
             start = max((finish[q] + edge_s[q, p] for q in dag.predecessors(p)), default=0.0)
-            finish[p] = start + compute[p]
+            finish[p] = start + compute[p] + runtime[p]
         critical = max(finish.values())
         bubble = (k - 1) / (micro_batches + k - 1)
         micro = batch_size(graph)

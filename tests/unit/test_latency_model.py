@@ -10,7 +10,7 @@ from decomp import GraphError, SpecError, build_graph
 from decomp.latency.cluster import PRESETS, ClusterSpec, load_cluster, parse_quantity
 from decomp.latency.predict import Calibration, LatencyModel, calibrate
 from decomp.latency.table import OpTable, device_key, op_signature, profile_ops
-from decomp.partition import PartitionPlan, partition_metrics
+from decomp.partition import PartitionPlan, crossings, partition_metrics
 
 TWO_HOSTS = {
     "name": "two",
@@ -108,6 +108,13 @@ def test_prediction_adds_up_stages_transfers_and_bubble():
 
     cal = LatencyModel(cluster, {"cpu": table}, {"cpu": Calibration(scale=2.0, per_op=1e-4, fixed=1e-3)})
     assert cal.predict(graph).compute_s[0] == pytest.approx(2 * len(nodes) * 1e-3 + len(nodes) * 1e-4 + 1e-3)
+    # runtime terms: each part's calls cost per_call plus per_in_byte per byte it receives, outside compute
+    runtime = LatencyModel(cluster, {"cpu": table}, {"cpu": Calibration(per_call=2e-3, per_in_byte=1e-9)})
+    r = runtime.predict(graph, plan, micro_batches=4, devices=[0, 1])
+    assert r.compute_s == pytest.approx(same_node.compute_s)
+    input_bytes = sum(b for _, src, _, b in crossings(graph, plan) if src is None)
+    assert r.stage_s[1] - same_node.stage_s[1] == pytest.approx(2e-3 + 1e-9 * cut_bytes)
+    assert r.stage_s[0] - same_node.stage_s[0] == pytest.approx(2e-3 + 1e-9 * input_bytes)
 
 
 def test_missing_ops_fall_back_to_the_roofline_and_are_counted():
