@@ -74,6 +74,27 @@ class Space:
         """The plans a (repaired) genome stands for; a plain box has none."""
         return None, None
 
+    def start(self, rng: np.random.Generator) -> Genome:
+        """Where a local search (the greedy searcher) begins a trajectory; the base space draws a uniform
+        genome, spaces with a natural start (no pruning, an even split) override it."""
+        return self.sample(rng)
+
+    def moves(self, genome: Genome, step: float = 0.1) -> list[Genome]:
+        """Neighbours of `genome` for a local search: every non-fixed gene moved by `step` of its span up and
+        down (integer genes by at least 1), repaired, without duplicates or the genome itself. Spaces with
+        structure override this (e.g. lower one group's keep level, shift one pipeline cut)."""
+        out: dict[Genome, None] = {}
+        for i, g in enumerate(self.genes):
+            if g.fixed:
+                continue
+            delta = max(1.0, round(step * (g.high - g.low))) if g.integer else step * (g.high - g.low)
+            for sign in (-1.0, 1.0):
+                moved = list(genome)
+                moved[i] = genome[i] + sign * delta
+                out.setdefault(self.repair(moved), None)
+        out.pop(tuple(genome), None)
+        return list(out)
+
     def unit(self, genome: Sequence[float]) -> np.ndarray:
         """The genome scaled to [0, 1] per gene (fixed genes map to 0), for samplers that want a unit cube."""
         span = self.highs - self.lows
