@@ -68,7 +68,8 @@ class Told:
         return self.values is not None and self.violation == 0.0
 
     def to_json(self) -> list:
-        return [self.id, list(self.genome), None if self.values is None else list(self.values), self.violation]
+        violation = self.violation if math.isfinite(self.violation) else str(self.violation)  # strict JSON: no inf
+        return [self.id, list(self.genome), None if self.values is None else list(self.values), violation]
 
     @classmethod
     def from_json(cls, data: list) -> Told:

@@ -54,10 +54,12 @@ def test_random_searcher_is_seeded_and_resumes_exactly():
     assert [c.genome for c in first] == [c.genome for c in b.ask(3)]
     for c in first:
         a.tell(c, Evaluation.of(c.id, [sum(c.genome), c.genome[0]]))
+    failed = a.ask(1)[0]
+    a.tell(failed, Evaluation.failed(failed.id, "worker died"))
     restored = make_searcher("random", BoxSpace(3), objectives, seed=0)
-    restored.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    restored.load_state_dict(json.loads(json.dumps(a.state_dict(), allow_nan=False)))
     assert [(c.id, c.genome) for c in restored.ask(2)] == [(c.id, c.genome) for c in a.ask(2)]
-    assert len(restored.history) == 3
+    assert len(restored.history) == 4 and restored.history[-1].violation == math.inf
 
 
 def test_told_values_are_minimized_and_constraints_violations():
