@@ -1,7 +1,8 @@
 """Predict a candidate's latency, pipelined throughput, communication and memory per device from its
 costed graph (pruned or not), a partition plan and a cluster spec, without running it.
 
-Each op costs what the op table of its device kind says; an op the table lacks gets a roofline
+Each op costs its own `seconds` attribute where it has one (measured on the graph, or scaled for a
+pruned candidate), else what the op table of its device kind says; an op the table lacks gets a roofline
 estimate, max(2 x MACs / peak FLOP/s, bytes read and written / memory bandwidth), and is counted in
 `Prediction.estimated_ops`. A part's time per micro-batch is `scale x (sum of its ops) + per_op x
 (its op count) + per_byte x (activation bytes its ops read and write) + fixed` with the device kind's
@@ -144,11 +145,15 @@ class LatencyModel:
 
     def op_seconds(self, graph: ModelGraph, kind: DeviceKind) -> tuple[dict[str, float], set[str]]:
         """Seconds of every compute node of `graph` on a device of `kind`, and the nodes the table lacks
-        (priced by the roofline)."""
+        (priced by the roofline). A node's own `seconds` attribute comes first, on every device kind: it
+        is measured on this very graph (`annotate_op_times`) or scaled for a pruned candidate whose
+        pruned shapes no table holds (`decomp.pruning.Estimator`)."""
         table = self.tables.get(kind.name)
         out, estimated = {}, set()
         for n in graph.compute_nodes():
-            seconds = table.get(op_signature(graph, n)) if table is not None else None
+            seconds = graph[n].get("seconds")
+            if seconds is None and table is not None:
+                seconds = table.get(op_signature(graph, n))
             if seconds is None:
                 seconds = _roofline(graph, n, kind)
                 estimated.add(n)

@@ -11,6 +11,7 @@ from decomp.pruning.apply import (
     resolve_plan,
 )
 from decomp.pruning.dynamic import DynamicMasks
+from decomp.pruning.estimate import Estimate, Estimator, estimate_pruned, kept_fractions
 from decomp.pruning.gates import ChannelGates, GateStage
 from decomp.pruning.groups import CouplingGroup, GroupIndex, annotate_graph, find_groups
 from decomp.pruning.han import HanRound, adjust_dropout, dropout_baseline, han_prune, remove_dead_neurons
@@ -30,6 +31,10 @@ from decomp.pruning.unstructured import (
 __all__ = [
     "ChannelGates",
     "DynamicMasks",
+    "Estimate",
+    "Estimator",
+    "estimate_pruned",
+    "kept_fractions",
     "GateStage",
     "sensitivity",
     "Callback",
