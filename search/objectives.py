@@ -270,13 +270,16 @@ class CostEvaluator:
             compute, link_s, devices = self._stage_cost(estimate, part, k, macs)
         else:
             compute, link_s, devices = self._predicted(estimate, plan, part, k)
-        received = np.zeros(k)
+        received, in_bytes = np.zeros(k), np.zeros(k)
         edge_s: dict[tuple[int, int], float] = {}
         for p, q, size in crossings:
             t = link_s(p, q, size)
             received[q] += t
+            in_bytes[q] += size
             if p >= 0:
                 edge_s[p, q] = edge_s.get((p, q), 0.0) + t
+        # what the runtime adds around each call of a part (a calibration's per_call / per_in_byte terms)
+        compute = compute + self._runtime(plan, k, in_bytes, macs)
         stage = compute + received
         bottleneck = float(stage.max())
         m = self.micro_batches
@@ -291,7 +294,21 @@ class CostEvaluator:
             "comm_bytes": float(sum(size for _, _, size in crossings)),
             "peak_memory": float(max(per_device.values())),
             "balance": float(macs.max() / mean) if mean > 0 else 1.0,
+            # root mean square of the stage times: with the bottleneck unchanged, lower means the other
+            # stages are more even (a tie-break for local searches over pipeline cuts)
+            "stage_rms_s": float(np.sqrt(np.mean(stage**2))),
         }
+
+    def _runtime(self, plan: PartitionPlan, k: int, in_bytes: np.ndarray, macs: np.ndarray) -> np.ndarray:
+        if self.latency_model is None:
+            return np.zeros(k)
+        model = self.latency_model
+        chosen = list(plan.devices) or list(range(k))
+        out = np.zeros(k)
+        for q in range(k):
+            name = model.cluster.device(chosen[q]).kind.name
+            out[q] = model.calibrations.get(name, Calibration()).runtime(float(in_bytes[q]))
+        return out
 
     def _stage_cost(self, estimate: Estimate, part: np.ndarray, k: int, macs: np.ndarray):
         cost = self.stage_cost

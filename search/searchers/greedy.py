@@ -16,7 +16,11 @@ Every point of every trajectory is a told result, so the searcher's front is the
 points: NetAdapt's family of models from large to small, plus the local optima of the partition.
 
 Settings: `resource` (objective name to lower; default the first objective), `step` (move size for
-spaces whose moves take one: share of a gene's span, default 0.1).
+spaces whose moves take one: share of a gene's span, default 0.1), `tiebreak` (a metric the evaluations
+report, e.g. `stage_rms_s` from `search.objectives.CostEvaluator`: a move that changes no objective is
+taken when it lowers this metric. Min-max objectives such as a pipeline's bottleneck stage have
+plateaus: shifting a cut between two stages that are not the bottleneck changes nothing until they are
+even enough to let the bottleneck's own cut move; the root mean square of the stage times leads there).
 
 Asynchronous use: the moves of one step are asked together; asking more than are waiting gives random
 genomes (exploration), which are told like any other result and can seed a better start.
@@ -39,7 +43,16 @@ __all__ = ["GreedySearcher"]
 class GreedySearcher(Searcher):
     name = "greedy"
 
-    def __init__(self, space, objectives, constraints=(), seed: int = 0, resource: str | None = None, step=0.1):
+    def __init__(
+        self,
+        space,
+        objectives,
+        constraints=(),
+        seed: int = 0,
+        resource: str | None = None,
+        step: float = 0.1,
+        tiebreak: str | None = None,
+    ):
         super().__init__(space, objectives, constraints, seed)
         names = [o.name for o in self.objectives]
         if resource is not None and resource not in names:
@@ -48,6 +61,8 @@ class GreedySearcher(Searcher):
             raise SearchError(f"greedy: step must be in (0, 1], got {step}")
         self.resource = names.index(resource) if resource is not None else 0
         self.step = float(step)
+        self.tiebreak = tiebreak
+        self._tb: dict[tuple, float] = {}  # genome -> the tie-break metric, where told
         self._current: tuple | None = None  # genome of the trajectory's current point
         self._current_told: list | None = None  # [values, violation] once told
         self._queue: list[tuple] = []  # genomes to ask, for the current step
@@ -108,6 +123,8 @@ class GreedySearcher(Searcher):
     def _learn(self, candidate: Candidate, evaluation: Evaluation, told: Told) -> None:
         result = [told.values, told.violation]
         self._seen[candidate.genome] = result
+        if self.tiebreak is not None and told.values is not None and self.tiebreak in evaluation.metrics:
+            self._tb[candidate.genome] = float(evaluation.metrics[self.tiebreak])
         if self._waiting.pop(candidate.id, None) is None:
             return  # exploration, or a candidate asked before a restore
         if candidate.genome == self._current and self._current_told is None:
@@ -130,18 +147,26 @@ class GreedySearcher(Searcher):
             self._restart()
             return
         scale = self._scale()
+        here_tb = self._tb.get(self._current)
         best, best_key = None, None
         for genome, v, x in options:
             delta = (np.asarray(v) - here) / scale
             saving = -delta[self.resource]
             others = np.delete(delta, self.resource)
             loss = float(np.sum(others))
-            if saving < -1e-12 or (saving <= 1e-12 and loss >= -1e-12):
+            sideways = abs(saving) <= 1e-12 and abs(loss) <= 1e-12
+            if sideways:  # changes no objective: taken only when it lowers the tie-break metric
+                if not (genome in self._tb and here_tb is not None and self._tb[genome] < here_tb * (1 - 1e-9)):
+                    continue
+                category, rank = 2, (self._tb[genome],)
+            elif saving < -1e-12 or (saving <= 1e-12 and loss >= -1e-12):
                 continue  # costs resource, or saves none and improves nothing else
-            dominates = loss <= 1e-12  # saves resource at no loss, or loses none and improves the rest
-            rank = (-(saving - loss),) if dominates else (loss / saving, -saving)
+            elif loss <= 1e-12:  # saves resource at no loss, or loses none and improves the rest
+                category, rank = 0, (-(saving - loss),)
+            else:
+                category, rank = 1, (loss / saving, -saving)
             feasible = x == 0.0 or x <= violation
-            key = (0 if feasible else 1, 0.0 if feasible else x, 0 if dominates else 1, *rank)
+            key = (0 if feasible else 1, 0.0 if feasible else x, category, *rank)
             if best_key is None or key < best_key:
                 best, best_key = (genome, v, x), key
         if best is None:
@@ -170,6 +195,7 @@ class GreedySearcher(Searcher):
             "waiting": {str(k): list(g) for k, g in self._waiting.items()},
             "step_results": [[list(g), _opt_list(v), x] for g, v, x in self._step_results],
             "restarts": self._restarts,
+            "tiebreak": [[list(g), v] for g, v in self._tb.items()],
         }
 
     def _load(self, state: dict[str, Any]) -> None:
@@ -181,6 +207,7 @@ class GreedySearcher(Searcher):
         self._waiting = {int(k): tuple(g) for k, g in state["waiting"].items()}
         self._step_results = [[tuple(g), None if v is None else tuple(v), x] for g, v, x in state["step_results"]]
         self._restarts = int(state["restarts"])
+        self._tb = {tuple(g): float(v) for g, v in state["tiebreak"]}
 
 
 def _opt_list(values):

@@ -8,7 +8,7 @@ import torch
 
 from decomp import build_graph
 from decomp.errors import SearchError
-from decomp.latency import LatencyModel
+from decomp.latency import Calibration, LatencyModel
 from decomp.latency.cluster import load_cluster
 from decomp.partition.baselines import StageCost, optimal_pipeline, pipeline_stage_times
 from decomp.partition.metrics import partition_metrics
@@ -191,7 +191,10 @@ def test_cost_evaluator_equals_metrics_and_prediction_on_the_estimated_graph(tin
     for n in graph.compute_nodes():
         timed.nodes[n]["seconds"] = 1e-4 * (1 + graph[n]["macs"] / 1e4)
     timed = type(graph)(timed)
-    model = LatencyModel(load_cluster("a100-nodes-25gbe"))
+    cluster = load_cluster("a100-nodes-25gbe")
+    # with calibrated compute and runtime terms, so the fast path must follow every term of predict
+    calibration = Calibration(scale=1.1, per_op=1e-6, per_byte=1e-12, fixed=1e-5, per_call=2e-4, per_in_byte=1e-10)
+    model = LatencyModel(cluster, calibrations={kind.name: calibration for kind in cluster.kinds})
     rng = np.random.default_rng(1)
     for config in (JointConfig(), JointConfig(mode="dag", blocks=8)):
         space = JointSpace(timed, 4, config)
