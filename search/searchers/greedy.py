@@ -20,7 +20,9 @@ spaces whose moves take one: share of a gene's span, default 0.1), `tiebreak` (a
 report, e.g. `stage_rms_s` from `search.objectives.CostEvaluator`: a move that changes no objective is
 taken when it lowers this metric. Min-max objectives such as a pipeline's bottleneck stage have
 plateaus: shifting a cut between two stages that are not the bottleneck changes nothing until they are
-even enough to let the bottleneck's own cut move; the root mean square of the stage times leads there).
+even enough to let the bottleneck's own cut move; the root mean square of the stage times leads there),
+`moves_per_step` (evaluate a random subset of this many moves per step instead of all of them: more,
+cheaper steps, so a trajectory gets further on a small budget; default all).
 
 Asynchronous use: the moves of one step are asked together; asking more than are waiting gives random
 genomes (exploration), which are told like any other result and can seed a better start.
@@ -52,6 +54,7 @@ class GreedySearcher(Searcher):
         resource: str | None = None,
         step: float = 0.1,
         tiebreak: str | None = None,
+        moves_per_step: int | None = None,
     ):
         super().__init__(space, objectives, constraints, seed)
         names = [o.name for o in self.objectives]
@@ -62,6 +65,9 @@ class GreedySearcher(Searcher):
         self.resource = names.index(resource) if resource is not None else 0
         self.step = float(step)
         self.tiebreak = tiebreak
+        if moves_per_step is not None and moves_per_step < 1:
+            raise SearchError(f"greedy: moves_per_step must be >= 1 (or None for all), got {moves_per_step}")
+        self.moves_per_step = moves_per_step
         self._tb: dict[tuple, float] = {}  # genome -> the tie-break metric, where told
         self._current: tuple | None = None  # genome of the trajectory's current point
         self._current_told: list | None = None  # [values, violation] once told
@@ -70,6 +76,7 @@ class GreedySearcher(Searcher):
         self._step_results: list[list] = []  # [genome, values, violation] told in this step
         self._seen: dict[tuple, list] = {}  # genome -> [values, violation] of everything told
         self._restarts = 0
+        self._rest: list[tuple] = []  # moves of this step not sampled (moves_per_step)
 
     # -- ask ----------------------------------------------------------------------------------------
 
@@ -107,10 +114,14 @@ class GreedySearcher(Searcher):
             self._queue_moves()
 
     def _queue_moves(self) -> None:
-        moves = [m for m in self.space.moves(self._current, self._step_size()) if m not in self._seen]
-        self._step_results = [
-            [m, *self._seen[m]] for m in self.space.moves(self._current, self._step_size()) if m in self._seen
-        ]
+        moves = self.space.moves(self._current, self._step_size())
+        self._rest = []
+        if self.moves_per_step is not None and len(moves) > self.moves_per_step:
+            keep = set(self.rng.choice(len(moves), self.moves_per_step, replace=False).tolist())
+            self._rest = [m for i, m in enumerate(moves) if i not in keep]  # tried when none of these saves
+            moves = [m for i, m in enumerate(moves) if i in keep]
+        self._step_results = [[m, *self._seen[m]] for m in moves if m in self._seen]
+        moves = [m for m in moves if m not in self._seen]
         self._queue = moves
         if not moves and not self._waiting:
             self._choose()
@@ -143,9 +154,6 @@ class GreedySearcher(Searcher):
         values, violation = self._current_told
         here = np.asarray(values)
         options = [(g, v, x) for g, v, x in self._step_results if v is not None]
-        if not options:
-            self._restart()
-            return
         scale = self._scale()
         here_tb = self._tb.get(self._current)
         best, best_key = None, None
@@ -169,6 +177,12 @@ class GreedySearcher(Searcher):
             key = (0 if feasible else 1, 0.0 if feasible else x, category, *rank)
             if best_key is None or key < best_key:
                 best, best_key = (genome, v, x), key
+        if best is None and self._rest:  # the sampled moves save nothing: try the others before giving up
+            self._step_results += [[m, *self._seen[m]] for m in self._rest if m in self._seen]
+            self._queue, self._rest = [m for m in self._rest if m not in self._seen], []
+            if not self._queue:
+                self._choose()
+            return
         if best is None:
             self._restart()
             return
@@ -195,6 +209,7 @@ class GreedySearcher(Searcher):
             "waiting": {str(k): list(g) for k, g in self._waiting.items()},
             "step_results": [[list(g), _opt_list(v), x] for g, v, x in self._step_results],
             "restarts": self._restarts,
+            "rest": [list(g) for g in self._rest],
             "tiebreak": [[list(g), v] for g, v in self._tb.items()],
         }
 
@@ -207,6 +222,7 @@ class GreedySearcher(Searcher):
         self._waiting = {int(k): tuple(g) for k, g in state["waiting"].items()}
         self._step_results = [[tuple(g), None if v is None else tuple(v), x] for g, v, x in state["step_results"]]
         self._restarts = int(state["restarts"])
+        self._rest = [tuple(g) for g in state["rest"]]
         self._tb = {tuple(g): float(v) for g, v in state["tiebreak"]}
 
 

@@ -58,11 +58,11 @@ def test_same_seed_same_front_and_exact_resume():
     def evaluate(g):
         return (g[0], 1 - math.sqrt(g[0]) + sum(g[1:]))
 
-    a = make_searcher("greedy", BoxSpace(4), objectives, seed=3)
-    b = make_searcher("greedy", BoxSpace(4), objectives, seed=3)
+    a = make_searcher("greedy", BoxSpace(4), objectives, seed=3, moves_per_step=3)
+    b = make_searcher("greedy", BoxSpace(4), objectives, seed=3, moves_per_step=3)
     assert [g for g, _ in _run(a, evaluate, 40)] == [g for g, _ in _run(b, evaluate, 40)]
     pending = a.ask(2)  # saved while two candidates are out
-    restored = make_searcher("greedy", BoxSpace(4), objectives, seed=0)
+    restored = make_searcher("greedy", BoxSpace(4), objectives, seed=0, moves_per_step=3)
     restored.load_state_dict(json.loads(json.dumps(a.state_dict())))
     for s in (a, restored):
         for c in pending:
