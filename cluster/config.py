@@ -1,0 +1,270 @@
+"""Search job files (`configs/*.yaml`): what to search, how, on what, and where to keep the run.
+
+A job file is YAML (or JSON) validated by pydantic models with unknown keys forbidden; every error names
+the bad key by its path (e.g. `searcher.setings`) and lists the valid keys there. Names that other
+registries own are checked against them too: objectives (`search.objectives.OBJECTIVES`), searchers
+(`search.base.SEARCHERS`), the space's keys (`search.joint.JointConfig`'s fields), the cluster (a preset
+name, a file, or an inline mapping: `decomp.latency.load_cluster`).
+
+Top-level keys:
+
+- `name`: the run's name (default folder `runs/<name>`).
+- `model`: a model spec (`torchvision:resnet18`, `hf:gpt2?n_layer=2`, `python:decomp.zoo:lenet5`);
+  `weights`: an optional weights file; `input_shape`: the example input's shape, batch included
+  (default: the model's own example).
+- `data`: a data spec (`mnist?train=4000&test=1000`, `digits`, `synthetic`, `python:...`) for accuracy;
+  without it `agreement` with the unpruned model on random inputs is the accuracy measure.
+- `objectives`: names, or `{name, direction}` to override the registered direction.
+- `constraints`: `{name, max}` or `{name, min}`; bounds may carry units (`2 GiB`, `5 ms`).
+- `space`: `search.joint.JointConfig` fields (levels, encoding, mode, max_parts, ...).
+- `searcher`: `{name, seed, settings}`.
+- `budget`: `{evaluations, seconds}` (at least one; the search stops at the first reached).
+- `cluster`: where the candidates will run (the latency model's cluster): preset, file or mapping.
+- `latency`: `{micro_batches, batch_size, table, calibration}` for predicted latency and throughput.
+- `evaluators`: `{count, cpus, gpus, threads, retries, in_flight}` (Ray actors that evaluate).
+- `accuracy`: `{finetune_epochs, lr, batch_size, max_samples}` (short fine-tune before measuring).
+- `run`: `{folder, storage}` (storage: an Optuna RDB URL for shared clusters; default a journal file
+  in the run folder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from decomp.errors import DecompError, SpecError
+
+__all__ = ["JobConfig", "load_config", "parse_config"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ObjectiveSpec(_Strict):
+    name: str
+    direction: Literal["minimize", "maximize"] | None = None
+
+
+class ConstraintSpec(_Strict):
+    name: str
+    max: float | str | None = None
+    min: float | str | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> ConstraintSpec:
+        if (self.max is None) == (self.min is None):
+            raise ValueError(f"constraint {self.name!r} needs exactly one of max or min")
+        return self
+
+
+class SearcherSpec(_Strict):
+    name: str = "nsga2"
+    seed: int = 0
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class BudgetSpec(_Strict):
+    evaluations: int | None = Field(default=None, ge=1)
+    seconds: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _some_budget(self) -> BudgetSpec:
+        if self.evaluations is None and self.seconds is None:
+            raise ValueError("give budget.evaluations, budget.seconds, or both")
+        return self
+
+
+class LatencySpec(_Strict):
+    micro_batches: int = Field(default=4, ge=1)
+    batch_size: int = Field(default=1, ge=1)  # samples per micro-batch the graph is built at
+    table: str | None = None  # op table file (default: the cache of this device key, if any)
+    calibration: str | None = None  # calibration file from `decomp calibrate`
+
+
+class EvaluatorSpec(_Strict):
+    count: int = Field(default=2, ge=1)
+    cpus: float = Field(default=1.0, gt=0)
+    gpus: float = Field(default=0.0, ge=0)
+    threads: int = Field(default=1, ge=1)
+    retries: int = Field(default=2, ge=0)
+    in_flight: int | None = Field(default=None, ge=1)  # default: 2 per evaluator
+
+
+class AccuracySpec(_Strict):
+    finetune_epochs: float = Field(default=0.0, ge=0)
+    lr: float = Field(default=1e-3, gt=0)
+    batch_size: int = Field(default=128, ge=1)
+    max_samples: int | None = Field(default=None, ge=1)  # evaluate on at most this many test samples
+
+
+class RunSpec(_Strict):
+    folder: str | None = None  # default runs/<name>
+    storage: str | None = None  # an Optuna RDB URL; default a journal file in the run folder
+
+
+class JobConfig(_Strict):
+    name: str
+    model: str
+    weights: str | None = None
+    input_shape: list[int] | None = None
+    data: str | None = None
+    objectives: list[str | ObjectiveSpec] = Field(min_length=1)
+    constraints: list[ConstraintSpec] = Field(default_factory=list)
+    space: dict[str, Any] = Field(default_factory=dict)
+    searcher: SearcherSpec = Field(default_factory=SearcherSpec)
+    budget: BudgetSpec
+    cluster: str | dict[str, Any] = "cpu-host-x2"
+    latency: LatencySpec = Field(default_factory=LatencySpec)
+    evaluators: EvaluatorSpec = Field(default_factory=EvaluatorSpec)
+    accuracy: AccuracySpec = Field(default_factory=AccuracySpec)
+    run: RunSpec = Field(default_factory=RunSpec)
+
+    # -- resolved views ------------------------------------------------------------------------------
+
+    def objective_records(self):
+        """`search.records.Objective`s, registered directions unless overridden."""
+        from search.objectives import objectives_for
+        from search.records import Objective
+
+        names = [o if isinstance(o, str) else o.name for o in self.objectives]
+        registered = objectives_for(names)
+        return tuple(
+            Objective(r.name, r.direction if isinstance(o, str) or o.direction is None else o.direction)
+            for o, r in zip(self.objectives, registered, strict=True)
+        )
+
+    def constraint_records(self):
+        """`search.records.Constraint`s, bounds read with their units."""
+        from search.objectives import OBJECTIVES
+        from search.records import Constraint
+
+        out = []
+        for c in self.constraints:
+            if c.name not in OBJECTIVES:
+                raise SpecError(f"constraints: unknown quantity {c.name!r}; valid: {', '.join(OBJECTIVES)}")
+            bound, sense = (c.max, "<=") if c.max is not None else (c.min, ">=")
+            out.append(Constraint(c.name, _quantity(bound, f"constraints.{c.name}"), sense))
+        return tuple(out)
+
+    def joint_config(self):
+        """The `search.joint.JointConfig` the `space` section describes."""
+        from search.joint import JointConfig
+
+        valid = [f.name for f in dataclasses.fields(JointConfig)]
+        unknown = sorted(set(self.space) - set(valid))
+        if unknown:
+            raise SpecError(f"unknown key(s) {', '.join(unknown)} in space; valid keys: {', '.join(valid)}")
+        values = dict(self.space)
+        if "levels" in values:
+            values["levels"] = tuple(values["levels"])
+        return JointConfig(**values)
+
+    def cluster_spec(self, base: Path | None = None):
+        from decomp.latency import load_cluster
+
+        if isinstance(self.cluster, str) and base is not None and (base / self.cluster).is_file():
+            return load_cluster(base / self.cluster)
+        return load_cluster(self.cluster)
+
+    def run_folder(self) -> Path:
+        return Path(self.run.folder) if self.run.folder else Path("runs") / self.name
+
+    def check(self, base: Path | None = None) -> JobConfig:
+        """Resolve every name against its registry now, so a typo fails before any work starts."""
+        from search.base import SEARCHERS, _load_builtin
+
+        self.objective_records()
+        self.constraint_records()
+        joint = self.joint_config()
+        cluster = self.cluster_spec(base)
+        if joint.max_parts is not None and joint.max_parts > len(cluster.devices):
+            raise SpecError(
+                f"space.max_parts is {joint.max_parts} but cluster {cluster.name!r} has {len(cluster.devices)} "
+                "devices; lower max_parts or use a larger cluster"
+            )
+        _load_builtin()
+        if self.searcher.name not in SEARCHERS:
+            raise SpecError(
+                f"searcher.name: unknown searcher {self.searcher.name!r}; valid: {', '.join(sorted(SEARCHERS))}"
+            )
+        return self
+
+
+def _quantity(value: float | str, where: str) -> float:
+    if isinstance(value, (int, float)):
+        return float(value)
+    from decomp.latency.cluster import _UNITS, parse_quantity
+
+    for dimension in sorted({d for d, _ in _UNITS.values()}):
+        try:
+            return parse_quantity(value, dimension, where)
+        except SpecError:
+            continue
+    try:
+        return float(value)
+    except ValueError:
+        raise SpecError(f"{where}: cannot read {value!r} as a number or a quantity such as '2 GiB' or '5 ms'") from None
+
+
+def parse_config(data: Any, source: str = "config", base: Path | None = None) -> JobConfig:
+    """Validate a parsed job file; errors name the bad key by path and list the valid keys there."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a job file is a mapping of keys (name, model, objectives, ...), got {type(data)}")
+    try:
+        config = JobConfig.model_validate(data)
+    except ValidationError as err:
+        # an objective may be a name or a mapping: report only the branch the input was written as
+        errors = [e for e in err.errors() if not (e["type"] == "string_type" and "str" in e["loc"][1:])]
+        raise SpecError(f"{source}: " + "; ".join(_explain(e) for e in errors or err.errors())) from None
+    try:
+        return config.check(base)
+    except DecompError as err:  # registry errors (SearchError, ...) carry the valid names already
+        raise SpecError(f"{source}: {err}") from None
+
+
+def load_config(path: str | Path) -> JobConfig:
+    """Read and validate a job file (YAML or JSON)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise SpecError(f"cannot read job file {path}: {err.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as err:
+        raise SpecError(f"job file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}") from None
+    return parse_config(data, str(path), path.parent)
+
+
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "": JobConfig,
+    "searcher": SearcherSpec,
+    "budget": BudgetSpec,
+    "latency": LatencySpec,
+    "evaluators": EvaluatorSpec,
+    "accuracy": AccuracySpec,
+    "run": RunSpec,
+}
+
+
+def _explain(error: dict[str, Any]) -> str:
+    loc = [str(p) for p in error["loc"] if p not in ("str", "ObjectiveSpec")]
+    where = ".".join(loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        section = ".".join(p for p in loc[:-1] if not p.isdigit())
+        model = _SECTIONS.get(section)
+        if section.startswith("constraints"):
+            model = ConstraintSpec
+        elif section.startswith("objectives"):
+            model = ObjectiveSpec
+        valid = ", ".join(model.model_fields) if model else "see the docs"
+        return f"unknown key {loc[-1]!r} in {section or 'the job file'}; valid keys: {valid}"
+    if error["type"] == "missing":
+        return f"missing required key {where!r}"
+    return f"{where}: {error['msg']}"
