@@ -13,6 +13,7 @@ counter, numpy generator state).
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -47,7 +48,22 @@ def make_searcher(
     _load_builtin()
     if name not in SEARCHERS:
         raise SearchError(f"unknown searcher {name!r}; valid searchers: {', '.join(sorted(SEARCHERS))}")
-    return SEARCHERS[name](space, objectives, constraints, seed=seed, **settings)
+    cls = SEARCHERS[name]
+    accepted = [
+        p.name
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in _BASE_ARGS)
+    ]
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
+    unknown = sorted(set(settings) - set(accepted))
+    if unknown and not takes_any:
+        raise SearchError(
+            f"unknown setting(s) {', '.join(unknown)} for searcher {name!r}; valid: {', '.join(accepted) or 'none'}"
+        )
+    return cls(space, objectives, constraints, seed=seed, **settings)
+
+
+_BASE_ARGS = ("self", "space", "objectives", "constraints", "seed")
 
 
 def _load_builtin() -> None:

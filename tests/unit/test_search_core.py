@@ -103,3 +103,8 @@ def test_problem_fronts_match_their_closed_form_hypervolume():
     assert np.linalg.norm(points, axis=1) == pytest.approx(np.ones(6000))
     # a finite sample of the sphere falls a little short of the exact volume, never above it
     assert 0.97 * d.true_hypervolume < hypervolume(points, d.normalizer) < d.true_hypervolume
+
+
+def test_unknown_searcher_setting_lists_the_valid_ones():
+    with pytest.raises(SearchError, match="unknown setting.*popsize.*valid: resource, step"):
+        make_searcher("greedy", BoxSpace(2), [Objective("f")], popsize=3)
