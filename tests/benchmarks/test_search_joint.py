@@ -41,6 +41,7 @@ TARGET = 1.10
 @pytest.fixture(scope="module")
 def problem():
     torch.manual_seed(0)
+    torch.set_num_threads(1)  # the RL searcher's tiny policy network is ~18x slower with a thread pool on 2 cores
     model = torchvision.models.resnet18(weights=None).eval()
     x = torch.randn(1, 3, 224, 224)
     graph = build_graph(model, x)
