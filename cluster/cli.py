@@ -291,3 +291,7 @@ def main() -> None:
     except DecompError as err:
         err_console.print(f"[bold red]error:[/] {type(err).__name__}: {err}", markup=True, highlight=False)
         sys.exit(2)
+
+
+# commands defined in their own modules register themselves on `app` when imported
+from cluster import cli_review  # noqa: E402,F401

@@ -1,0 +1,463 @@
+"""Reviewing a search run: its Pareto front, hypervolume over time, one candidate's plans, its export, and
+optuna-dashboard on the run's storage.
+
+Everything here reads the run folder (`cluster.runs`) and its study through `search.study.trials_to_records`;
+nothing writes to the study. Objective values stay in their natural units and directions; the front is taken
+over complete, feasible trials (every constraint satisfied) in minimisation form. Hypervolume uses the
+study's fixed normaliser (user attribute `decomp:normalizer`) so it matches what the search reported; a study
+without one gets a normaliser fixed from all its complete trials, and `Review.normalizer_source` says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from optuna.trial import TrialState
+
+from cluster.config import JobConfig
+from cluster.render import human
+from cluster.runs import NORMALIZER_ATTR, open_study, storage_of
+from decomp.errors import DecompError, ExportError, SpecError
+from decomp.graph import ModelGraph
+from decomp.partition.plan import PartitionPlan
+from search.pareto import Normalizer, hypervolume, minimized, non_dominated
+from search.records import Candidate, Constraint, Evaluation, Objective
+from search.study import constraint_key, trials_to_records
+
+__all__ = [
+    "CandidateView",
+    "Review",
+    "Row",
+    "candidate_json",
+    "candidate_view",
+    "dashboard_app",
+    "export_candidate",
+    "format_value",
+    "front_rows",
+    "review_json",
+    "review_run",
+    "run_model",
+    "serve",
+    "unit_scale",
+]
+
+SHARES = ("accuracy", "agreement", "accuracy_proxy")  # objectives that are fractions, shown as percent
+
+
+@dataclass(frozen=True)
+class Row:
+    """One recorded trial: its Optuna number, the candidate and its evaluation, and whether it counts for
+    the front (complete and every constraint satisfied)."""
+
+    trial: int
+    candidate: Candidate
+    evaluation: Evaluation
+    feasible: bool
+
+
+@dataclass(frozen=True)
+class Review:
+    """A run as the review commands see it: every recorded trial in trial order, the non-dominated feasible
+    ones, and the hypervolume after each trial (by trial number)."""
+
+    folder: Path
+    config: JobConfig
+    study_name: str
+    objectives: tuple[Objective, ...]
+    constraints: tuple[Constraint, ...]
+    rows: list[Row]
+    front: list[Row]
+    normalizer: Normalizer | None
+    normalizer_source: str
+    hypervolume: list[tuple[int, float]] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        complete = sum(r.evaluation.ok for r in self.rows)
+        return {
+            "trials": len(self.rows),
+            "complete": complete,
+            "failed": len(self.rows) - complete,
+            "infeasible": sum(r.evaluation.ok and not r.feasible for r in self.rows),
+            "front": len(self.front),
+        }
+
+    def find(self, candidate_id: int) -> Row:
+        """The trial of `candidate_id`; an unknown id is an error that lists some valid ones."""
+        for row in self.rows:
+            if row.candidate.id == candidate_id:
+                return row
+        if not self.rows:
+            raise SpecError(f"run {self.folder} has no recorded trials yet; wait for the search to record some")
+        shown = [r.candidate.id for r in self.front] or [r.candidate.id for r in self.rows]
+        raise SpecError(
+            f"run {self.folder} has no candidate {candidate_id}; candidates on the front: "
+            f"{', '.join(map(str, shown[:12]))}{' ...' if len(shown) > 12 else ''} (all: `decomp pareto {self.folder}`)"
+        )
+
+
+def review_run(folder: str | Path) -> Review:
+    """Read the run in `folder`: trials, feasibility, front and hypervolume history."""
+    folder = Path(folder)
+    config, study = open_study(folder)
+    objectives, constraints = config.objective_records(), config.constraint_records()
+    names = [o.name for o in objectives]
+    if study.metric_names is not None and list(study.metric_names) != names:
+        raise SpecError(
+            f"run {folder}: the study records objectives {study.metric_names} but {folder}/config.yaml names "
+            f"{names}; restore the config the run was started with"
+        )
+    numbers = {
+        int(t.user_attrs["candidate_id"]): t.number
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+        if "candidate_id" in t.user_attrs
+    }
+    rows = []
+    for candidate, evaluation in trials_to_records(study):
+        if candidate.id in numbers:  # a trial recorded after the snapshot above waits for the next review
+            rows.append(Row(numbers[candidate.id], candidate, evaluation, _feasible(evaluation, constraints, folder)))
+    points = minimized([r.evaluation.values for r in rows if r.feasible], objectives)
+    feasible = [r for r in rows if r.feasible]
+    front = [r for r, keep in zip(feasible, non_dominated(points), strict=True) if keep]
+    front.sort(key=lambda r: (tuple(minimized([r.evaluation.values], objectives)[0]), r.trial))
+    normalizer, source = _normalizer(study.user_attrs.get(NORMALIZER_ATTR), rows, objectives)
+    return Review(
+        folder,
+        config,
+        study.study_name,
+        objectives,
+        constraints,
+        rows,
+        front,
+        normalizer,
+        source,
+        _history(rows, objectives, normalizer),
+    )
+
+
+def _feasible(evaluation: Evaluation, constraints: Sequence[Constraint], folder: Path) -> bool:
+    if not evaluation.ok:
+        return False
+    if len(evaluation.constraints) != len(constraints):
+        raise SpecError(
+            f"run {folder}: candidate {evaluation.candidate_id} has {len(evaluation.constraints)} constraint values "
+            f"but config.yaml names {len(constraints)} constraints; restore the config the run was started with"
+        )
+    return all(c.violation(v) == 0.0 for c, v in zip(constraints, evaluation.constraints, strict=True))
+
+
+def _normalizer(stored: Any, rows: list[Row], objectives: Sequence[Objective]) -> tuple[Normalizer | None, str]:
+    """The study's fixed normaliser, else one fixed from every complete trial (and a note saying which)."""
+    if stored is not None:
+        try:
+            return Normalizer.from_json(json.loads(stored) if isinstance(stored, str) else stored), "the study's"
+        except (ValueError, KeyError, TypeError, DecompError) as err:
+            raise SpecError(f"the study's {NORMALIZER_ATTR} attribute is not a normaliser ({err})") from None
+    complete = [r.evaluation.values for r in rows if r.evaluation.ok]
+    if not complete:
+        return None, "none (no complete trial yet)"
+    normalizer = Normalizer.from_points(minimized(complete, objectives))
+    return normalizer, f"fixed from all {len(complete)} complete trials (the study stores none)"
+
+
+def _history(
+    rows: list[Row], objectives: Sequence[Objective], normalizer: Normalizer | None
+) -> list[tuple[int, float]]:
+    """Hypervolume of the feasible front after each trial, in trial order."""
+    front = np.empty((0, len(objectives)))
+    value, out = 0.0, []
+    for row in sorted(rows, key=lambda r: r.trial):
+        if row.feasible and normalizer is not None:
+            front = np.vstack([front, minimized([row.evaluation.values], objectives)])
+            keep = non_dominated(front)
+            if keep[-1]:  # the new point joined the front: the volume may have grown
+                value = hypervolume(front[keep], normalizer)
+            front = front[keep]
+        out.append((row.trial, value))
+    return out
+
+
+# -- presentation data ------------------------------------------------------------------------------
+def _kind(name: str) -> str:
+    if name in SHARES:
+        return "share"
+    if name.endswith("bytes") or name == "peak_memory":
+        return "bytes"
+    if name.endswith("_s"):
+        return "seconds"
+    return "rate" if name == "throughput" else "count"
+
+
+def format_value(name: str, value: float) -> str:
+    """`value` of quantity `name` in its natural unit: 12.3 ms, 1.50MiB, 91.20%, 4.10M."""
+    if not math.isfinite(value):
+        return str(value)
+    kind = _kind(name)
+    if kind == "share":
+        return f"{100 * value:.2f}%"
+    if kind == "bytes":
+        return human(value, "B")
+    if kind == "seconds":
+        factor, unit = _seconds(abs(value))
+        return f"{value * factor:.3g} {unit}"
+    if kind == "rate":
+        return f"{value:.4g} samples/s"
+    return human(value) if abs(value) >= 1000 or value == int(value) else f"{value:.4g}"
+
+
+def _seconds(top: float) -> tuple[float, str]:
+    for factor, unit in ((1.0, "s"), (1e3, "ms"), (1e6, "µs")):
+        if top >= 1.0 / factor:
+            return factor, unit
+    return 1e9, "ns"
+
+
+def unit_scale(name: str, values: Sequence[float]) -> tuple[float, str]:
+    """(factor, axis label) that shows `values` of quantity `name` in a readable unit."""
+    top = max((abs(v) for v in values if math.isfinite(v)), default=0.0)
+    kind = _kind(name)
+    if kind == "share":
+        return 100.0, f"{name} (%)"
+    if kind == "seconds":
+        factor, unit = _seconds(top)
+        return factor, f"{name} ({unit})"
+    if kind == "rate":
+        return 1.0, f"{name} (samples/s)"
+    base, prefixes = (1024.0, ("B", "KiB", "MiB", "GiB", "TiB")) if kind == "bytes" else (1000.0, ("", "K", "M", "G"))
+    power = 0
+    while top >= base and power < len(prefixes) - 1:
+        top, power = top / base, power + 1
+    unit = prefixes[power]
+    return base**-power, f"{name} ({unit})" if unit else name
+
+
+def front_rows(review: Review) -> tuple[list[str], list[list[str]]]:
+    """Columns and rows of the front table: id, trial, searcher, parts, objective values, constraints."""
+    columns = ["id", "trial", "searcher", "parts"]
+    columns += [f"{o.name} ({'max' if o.direction == 'maximize' else 'min'})" for o in review.objectives]
+    columns += [f"{c.name} {c.sense} {format_value(c.name, c.bound)}" for c in review.constraints]
+    rows = []
+    for row in review.front:
+        parts = row.candidate.partition.parts if row.candidate.partition is not None else 1
+        cells = [str(row.candidate.id), str(row.trial), row.candidate.searcher, str(parts)]
+        cells += [format_value(o.name, v) for o, v in zip(review.objectives, row.evaluation.values, strict=True)]
+        cells += [
+            f"{format_value(c.name, v)} ok" for c, v in zip(review.constraints, row.evaluation.constraints, strict=True)
+        ]
+        rows.append(cells)
+    return columns, rows
+
+
+def _row_json(review: Review, row: Row) -> dict[str, Any]:
+    e = row.evaluation
+    out: dict[str, Any] = {
+        "candidate_id": row.candidate.id,
+        "trial": row.trial,
+        "searcher": row.candidate.searcher,
+        "state": e.state,
+        "feasible": row.feasible,
+        "values": dict(zip([o.name for o in review.objectives], e.values, strict=False)),
+        "constraints": {
+            constraint_key(c): {"value": v, "violation": c.violation(v)}
+            for c, v in zip(review.constraints, e.constraints, strict=False)
+        },
+        "metrics": {k: v if math.isfinite(v) else str(v) for k, v in e.metrics.items()},
+        "parts": row.candidate.partition.parts if row.candidate.partition is not None else 1,
+    }
+    if not e.ok:
+        out["message"] = e.message
+    return out
+
+
+def review_json(review: Review) -> dict[str, Any]:
+    """The review as plain JSON: objectives, constraints, counts, normaliser, front and hypervolume history."""
+    return {
+        "run": str(review.folder),
+        "study": review.study_name,
+        "objectives": [o.to_json() for o in review.objectives],
+        "constraints": [c.to_json() for c in review.constraints],
+        "counts": review.counts(),
+        "normalizer": None if review.normalizer is None else review.normalizer.to_json(),
+        "normalizer_source": review.normalizer_source,
+        "front": [_row_json(review, r) for r in review.front],
+        "hypervolume": [{"trial": t, "hypervolume": v} for t, v in review.hypervolume],
+    }
+
+
+# -- one candidate ----------------------------------------------------------------------------------
+def run_model(config: JobConfig):
+    """The model the run's config names (its weights loaded), with its example inputs: what the search
+    traced and what an export prunes."""
+    from decomp.specs import load_model
+
+    shapes = [tuple(config.input_shape)] if config.input_shape else None
+    return load_model(config.model, weights=config.weights, input_shapes=shapes)
+
+
+@dataclass(frozen=True)
+class CandidateView:
+    """One candidate's plans, read against the run's model graph: per-group keep ratios (`groups`),
+    per-layer sparsity (`layers`), and per-part op counts and MACs after pruning (`parts`)."""
+
+    row: Row
+    on_front: bool
+    graph: ModelGraph
+    plan: PartitionPlan
+    groups: list[dict[str, Any]]
+    layers: list[dict[str, Any]]
+    parts: list[dict[str, Any]]
+
+
+def candidate_view(review: Review, candidate_id: int) -> CandidateView:
+    from decomp.build import build_graph
+    from decomp.pruning import Estimator, PruningPlan, annotate_graph, find_groups
+
+    row = review.find(candidate_id)
+    loaded = run_model(review.config)
+    graph = build_graph(loaded.module, loaded.example_inputs, loaded.tracer, name=review.config.model)
+    annotate_graph(graph, find_groups(loaded.module, loaded.example_inputs))
+    pruning = row.candidate.pruning or PruningPlan()
+    plan = row.candidate.partition or PartitionPlan.from_assignment(
+        dict.fromkeys(graph.compute_nodes(), 0), "pipeline", graph=graph
+    )
+    plan.validate(graph)
+    estimator = Estimator(graph)
+    estimate = estimator(pruning)
+    asked = {c.group: c for c in pruning.groups}
+    groups = []
+    for gid in _group_order(graph):
+        info, choice = graph.nx.graph["groups"][gid], asked.get(gid)
+        groups.append(
+            {
+                "group": gid,
+                "kind": info["kind"],
+                "channels": info["channels"],
+                "asked": 1.0 if choice is None else choice.keep_ratio,  # None: explicit channel indices
+                "kept": round(estimate.fractions[gid] * info["channels"]),
+                "keep_ratio": estimate.fractions[gid],
+            }
+        )
+    layers = [{"layer": s.layer, "sparsity": s.sparsity, "pattern": s.pattern} for s in pruning.layers]
+    total = float(estimate.macs.sum()) or 1.0
+    parts = []
+    for k, members in enumerate(plan.members()):
+        macs = float(sum(estimate.macs[estimator.index[n]] for n in members))
+        parts.append({"part": k, "ops": len(members), "macs": macs, "macs_share": macs / total})
+    on_front = any(r.candidate.id == candidate_id for r in review.front)
+    return CandidateView(row, on_front, graph, plan, groups, layers, parts)
+
+
+def candidate_json(review: Review, view: CandidateView) -> dict[str, Any]:
+    """One candidate as plain JSON: its trial, values and constraints, keep ratios, parts and both plans."""
+    pruning = view.row.candidate.pruning
+    return _row_json(review, view.row) | {
+        "on_front": view.on_front,
+        "genome": list(view.row.candidate.genome),
+        "groups": view.groups,
+        "layers": view.layers,
+        "partition": view.parts,
+        "pruning_plan": None if pruning is None else pruning.to_json(),
+        "partition_plan": view.plan.to_json(),
+    }
+
+
+def _group_order(graph: ModelGraph) -> list[str]:
+    """Coupling groups in the order their first op runs (groups no op names last)."""
+    groups = graph.nx.graph.get("groups") or {}
+    first = dict.fromkeys(groups, len(graph))
+    for position, name in enumerate(graph.order()):
+        gid = graph[name].get("group")
+        if gid in first:
+            first[gid] = min(first[gid], position)
+    return sorted(groups, key=first.__getitem__)
+
+
+# -- export -----------------------------------------------------------------------------------------
+def export_candidate(folder: str | Path, candidate_id: int, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Physically prune the run's model with the candidate's pruning plan, split it with its partition plan,
+    export the parts to `out` (the `decomp split` format) and verify them against the unpartitioned pruned
+    model; returns a summary. A failed candidate or a difference above the tolerance is an error."""
+    from decomp.build import build_graph
+    from decomp.partition import export_split, partition_metrics, split_model, verify_export
+    from decomp.partition.job import VERIFY_TOLERANCE
+    from decomp.pruning import apply_plan
+
+    review = review_run(folder)
+    row = review.find(candidate_id)
+    if not row.evaluation.ok:
+        ok = [r.candidate.id for r in review.front] or [r.candidate.id for r in review.rows if r.evaluation.ok]
+        raise SpecError(
+            f"candidate {candidate_id} (trial {row.trial}) failed: {row.evaluation.message}; export a complete "
+            f"one{', e.g. ' + ', '.join(map(str, ok[:8])) if ok else ''}"
+        )
+    loaded = run_model(review.config)
+    inputs = loaded.example_inputs
+    pruned = apply_plan(loaded.module, row.candidate.pruning, inputs) if row.candidate.pruning is not None else None
+    module = pruned.module if pruned is not None else loaded.module
+    graph = build_graph(module, inputs, loaded.tracer, name=review.config.model)
+    plan = row.candidate.partition or PartitionPlan.from_assignment(
+        dict.fromkeys(graph.compute_nodes(), 0), "pipeline", graph=graph
+    )
+    metrics = partition_metrics(graph, plan.validate(graph))
+    search = _row_json(review, row) | {"run": str(review.folder), "study": review.study_name}
+    target = export_split(
+        split_model(module, inputs, plan, tracer=loaded.tracer),
+        out,
+        source=review.config.model,
+        pruning_plan=pruned.plan if pruned is not None else None,
+        expected_costs={"metrics": metrics.to_json(), "search": search},
+        overwrite=overwrite,
+    )
+    diff = verify_export(target, module, inputs)
+    if diff > VERIFY_TOLERANCE:
+        raise ExportError(
+            f"the export in {target} differs from the unpartitioned pruned model by {diff:.3g} (more than "
+            f"{VERIFY_TOLERANCE}); it was kept for inspection. Report the model: a part did not export faithfully"
+        )
+    params = sum(p.numel() for p in loaded.module.parameters())
+    return {
+        "run": str(review.folder),
+        "candidate": candidate_id,
+        "trial": row.trial,
+        "out": str(target),
+        "parts": plan.parts,
+        "params_before": params,
+        "params_after": sum(p.numel() for p in module.parameters()),
+        "values": search["values"],
+        "max_abs_diff": diff,
+        "feasible": row.feasible,
+        "finetuned_in_search": review.config.accuracy.finetune_epochs > 0,
+    }
+
+
+# -- dashboard --------------------------------------------------------------------------------------
+def dashboard_app(folder: str | Path):
+    """optuna-dashboard's WSGI app on the run's storage (the run and its study must exist)."""
+    from optuna_dashboard import wsgi
+
+    config, _ = open_study(folder)
+    return wsgi(storage_of(Path(folder), config))
+
+
+def serve(app, host: str, port: int) -> None:
+    """Serve a WSGI app until interrupted (wsgiref, as optuna-dashboard's own server; request log muted)."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    class _Quiet(WSGIRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    try:
+        server = make_server(host, port, app, handler_class=_Quiet)
+    except OSError as err:
+        raise SpecError(f"cannot listen on {host}:{port} ({err.strerror}); pass another --port or --host") from None
+    with server:
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
