@@ -25,7 +25,7 @@ from decomp.errors import SearchError
 from search.records import Candidate, Constraint, Evaluation, Objective
 from search.space import Genome, Space
 
-__all__ = ["SEARCHERS", "Searcher", "Told", "make_searcher", "register"]
+__all__ = ["SEARCHERS", "Searcher", "Told", "make_searcher", "register", "searcher_names"]
 
 SEARCHERS: dict[str, type[Searcher]] = {}
 
@@ -64,6 +64,12 @@ def make_searcher(
 
 
 _BASE_ARGS = ("self", "space", "objectives", "constraints", "seed")
+
+
+def searcher_names() -> list[str]:
+    """Every registered searcher's name, built-in ones included."""
+    _load_builtin()
+    return sorted(SEARCHERS)
 
 
 def _load_builtin() -> None:

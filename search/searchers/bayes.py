@@ -437,8 +437,34 @@ class SkoptSearcher(Searcher):
         optimizer = self._optimizer(_derived_seed(self.seed, self._next_id))
         with _quiet_skopt(), _one_thread():
             optimizer.tell(points, [float(scores[k]) for k in keep])
-            raw = [optimizer.ask()] if n == 1 else optimizer.ask(n_points=n, strategy="cl_min")
+            if n == 1:
+                raw = [optimizer.ask()]
+            elif self.acq_optimizer == "sampling" and self.acq_func != "gp_hedge":
+                raw = self._batch(optimizer, n, min(float(scores[k]) for k in keep))
+            else:  # constant liar: one refit per extra point
+                raw = optimizer.ask(n_points=n, strategy="cl_min")
         return [self._genome(x) for x in raw]
+
+    def _batch(self, optimizer, n: int, best: float) -> list[list]:
+        """The `n` best distinct points of the acquisition over one random sample of `n_points`, from the one
+        model fitted for this ask (a constant-liar batch refits the GP once per point: n times the cost)."""
+        from skopt.acquisition import _gaussian_acquisition
+
+        sample = optimizer.space.rvs(
+            n_samples=self.n_points, random_state=_derived_seed(self.seed, 2**32 + self._next_id)
+        )
+        values = _gaussian_acquisition(
+            optimizer.space.transform(sample), optimizer.models[-1], y_opt=best, acq_func=self.acq_func
+        )
+        out, seen = [], set()
+        for i in np.argsort(values, kind="stable"):
+            key = tuple(sample[i])
+            if key not in seen:
+                seen.add(key)
+                out.append(sample[i])
+            if len(out) == n:
+                break
+        return out
 
     def scores(self, weights: np.ndarray) -> np.ndarray:
         """The told results scalarised with `weights` (smaller is better): feasible ones in [0, 1 + rho],

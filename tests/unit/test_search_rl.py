@@ -41,15 +41,16 @@ def _problem_evaluator(problem):
     return lambda c: Evaluation.of(c.id, problem.evaluate(c.genome))
 
 
-def _hypervolume(name, problem, seed, budget):
-    searcher = make_searcher(name, problem.space, problem.objectives, seed=seed)
+def _hypervolume(name, problem, seed, budget, **settings):
+    searcher = make_searcher(name, problem.space, problem.objectives, seed=seed, **settings)
     done = _search(searcher, _problem_evaluator(problem), budget)
     return hypervolume(np.array([e.values for _, e in done]), problem.normalizer)
 
 
+@pytest.mark.parametrize("reward", ["chebyshev", "hypervolume"])
 @pytest.mark.parametrize("problem", [zdt1(10), dtlz2()], ids=["zdt1", "dtlz2"])
-def test_rl_beats_random_search(problem):
-    rl = np.mean([_hypervolume("rl", problem, seed, 300) for seed in range(3)])
+def test_rl_beats_random_search(problem, reward):
+    rl = np.mean([_hypervolume("rl", problem, seed, 300, reward=reward) for seed in range(3)])
     random = np.mean([_hypervolume("random", problem, seed, 300) for seed in range(3)])
     assert rl > random + 0.1, (rl, random)
 
