@@ -102,7 +102,8 @@ def test_every_searcher_beats_random(problem, mode):
         "| searcher | settings | hypervolume (mean) | per seed | vs random | search seconds per run |",
         "|---|---|---|---|---|---|",
         *[
-            f"| {n} | {SETTINGS.get(n, {}) or 'defaults'} | {means[n]:.4f} | {', '.join(f'{v:.4f}' for v in volumes[n])} | {means[n] / base:.2f}x "
+            f"| {n} | {SETTINGS.get(n, {}) or 'defaults'} | {means[n]:.4f} "
+            f"| {', '.join(f'{v:.4f}' for v in volumes[n])} | {means[n] / base:.2f}x "
             f"| {statistics.fmean(seconds[n]):.1f} |"
             for n in names
         ],
