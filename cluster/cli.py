@@ -294,4 +294,4 @@ def main() -> None:
 
 
 # commands defined in their own modules register themselves on `app` when imported
-from cluster import cli_review  # noqa: E402,F401
+from cluster import cli_review, cli_search  # noqa: E402,F401

@@ -1,0 +1,94 @@
+"""`decomp search`: run a search job (or resume a run) on Ray with a live progress bar."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from cluster.cli import app, console
+
+__all__ = ["search"]
+
+
+@app.command()
+def search(
+    target: Annotated[
+        Path, typer.Argument(help="a job file (e.g. configs/quickstart.yaml), or a run folder to resume")
+    ],
+    address: Annotated[
+        Optional[str],
+        typer.Option(help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: a local Ray, or RAY_ADDRESS)"),
+    ] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="evaluators (default: evaluators.count)")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the run: a run folder, or the job file's run folder")] = False,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="also write the summary here")] = None,
+) -> None:
+    """Search a job's pruning x partition space on Ray; every trial lands in the run folder's study."""
+    from cluster.search_job import SearchProgress, run_search
+
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("failed {task.fields[failed]}"),
+        TextColumn("hypervolume {task.fields[hv]}"),
+        TimeElapsedColumn(),
+    )
+    with _SearchBar(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("trials", total=None, failed=0, hv="-")
+
+        def show(p: SearchProgress) -> None:
+            hv = f"{p.hypervolume:.4f}" if p.hypervolume is not None else "-"
+            bar.best = "best: " + ", ".join(f"{k} {v:.4g}" for k, v in p.best.items()) if p.best else ""
+            bar.update(task, completed=p.trials, total=p.budget, failed=p.failed, hv=hv)
+
+        try:
+            summary = run_search(target, address=address, workers=workers, resume=resume, progress=show)
+        except KeyboardInterrupt:
+            bar.stop()
+            console.print(f"interrupted; every recorded trial is kept: continue with decomp search --resume {target}")
+            raise typer.Exit(130) from None
+    console.print(_summary_table(summary))
+    console.print(f"review the front: decomp pareto {summary.folder}")
+    if json_path is not None:
+        json_path.write_text(json.dumps(asdict(summary), indent=1))
+
+
+class _SearchBar(Progress):
+    """The progress bar with a second line: the best value of every objective so far."""
+
+    best = ""
+
+    def get_renderables(self):
+        yield self.make_tasks_table(self.tasks)
+        if self.best:
+            yield Text(self.best, overflow="fold")
+
+
+def _summary_table(summary) -> Table:
+    table = Table(
+        title=f"search {summary.study} ({'resumed, ' if summary.resumed else ''}stopped by {summary.stopped})"
+    )
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    rows = [
+        ("trials", f"{summary.trials} ({summary.complete} complete, {summary.failed} failed)"),
+        ("hypervolume", f"{summary.hypervolume:.4f}" if summary.hypervolume is not None else "-"),
+        ("seconds", f"{summary.elapsed_s:.1f}"),
+        (
+            "retried / resubmitted / evaluators replaced",
+            f"{summary.retried} / {summary.resubmitted} / {summary.replaced}",
+        ),
+        *((f"best {name}", f"{value:.4g}") for name, value in summary.best.items()),
+        ("run folder", summary.folder),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    return table

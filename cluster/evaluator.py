@@ -1,0 +1,512 @@
+"""Evaluators: what evaluates a candidate (a `Task`), the Ray actor that runs one, and a pool of actors.
+
+A `Task` is a picklable recipe. The driver calls `space()` once for the search space; every evaluator
+receives a copy of the task, calls `setup()` once before its first candidate (load the model and data,
+build the costed graph) and then `evaluate(candidate)` per candidate. `ModelTask(config)` is the task of a
+job file: cheap metrics from `search.objectives.CostEvaluator`, and where an objective or constraint is
+measured (`accuracy`, `agreement`) the plan applied physically, an optional short fine-tune, and a test.
+
+An evaluation that raises comes back as an `EvaluationError` (the driver retries it, then records it as
+failed); a plan that does not fit the model comes back as a failed `Evaluation` at once (retrying would
+fail the same way). `EvaluatorPool` keeps `count` actors busy: Ray restarts an actor whose process dies
+(`max_restarts`) and runs its lost call once more; an actor that is dead for good (killed, restarts used up)
+is replaced by a fresh one; calls that still fail come back to the driver as `died`, to resubmit.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import os
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import ray
+import torch
+from ray.exceptions import ActorDiedError, RayActorError, RayError
+
+from cluster.config import EvaluatorSpec, JobConfig
+from decomp.errors import DecompError, SpecError
+from search.records import Candidate, Evaluation
+from search.space import Space
+
+__all__ = [
+    "MEASURED",
+    "EvaluationError",
+    "Evaluator",
+    "EvaluatorActor",
+    "EvaluatorPool",
+    "Finished",
+    "ModelTask",
+    "Task",
+]
+
+MEASURED = ("accuracy", "agreement")  # quantities only a run of the pruned model gives
+AGREEMENT_SAMPLES = 256
+MAX_LINGER_S = 0.05  # random inputs for `agreement` when the job has no data and no max_samples
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What an evaluator runs. Must pickle: the driver sends one copy to every actor."""
+
+    def space(self) -> Space:
+        """The search space (called once, in the driver)."""
+
+    def setup(self) -> None:
+        """Load what evaluations need; called once per evaluator, before its first `evaluate`."""
+
+    def evaluate(self, candidate: Candidate) -> Evaluation:
+        """The candidate's objective and constraint values, in the job's order."""
+
+
+@dataclass(frozen=True)
+class EvaluationError:
+    """An evaluation raised: the message (type: text) and the traceback, for the driver to retry or record.
+    `fatal`: the evaluator could not set up because of the job itself (a bad spec); retrying cannot help."""
+
+    candidate_id: int
+    message: str
+    traceback: str = ""
+    fatal: bool = False
+
+
+class ModelTask:
+    """The task of a job file (see the module docstring). Relative file names in the config are read
+    against `base` (the job file's folder); only the config travels to the actors."""
+
+    def __init__(self, config: JobConfig, base: str | Path | None = None) -> None:
+        from decomp.data import parse_data_spec
+
+        self.config = config
+        self.base = Path(base) if base is not None else None
+        self.objectives = config.objective_records()
+        self.constraints = config.constraint_records()
+        names = [o.name for o in self.objectives] + [c.name for c in self.constraints]
+        self.measured = tuple(n for n in MEASURED if n in names)
+        if "accuracy" in self.measured and not config.data:
+            raise SpecError(
+                "objective or constraint 'accuracy' needs labelled data: give `data` (e.g. mnist, digits or "
+                "python:pkg.module:factory), or use 'agreement' (agreement with the unpruned model)"
+            )
+        if config.data:
+            parse_data_spec(config.data)  # a typo fails in the driver, not in every actor
+        for key, name in (
+            ("weights", config.weights),
+            ("latency.table", config.latency.table),
+            ("latency.calibration", config.latency.calibration),
+        ):
+            path = _resolve(name, self.base)
+            if path is not None and not path.is_file():
+                raise SpecError(
+                    f"{key}: no file at {path}; fix the path (relative paths are read from the job file's folder)"
+                )
+        self._problem: _Problem | None = None
+        self._ready = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        # what was built stays where it was built; each actor builds its own in setup()
+        return {**self.__dict__, "_problem": None, "_ready": False}
+
+    def space(self) -> Space:
+        return self._built(evaluation=False).space
+
+    def setup(self) -> None:
+        if not self._ready:
+            self._problem = self._built(evaluation=True)
+            self._ready = True
+
+    def evaluate(self, candidate: Candidate) -> Evaluation:
+        self.setup()
+        problem = self._problem
+        start = time.perf_counter()
+        try:
+            metrics = dict(problem.costs(candidate))
+            if self.measured:
+                metrics.update(problem.measure(candidate, self.measured))
+        except DecompError as err:  # the plan does not fit the model: the same every time
+            return Evaluation.failed(candidate.id, f"{type(err).__name__}: {err}", time.perf_counter() - start)
+        names = [o.name for o in self.objectives] + [c.name for c in self.constraints]
+        return Evaluation.of(
+            candidate.id,
+            [metrics[o.name] for o in self.objectives],
+            [metrics[c.name] for c in self.constraints],
+            metrics,
+            wall_time=time.perf_counter() - start,
+            names=names,
+        )
+
+    def _built(self, evaluation: bool) -> _Problem:
+        if self._problem is None:
+            self._problem = _Problem.build(self.config, self.base)
+        if evaluation and self._problem.costs is None:
+            self._problem.prepare(self.measured)
+        return self._problem
+
+
+class _Problem:
+    """A job's model, costed and group-annotated graph, space and (in evaluators) costs and test data."""
+
+    def __init__(self) -> None:
+        self.costs = None
+        self.data = None
+        self.probe: tuple[torch.Tensor, ...] | None = None
+
+    @classmethod
+    def build(cls, config: JobConfig, base: Path | None) -> _Problem:
+        from decomp.build import build_graph
+        from decomp.pruning import annotate_graph, find_groups
+        from decomp.specs import load_model
+        from search.joint import JointSpace
+
+        self = cls()
+        self.config, self.base = config, base
+        shapes = [tuple(config.input_shape)] if config.input_shape is not None else None
+        loaded = load_model(config.model, weights=self._path(config.weights), input_shapes=shapes)
+        self.model, self.inputs = loaded.module, _at_batch(loaded.example_inputs, config.latency.batch_size)
+        self.graph = build_graph(self.model, self.inputs, loaded.tracer, name=config.model)
+        self.index = find_groups(self.model, self.inputs)
+        annotate_graph(self.graph, self.index)
+        self.cluster = config.cluster_spec(base)
+        self.space = JointSpace(self.graph, len(self.cluster.devices), config.joint_config())
+        return self
+
+    def _path(self, name: str | None) -> Path | None:
+        return _resolve(name, self.base)
+
+    def prepare(self, measured: Sequence[str]) -> None:
+        """What evaluations need beyond the space: channel importances, the cost model, test data."""
+        from decomp.pruning import channel_importance
+        from search.objectives import CostEvaluator
+
+        criterion = self.config.joint_config().criterion
+        importances = {}
+        for group in self.index:
+            try:
+                importances[group.id] = channel_importance(self.index, group.id, criterion).tolist()
+            except DecompError:  # e.g. taylor without gradients: rank by magnitude for the proxy
+                importances[group.id] = channel_importance(self.index, group.id, "l1").tolist()
+        latency = self.config.latency
+        self.costs = CostEvaluator(
+            self.graph, self._latency_model(self.cluster), latency.micro_batches, importances=importances
+        )
+        if measured:
+            self._prepare_measurement()
+
+    def _latency_model(self, cluster):
+        from decomp.latency import LatencyModel, OpTable, default_table_path, load_calibration
+
+        latency = self.config.latency
+        tables, calibrations = {}, {}
+        for kind in cluster.kinds:  # kinds named by a device key reuse that key's cached table
+            path = default_table_path(kind.name)
+            if path.is_file():
+                tables[kind.name] = OpTable.load(path)
+        if latency.table:
+            table = OpTable.load(self._path(latency.table))
+            tables[_kind_for(cluster, table.device, "latency.table")] = table
+        if latency.calibration:
+            import json
+
+            path = self._path(latency.calibration)
+            device = json.loads(path.read_text()).get("device", "") if path.is_file() else ""
+            calibrations[_kind_for(cluster, device, "latency.calibration")] = load_calibration(path)
+        return LatencyModel(cluster, tables, calibrations)
+
+    def _prepare_measurement(self) -> None:
+        from decomp.data import load_data
+
+        accuracy = self.config.accuracy
+        self.one = tuple(x[:1] for x in self.inputs)  # apply_plan checks the pruned model on one sample
+        if self.config.data:
+            self.data = load_data(self.config.data)
+            test = self.data.test
+            if accuracy.max_samples is not None and accuracy.max_samples < len(test):
+                test = torch.utils.data.Subset(test, range(accuracy.max_samples))
+            self.test = test
+        else:
+            count = accuracy.max_samples or AGREEMENT_SAMPLES
+            gen = torch.Generator().manual_seed(self.config.searcher.seed)
+            self.probe = tuple(_random_like(x, count, gen) for x in self.inputs)
+        self.batches = self._batches()
+        self.device = torch.device("cuda" if self.config.evaluators.gpus > 0 and torch.cuda.is_available() else "cpu")
+        # plans apply to the model on the CPU; the unpruned reference runs beside the pruned one
+        self.reference = self.model if self.device.type == "cpu" else copy.deepcopy(self.model).to(self.device)
+
+    def measure(self, candidate: Candidate, measured: Sequence[str]) -> dict[str, float]:
+        """Apply the pruning plan physically, fine-tune if asked, and measure accuracy and/or agreement."""
+        from decomp.pruning.apply import apply_plan
+        from decomp.pruning.plan import PruningPlan
+
+        plan = candidate.pruning or PruningPlan()
+        accuracy = self.config.accuracy
+        tune = accuracy.finetune_epochs > 0 and self.data is not None
+        # N:M or unstructured sparsity must survive fine-tuning: keep it as masks then
+        mode = "mask" if tune and plan.layers else "physical"
+        pruned = apply_plan(self.model, plan, self.one, mode=mode).module.to(self.device)
+        if tune:
+            self._finetune(pruned)
+        out: dict[str, float] = {}
+        batches = self.batches
+        if "accuracy" in measured:
+            from decomp.pruning.train import evaluate
+
+            out["accuracy"] = evaluate(pruned, self._on_device(batches))
+        if "agreement" in measured:
+            out["agreement"] = _agreement(self.reference, pruned, self._on_device(batches))
+        return out
+
+    def _batches(self):
+        size = self.config.accuracy.batch_size
+        if self.probe is not None:
+            n = self.probe[0].shape[0]
+            return [(tuple(x[i : i + size] for x in self.probe), None) for i in range(0, n, size)]
+        loader = torch.utils.data.DataLoader(self.test, batch_size=size, shuffle=False)
+        return [((x,), y) for x, y in loader]
+
+    def _on_device(self, batches):
+        for inputs, labels in batches:
+            moved = tuple(x.to(self.device) for x in inputs)
+            yield (moved[0] if len(moved) == 1 else moved), (labels.to(self.device) if labels is not None else None)
+
+    def _finetune(self, model: torch.nn.Module) -> None:
+        """`finetune_epochs` (fractions allowed) of training, seeded by the job's searcher seed."""
+        from decomp.pruning.train import TrainConfig, train
+
+        accuracy = self.config.accuracy
+        seed = self.config.searcher.seed
+        train_loader, _ = self.data.loaders(accuracy.batch_size, seed=seed)
+        steps = max(1, math.ceil(accuracy.finetune_epochs * len(train_loader)))
+        batches = itertools.islice(itertools.chain.from_iterable(itertools.repeat(train_loader)), steps)
+        moved = ((x.to(self.device), y.to(self.device)) for x, y in batches)
+        train(model, moved, TrainConfig(epochs=1, lr=accuracy.lr, seed=seed))
+
+
+def _resolve(name: str | None, base: Path | None) -> Path | None:
+    if name is None:
+        return None
+    path = Path(name).expanduser()
+    return path if path.is_absolute() or base is None else base / path
+
+
+def _at_batch(inputs: Sequence[torch.Tensor], batch: int) -> tuple[torch.Tensor, ...]:
+    """The example inputs with `batch` samples (copies of the first): the graph is costed per micro-batch."""
+    return tuple(x[:1].expand(batch, *x.shape[1:]).contiguous() for x in inputs)
+
+
+def _kind_for(cluster, device: str, where: str) -> str:
+    """The cluster's device kind a table or calibration measured on `device` prices."""
+    names = [k.name for k in cluster.kinds]
+    if device in names:
+        return device
+    if len(names) == 1:
+        return names[0]
+    raise SpecError(
+        f"{where} was measured on {device!r}, and cluster {cluster.name!r} has several device kinds "
+        f"({', '.join(names)}); name a kind after the device key, or use a one-kind cluster"
+    )
+
+
+def _random_like(x: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tensor:
+    shape = (count, *x.shape[1:])
+    if x.dtype.is_floating_point:
+        return torch.randn(shape, generator=gen).to(x.dtype)
+    if x.dtype == torch.bool:
+        return torch.ones(shape, dtype=x.dtype)
+    high = int(x.max()) + 1 if x.numel() else 2  # token ids: stay inside what the example uses
+    return torch.randint(0, max(high, 2), shape, generator=gen, dtype=x.dtype)
+
+
+def _first_tensor(value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, dict) or hasattr(value, "values"):
+        value = list(value.values())
+    for item in value:
+        if isinstance(item, torch.Tensor):
+            return item
+    raise DecompError(f"the model returned {type(value).__name__} with no tensor; agreement needs a tensor output")
+
+
+@torch.no_grad()
+def _agreement(reference: torch.nn.Module, pruned: torch.nn.Module, batches) -> float:
+    """Share of predictions (argmax over the last dimension, every position) both models make alike."""
+    reference.eval()
+    pruned.eval()
+    same = seen = 0
+    for inputs, _ in batches:
+        args = inputs if isinstance(inputs, tuple) else (inputs,)
+        a, b = _first_tensor(reference(*args)), _first_tensor(pruned(*args))
+        same += int((a.argmax(-1) == b.argmax(-1)).sum())
+        seen += a.argmax(-1).numel()
+    return same / seen if seen else 0.0
+
+
+class Evaluator:
+    """Runs a task where it lives (a Ray actor, or this process in tests): torch threads set once, the
+    task set up lazily before the first candidate, every exception turned into an `EvaluationError`."""
+
+    def __init__(self, task: Task, threads: int = 1) -> None:
+        torch.set_num_threads(max(1, threads))
+        self.task = task
+        self.ready = False
+        self.evaluations, self.busy_s = 0, 0.0
+
+    def evaluate(self, candidate: Candidate) -> Evaluation | EvaluationError:
+        start = time.perf_counter()
+        try:
+            return self._evaluate(candidate)
+        finally:
+            self.busy_s += time.perf_counter() - start
+
+    def _evaluate(self, candidate: Candidate) -> Evaluation | EvaluationError:
+        if not self.ready:
+            try:
+                self.task.setup()
+            except DecompError as err:
+                return EvaluationError(
+                    candidate.id, f"evaluator setup failed: {type(err).__name__}: {err}", traceback.format_exc(), True
+                )
+            except Exception as err:  # noqa: BLE001 - a transient failure (memory, I/O): the driver retries
+                return EvaluationError(candidate.id, f"evaluator setup failed: {_text(err)}", traceback.format_exc())
+            self.ready = True
+        try:
+            evaluation = self.task.evaluate(candidate)
+        except Exception as err:  # noqa: BLE001 - any failure of one evaluation is the driver's to retry
+            return EvaluationError(candidate.id, _text(err), traceback.format_exc())
+        self.evaluations += 1
+        return evaluation
+
+    def stats(self) -> dict[str, Any]:
+        """Evaluations done, seconds spent in them (setup included), process id and torch threads."""
+        return {
+            "evaluations": self.evaluations,
+            "busy_s": self.busy_s,
+            "pid": os.getpid(),
+            "threads": torch.get_num_threads(),
+        }
+
+
+def _text(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
+EvaluatorActor = ray.remote(Evaluator)
+
+
+@dataclass
+class Finished:
+    """One result from the pool: an `Evaluation`, an `EvaluationError`, or `died` with the message when the
+    evaluator died before answering (the candidate should be resubmitted)."""
+
+    candidate: Candidate
+    result: Evaluation | EvaluationError | None
+    died: str = ""
+
+
+class EvaluatorPool:
+    """`count` evaluator actors with the resources of `spec` (fewer when the cluster cannot hold that many at
+    once: `note` says so); candidates go to the least busy one."""
+
+    def __init__(self, task: Task, spec: EvaluatorSpec, count: int | None = None, max_restarts: int = 3) -> None:
+        self.task, self.spec, self.max_restarts = task, spec, max_restarts
+        wanted = count or spec.count
+        self.count = _fitting(spec, wanted)
+        self.note = (
+            f"only {self.count} of {wanted} evaluators fit the Ray cluster's resources "
+            f"({spec.cpus:g} CPUs{f', {spec.gpus:g} GPUs' if spec.gpus else ''} each); running {self.count}"
+            if self.count < wanted
+            else ""
+        )
+        self.actors = [self._start() for _ in range(self.count)]
+        self.busy = [0] * self.count
+        self.running: dict[ray.ObjectRef, tuple[int, Any, Candidate]] = {}
+        self.replaced = 0
+        self.typical_s = 0.0  # moving average of evaluation wall times
+
+    def _start(self):
+        # Ray restarts a crashed actor and runs the call it lost once more on the new one (max_task_retries=1,
+        # which also holds calls sent while it restarts); what still fails comes back to the driver as died
+        options: dict[str, Any] = {"num_cpus": self.spec.cpus, "max_restarts": self.max_restarts, "max_task_retries": 1}
+        if self.spec.gpus:
+            options["num_gpus"] = self.spec.gpus
+        # the task travels by value (small: a config), so Ray can rebuild the actor on a restart from the spec alone
+        return EvaluatorActor.options(**options).remote(self.task, self.spec.threads)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.running)
+
+    def submit(self, candidate: Candidate) -> None:
+        slot = min(range(self.count), key=self.busy.__getitem__)
+        actor = self.actors[slot]
+        self.running[actor.evaluate.remote(candidate)] = (slot, actor, candidate)
+        self.busy[slot] += 1
+
+    def wait(self, timeout: float | None = None) -> list[Finished]:
+        """Results ready now, waiting up to `timeout` seconds (None: until one is) for the first. Once one is in,
+        it lingers a quarter of a typical evaluation (at most `MAX_LINGER_S`) for one result per evaluator, so the
+        driver's per-wake work (checkpoint, ask) serves several results; every evaluator still has queued work
+        when there are 2 in flight per evaluator."""
+        if not self.running:
+            return []
+        ready, _ = ray.wait(list(self.running), num_returns=1, timeout=timeout)
+        if ready and len(self.running) > 1:
+            want = min(len(self.running), self.count)
+            linger = min(MAX_LINGER_S, 0.25 * self.typical_s) if want > 1 else 0.0
+            ready, _ = ray.wait(list(self.running), num_returns=want, timeout=linger)
+            ready, _ = ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
+        return [self._collect(ref) for ref in ready]
+
+    def _collect(self, ref: ray.ObjectRef) -> Finished:
+        slot, actor, candidate = self.running.pop(ref)
+        self.busy[slot] -= 1
+        try:
+            result = ray.get(ref)
+            if isinstance(result, Evaluation) and result.wall_time > 0:
+                self.typical_s = 0.8 * self.typical_s + 0.2 * result.wall_time if self.typical_s else result.wall_time
+            return Finished(candidate, result)
+        except RayActorError as err:
+            if isinstance(err, ActorDiedError) and self.actors[slot] is actor:  # dead for good: a new one
+                ray.kill(actor)
+                self.actors[slot] = self._start()
+                self.replaced += 1
+            return Finished(candidate, None, died=_first_line(err))
+        except RayError as err:  # the call failed outside the task (e.g. its result could not be stored)
+            return Finished(candidate, EvaluationError(candidate.id, _first_line(err)))
+
+    def close(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors, self.running = [], {}
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def _fitting(spec: EvaluatorSpec, count: int) -> int:
+    """How many of `count` evaluators the cluster can hold at once: actors beyond that would wait forever for
+    resources the others never give back, and so would the candidates sent to them. None fitting is an error."""
+    resources = ray.cluster_resources()
+    cpus, gpus = float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))
+    if spec.gpus > 0 and gpus < spec.gpus:
+        raise SpecError(
+            f"evaluators.gpus is {spec.gpus:g} but the Ray cluster has {gpus:g} GPUs; set evaluators.gpus: 0 "
+            "to evaluate on CPUs, or join a cluster with GPUs (--address)"
+        )
+    if cpus < spec.cpus:
+        raise SpecError(
+            f"evaluators.cpus is {spec.cpus:g} but the Ray cluster has {cpus:g} CPUs; lower evaluators.cpus "
+            "or join a larger cluster (--address)"
+        )
+    fits = math.floor(cpus / spec.cpus + 1e-9)
+    if spec.gpus > 0:
+        fits = min(fits, math.floor(gpus / spec.gpus + 1e-9))
+    return max(1, min(count, fits))
