@@ -7,6 +7,8 @@
       checkpoint.json   the searcher's state and the driver's (asked candidates not yet recorded, counters),
                         written atomically after every ask and every tell
       log.txt           what the driver did, one line per event
+      .driver.lock      held (flock) by the driver working on the folder: one driver per run at a time;
+                        the kernel releases it when the driver dies
 
 Study user attributes: `decomp:normalizer` (JSON of `search.pareto.Normalizer`, fixed once per study so
 hypervolumes stay comparable over time and across resumes) and `decomp:objectives` / `decomp:constraints`.
