@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from cluster.config import JobConfig
 from cluster.render import human
 from cluster.runs import NORMALIZER_ATTR, open_study, storage_of
-from decomp.errors import DecompError, ExportError, SpecError
+from decomp.errors import DecompError, SpecError
 from decomp.graph import ModelGraph
 from decomp.partition.plan import PartitionPlan
 from search.pareto import Normalizer, hypervolume, minimized, non_dominated
@@ -383,8 +383,8 @@ def export_candidate(folder: str | Path, candidate_id: int, out: str | Path, ove
     export the parts to `out` (the `decomp split` format) and verify them against the unpartitioned pruned
     model; returns a summary. A failed candidate or a difference above the tolerance is an error."""
     from decomp.build import build_graph
-    from decomp.partition import export_split, partition_metrics, split_model, verify_export
-    from decomp.partition.job import VERIFY_TOLERANCE
+    from decomp.partition import partition_metrics, split_model
+    from decomp.partition.job import export_verified
     from decomp.pruning import apply_plan
 
     review = review_run(folder)
@@ -405,20 +405,15 @@ def export_candidate(folder: str | Path, candidate_id: int, out: str | Path, ove
     )
     metrics = partition_metrics(graph, plan.validate(graph))
     search = _row_json(review, row) | {"run": str(review.folder), "study": review.study_name}
-    target = export_split(
+    target, diff = export_verified(
         split_model(module, inputs, plan, tracer=loaded.tracer),
         out,
+        module,
         source=review.config.model,
         pruning_plan=pruned.plan if pruned is not None else None,
         expected_costs={"metrics": metrics.to_json(), "search": search},
         overwrite=overwrite,
     )
-    diff = verify_export(target, module, inputs)
-    if diff > VERIFY_TOLERANCE:
-        raise ExportError(
-            f"the export in {target} differs from the unpartitioned pruned model by {diff:.3g} (more than "
-            f"{VERIFY_TOLERANCE}); it was kept for inspection. Report the model: a part did not export faithfully"
-        )
     params = sum(p.numel() for p in loaded.module.parameters())
     return {
         "run": str(review.folder),

@@ -81,6 +81,20 @@ def _plan(request: SplitRequest, graph) -> PartitionPlan:
     return graph_partition(graph, request.parts, method=request.method)
 
 
+def export_verified(split, out, module, **export_options) -> tuple[Path, float]:
+    """Export `split` to `out` (`export_split` options) and check it against the unpartitioned `module` on
+    the split's example inputs; returns the folder and the max abs difference. Above `VERIFY_TOLERANCE`
+    it is an error (the export is kept for inspection)."""
+    folder = export_split(split, out, **export_options)
+    diff = verify_export(folder, module, split.example_inputs)
+    if diff > VERIFY_TOLERANCE:
+        raise ExportError(
+            f"the export in {folder} differs from the unpartitioned model by {diff:.3g} (more than "
+            f"{VERIFY_TOLERANCE}); it was kept for inspection. Report the model: a part did not export faithfully"
+        )
+    return folder, diff
+
+
 def run_split(request: SplitRequest, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
     """Split, export to `out` (written atomically) and verify; returns the summary (also in the manifest's
     expected costs)."""
@@ -97,21 +111,16 @@ def run_split(request: SplitRequest, out: str | Path, overwrite: bool = False) -
         "stage_cost_model": asdict(cost),
         "stage_seconds": stage_times,
     }
-    folder = export_split(
+    folder, diff = export_verified(
         split,
         out,
+        module,
         source=str(loaded.spec) if loaded.spec else request.model,
         pruning_plan=pruning_plan,
         onnx=request.onnx,
         expected_costs=costs,
         overwrite=overwrite,
     )
-    diff = verify_export(folder, module, inputs)
-    if diff > VERIFY_TOLERANCE:
-        raise ExportError(
-            f"the export in {folder} differs from the unpartitioned model by {diff:.3g} (more than "
-            f"{VERIFY_TOLERANCE}); it was kept for inspection. Report the model: a part did not export faithfully"
-        )
     return {
         "request": asdict(request),
         "out": str(folder),
