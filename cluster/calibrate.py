@@ -12,8 +12,13 @@ From those runs:
 - the runtime terms (`per_call`, `per_in_byte`): wall seconds per micro-batch beyond the slowest
   stage's busy seconds per call, against the bytes that stage receives (`fit_runtime`).
 
+Op times are profiled in place in `rounds` rounds over all candidates too, the least time of each op
+kept (`OpTable.merge`).
+
 The summary lists, per candidate, the throughput measured and the throughput the calibrated model
-predicts (in-sample: to judge the fit on unseen candidates, calibrate on some and predict others).
+predicts. Candidates at the `holdout` prune ratios are profiled and measured with the others but left
+out of the fit: their error (`holdout_mape`) is how well the calibration predicts candidates it has
+not seen; the others' (`mape`) is in-sample.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ __all__ = ["CalibrateRequest", "run_calibration"]
 class CalibrateRequest:
     models: tuple[str, ...]
     ratios: tuple[float, ...] = (0.0, 0.5)
+    holdout: tuple[float, ...] = ()  # prune ratios measured and predicted but not fitted on
     parts: tuple[int, ...] = (1, 2)
     batch_size: int = 8
     micro_batches: int = 4
@@ -68,8 +74,13 @@ class CalibrateRequest:
         for name, value in (("batches", self.batches), ("rounds", self.rounds), ("threads", self.threads)):
             if value < 1:
                 raise SpecError(f"{name} must be >= 1, got {value}")
-        if any(not 0.0 <= r < 1.0 for r in self.ratios):
-            raise SpecError(f"prune ratios must be in [0, 1), got {list(self.ratios)}")
+        if any(not 0.0 <= r < 1.0 for r in (*self.ratios, *self.holdout)):
+            raise SpecError(f"prune ratios must be in [0, 1), got {[*self.ratios, *self.holdout]}")
+        shared = sorted(set(self.ratios) & set(self.holdout))
+        if shared:
+            raise SpecError(
+                f"ratio(s) {shared} are both fitted on and held out; a held-out ratio must not be among --ratios"
+            )
         if any(k < 1 for k in self.parts):
             raise SpecError(f"part counts must be >= 1, got {list(self.parts)}")
         if self.runtime == "local" and any(k > 1 for k in self.parts):
@@ -91,32 +102,40 @@ class _Candidate:
     graph: Any
     plan: PartitionPlan
     split: Any
+    held_out: bool = False
     best: Any = None  # the fastest RunReport
 
 
 def _candidates(request: CalibrateRequest, table: OpTable, key: str, note: Callable[[str], None]) -> list[_Candidate]:
     micro = request.batch_size // request.micro_batches
-    out = []
+    pruned = []  # (spec, ratio, held out, model, inputs, tracer)
     for spec in request.models:
         loaded = load_model(spec)
         inputs = tuple(x[:1].expand(micro, *x.shape[1:]).contiguous() for x in loaded.example_inputs)
-        for ratio in request.ratios:
+        ratios = [(r, False) for r in request.ratios] + [(r, True) for r in request.holdout]
+        for ratio, held_out in sorted(ratios):
             model = loaded.module
             if ratio > 0:
                 index = find_groups(model, inputs)
                 model = apply_plan(model, plan_for_ratio(index, ratio), inputs).module
-            note(f"profiling {spec} pruned {ratio:.2f}")
-            graph, _ = profile_ops(model, inputs, table, loaded.tracer, threads=request.threads)
-            seconds, _ = LatencyModel(this_device("cpu", request.threads), {key: table}).op_seconds(
-                graph, this_device("cpu", request.threads).kinds[0]
-            )
-            annotate_op_times(graph, seconds)
-            for k in request.parts:
-                plan = (
-                    optimal_pipeline(graph, k, StageCost(measured=True)) if k > 1 else PartitionPlan.pipeline(graph, [])
-                )
-                split = split_model(model, inputs, plan, tracer=loaded.tracer)
-                out.append(_Candidate(f"{spec} x{1 - ratio:.2f} K={k}", graph, plan, split))
+            pruned.append((spec, ratio, held_out, model, inputs, loaded.tracer))
+    graphs = []
+    for r in range(request.rounds):  # each round profiles every op into a fresh table; least times kept
+        fresh = OpTable(key)
+        graphs = []
+        for spec, ratio, _, model, inputs, tracer in pruned:
+            note(f"profiling round {r + 1}/{request.rounds}: {spec} pruned {ratio:.2f}")
+            graphs.append(profile_ops(model, inputs, fresh, tracer, threads=request.threads)[0])
+        table.merge(fresh)
+    cluster = this_device("cpu", request.threads)
+    out = []
+    for (spec, ratio, held_out, model, inputs, tracer), graph in zip(pruned, graphs, strict=True):
+        seconds, _ = LatencyModel(cluster, {key: table}).op_seconds(graph, cluster.kinds[0])
+        annotate_op_times(graph, seconds)
+        for k in request.parts:
+            plan = optimal_pipeline(graph, k, StageCost(measured=True)) if k > 1 else PartitionPlan.pipeline(graph, [])
+            split = split_model(model, inputs, plan, tracer=tracer)
+            out.append(_Candidate(f"{spec} x{1 - ratio:.2f} K={k}", graph, plan, split, held_out))
     return out
 
 
@@ -176,13 +195,15 @@ def run_calibration(request: CalibrateRequest, note: Callable[[str], None] = lam
     for c in candidates:
         calls = c.best.batches * c.best.micro_batches
         features = _stage_features(c.graph, c.plan, {n: c.graph[n]["seconds"] for n in c.graph.compute_nodes()})
+        runs.append({"candidate": c.name, "held_out": c.held_out, "report": c.best.to_json(), "stages": features})
+        if c.held_out:
+            continue
         busy = [b / calls for b in c.best.busy_s]
         for f, b in zip(features, busy, strict=True):
             stages.append((f, b))
         slowest = max(range(len(busy)), key=busy.__getitem__)
         gaps.append(c.best.seconds / calls - busy[slowest])
         gap_bytes.append(features[slowest]["in_bytes"])
-        runs.append({"candidate": c.name, "report": c.best.to_json(), "stages": features})
     compute = calibrate(
         [f["op_seconds"] for f, _ in stages],
         [f["ops"] for f, _ in stages],
@@ -193,7 +214,7 @@ def run_calibration(request: CalibrateRequest, note: Callable[[str], None] = lam
     fitted = Calibration(**{**asdict(compute), "per_call": per_call, "per_in_byte": per_in_byte})
     out = Path(request.out) if request.out else default_calibration_path(key, request.runtime)
     save_calibration(out, key, request.runtime, fitted, runs)
-    cluster = this_device("cpu", request.threads)
+    cluster = this_device("cpu", request.threads, max(request.parts))
     model = LatencyModel(cluster, {key: table}, {key: fitted})
     rows = []
     for c in candidates:
@@ -205,8 +226,11 @@ def run_calibration(request: CalibrateRequest, note: Callable[[str], None] = lam
                 "measured": c.best.throughput,
                 "predicted": predicted,
                 "error": predicted / c.best.throughput - 1.0,
+                "held_out": c.held_out,
             }
         )
+    fitted_rows = [r for r in rows if not r["held_out"]]
+    held_rows = [r for r in rows if r["held_out"]]
     return {
         "request": asdict(request),
         "device": key,
@@ -214,6 +238,7 @@ def run_calibration(request: CalibrateRequest, note: Callable[[str], None] = lam
         "calibration_file": str(out),
         "calibration": fitted.to_json(),
         "candidates": rows,
-        "mape": statistics.fmean(abs(r["error"]) for r in rows),
+        "mape": statistics.fmean(abs(r["error"]) for r in fitted_rows),
+        "holdout_mape": statistics.fmean(abs(r["error"]) for r in held_rows) if held_rows else None,
         "seconds": time.perf_counter() - started,
     }

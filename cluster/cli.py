@@ -231,6 +231,9 @@ def profile(
 def calibrate(
     models: Annotated[list[str], typer.Argument(help="model specs whose candidates to run (as for graph)")],
     ratios: Annotated[str, typer.Option(help="structured prune ratios, comma-separated")] = "0,0.5",
+    holdout: Annotated[
+        str, typer.Option(help="prune ratios to measure and predict but not fit on (out-of-sample check)")
+    ] = "",
     parts: Annotated[str, typer.Option(help="pipeline part counts, comma-separated")] = "1,2",
     batch_size: Annotated[int, typer.Option(help="samples per batch")] = 8,
     micro_batches: Annotated[int, typer.Option(help="micro-batches per batch")] = 4,
@@ -248,12 +251,16 @@ def calibrate(
 
     try:
         ratio_list = tuple(float(r) for r in ratios.split(","))
+        holdout_list = tuple(float(r) for r in holdout.split(",") if r.strip())
         part_list = tuple(int(k) for k in parts.split(","))
     except ValueError:
-        raise SpecError(f"--ratios and --parts take comma-separated numbers, got {ratios!r} and {parts!r}") from None
+        raise SpecError(
+            f"--ratios, --holdout and --parts take comma-separated numbers, got {ratios!r}, {holdout!r}, {parts!r}"
+        ) from None
     request = CalibrateRequest(
         tuple(models),
         ratio_list,
+        holdout_list,
         part_list,
         batch_size,
         micro_batches,
@@ -271,15 +278,23 @@ def calibrate(
     with console.status("calibrating ...") as status:
         summary = run_calibration(request, note=status.update)
     result = Table(title=f"calibration for {summary['device']} ({runtime})")
-    for column in ("candidate", "measured samples/s", "predicted samples/s", "error"):
+    for column in ("candidate", "measured samples/s", "predicted samples/s", "error", "fitted on"):
         result.add_column(column)
     for row in summary["candidates"]:
         result.add_row(
-            row["candidate"], f"{row['measured']:.2f}", f"{row['predicted']:.2f}", f"{100 * row['error']:+.1f}%"
+            row["candidate"],
+            f"{row['measured']:.2f}",
+            f"{row['predicted']:.2f}",
+            f"{100 * row['error']:+.1f}%",
+            "held out" if row["held_out"] else "yes",
         )
     console.print(result)
     terms = ", ".join(f"{k}={v:.3g}" for k, v in summary["calibration"].items())
-    console.print(f"fitted {terms}; in-sample MAPE {100 * summary['mape']:.1f}%; saved {summary['calibration_file']}")
+    held = summary["holdout_mape"]
+    held_text = f"; held-out MAPE {100 * held:.1f}%" if held is not None else ""
+    console.print(
+        f"fitted {terms}; in-sample MAPE {100 * summary['mape']:.1f}%{held_text}; saved {summary['calibration_file']}"
+    )
     if json_path is not None:
         json_path.write_text(json.dumps(summary, indent=1))
 

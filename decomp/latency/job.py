@@ -38,11 +38,12 @@ class ProfileRequest:
             raise SpecError(f"device {self.device!r} asked for, but torch sees no CUDA device here; use --device cpu")
 
 
-def this_device(device: str = "cpu", threads: int = 1) -> ClusterSpec:
-    """A one-device cluster for the machine the profiler runs on (roofline figures are placeholders:
-    every op of a profiled model has a measured entry)."""
+def this_device(device: str = "cpu", threads: int = 1, count: int = 1) -> ClusterSpec:
+    """A cluster of `count` devices like the one the profiler runs on, on this host (roofline figures are
+    placeholders: every op of a profiled model has a measured entry; transfers between the devices are
+    free here, what a runtime adds is its calibration's runtime terms)."""
     kind = DeviceKind(device_key(device, threads), "gpu" if device.startswith("cuda") else "cpu", 1e12, 1e11, 2**40)
-    return ClusterSpec("here", (kind,), (NodeSpec("here", ((kind.name, 1),)),), LOCAL, LOCAL)
+    return ClusterSpec("here", (kind,), (NodeSpec("here", ((kind.name, count),)),), LOCAL, LOCAL)
 
 
 def measure_latency(

@@ -141,3 +141,24 @@ def test_run_export_on_ray_loads_each_part_in_its_actor(tmp_path):
     with RayRunner(manifest_layout(manifest), export_loaders(tmp_path / "out")) as runner:
         (got,) = next(runner.map([[x]]))
     torch.testing.assert_close(got, load_export(tmp_path / "out")(x)[0])
+
+
+def test_calibrate_on_ray_predicts_two_stage_candidates(tmp_path):
+    from cluster.calibrate import CalibrateRequest, run_calibration
+
+    request = CalibrateRequest(
+        ("python:tests.tiny_models:tiny_net",),
+        ratios=(0.0, 0.5),
+        holdout=(0.25,),
+        parts=(1, 2),
+        batch_size=4,
+        micro_batches=2,
+        batches=2,
+        rounds=1,
+        table=str(tmp_path / "t.json"),
+        out=str(tmp_path / "c.json"),
+    )
+    summary = run_calibration(request)
+    two = [row for row in summary["candidates"] if row["candidate"].endswith("K=2")]
+    assert len(two) == 3 and all(row["predicted"] > 0 and row["measured"] > 0 for row in two)
+    assert summary["holdout_mape"] is not None

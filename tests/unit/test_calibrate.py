@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from cluster.calibrate import CalibrateRequest
+from cluster.calibrate import CalibrateRequest, run_calibration
 from cluster.cli import app
 from decomp.errors import GraphError, SpecError
 from decomp.latency.calibration import fit_runtime, load_calibration, save_calibration
@@ -34,6 +34,31 @@ def test_calibrate_command_fits_and_saves(tmp_path):
         load_calibration(out, runtime="ray")
 
 
+def test_held_out_ratios_are_measured_and_predicted_but_not_fitted(tmp_path):
+    request = CalibrateRequest(
+        (TINY,),
+        ratios=(0.0, 0.25, 0.5),
+        holdout=(0.4,),
+        parts=(1,),
+        batch_size=4,
+        micro_batches=2,
+        batches=2,
+        rounds=1,
+        runtime="local",
+        table=str(tmp_path / "t.json"),
+        out=str(tmp_path / "c.json"),
+    )
+    summary = run_calibration(request)
+    held = [row for row in summary["candidates"] if row["held_out"]]
+    assert [row["candidate"] for row in held] == [f"{TINY} x0.60 K=1"]
+    assert summary["holdout_mape"] == pytest.approx(abs(held[0]["error"]))
+    fitted = [row for row in summary["candidates"] if not row["held_out"]]
+    assert len(fitted) == 3 and summary["mape"] == pytest.approx(sum(abs(r["error"]) for r in fitted) / 3)
+    # the held-out run is saved with the others, marked, for offline analysis
+    runs = json.loads((tmp_path / "c.json").read_text())
+    assert "held_out" in json.dumps(runs)
+
+
 def test_calibration_settings_are_checked():
     with pytest.raises(SpecError, match="one after another"):
         CalibrateRequest((TINY,), parts=(1, 2), runtime="local")
@@ -43,6 +68,8 @@ def test_calibration_settings_are_checked():
         CalibrateRequest((TINY,), batch_size=6, micro_batches=4)
     with pytest.raises(SpecError, match="choose one of local, ray"):
         CalibrateRequest((TINY,), runtime="mpi")
+    with pytest.raises(SpecError, match=r"\[0.5\] are both fitted on and held out"):
+        CalibrateRequest((TINY,), ratios=(0.0, 0.25, 0.5), holdout=(0.5,), parts=(1,), runtime="local")
 
 
 def test_runtime_fit_recovers_terms_and_stays_non_negative():
