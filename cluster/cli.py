@@ -234,7 +234,7 @@ def calibrate(
     holdout: Annotated[
         str, typer.Option(help="prune ratios to measure and predict but not fit on (out-of-sample check)")
     ] = "",
-    parts: Annotated[str, typer.Option(help="pipeline part counts, comma-separated")] = "1,2",
+    parts: Annotated[str, typer.Option(help="pipeline part counts, comma-separated (those you will run)")] = "1,2",
     batch_size: Annotated[int, typer.Option(help="samples per batch")] = 8,
     micro_batches: Annotated[int, typer.Option(help="micro-batches per batch")] = 4,
     batches: Annotated[int, typer.Option(help="timed batches per candidate and round")] = 6,
