@@ -128,9 +128,10 @@ def _candidates(request: CalibrateRequest, table: OpTable, key: str, note: Calla
             graphs.append(profile_ops(model, inputs, fresh, tracer, threads=request.threads)[0])
         table.merge(fresh)
     cluster = this_device("cpu", request.threads)
+    priced = LatencyModel(cluster, {key: table})
     out = []
     for (spec, ratio, held_out, model, inputs, tracer), graph in zip(pruned, graphs, strict=True):
-        seconds, _ = LatencyModel(cluster, {key: table}).op_seconds(graph, cluster.kinds[0])
+        seconds, _ = priced.op_seconds(graph, cluster.kinds[0])
         annotate_op_times(graph, seconds)
         for k in request.parts:
             plan = optimal_pipeline(graph, k, StageCost(measured=True)) if k > 1 else PartitionPlan.pipeline(graph, [])
