@@ -30,9 +30,10 @@ for block graphs `depth` and `block_of` (op -> block).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import networkx as nx
 
@@ -41,6 +42,7 @@ from decomp.errors import GraphError
 __all__ = ["IO_OPS", "ModelGraph", "Totals", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
+T = TypeVar("T")
 IO_OPS = ("placeholder", "output")  # graph inputs and the output: never merged into blocks
 
 
@@ -54,12 +56,27 @@ class Totals:
 
 
 class ModelGraph:
-    """A costed model graph; `nx` is the underlying `networkx.DiGraph` (see the module docstring for its schema)."""
+    """A costed model graph; `nx` is the underlying `networkx.DiGraph` (see the module docstring for its schema).
+
+    Its nodes, edges and their costs are fixed once built (build a new `networkx.DiGraph` to change them);
+    annotations such as measured `seconds` may be added. What is derived from the structure (the order,
+    tensor flows, op signatures) is computed once per graph (`derived`), so pricing thousands of plans of
+    one graph does not redo it."""
 
     def __init__(self, graph: nx.DiGraph) -> None:
         if not nx.is_directed_acyclic_graph(graph):
             raise GraphError("a ModelGraph must be a directed acyclic graph")
         self.nx = graph
+        self._attrs: dict[str, dict[str, Any]] = dict(graph.nodes(data=True))  # the same dicts, one lookup
+        self._derived: dict[str, Any] = {}
+
+    def derived(self, key: str, compute: Callable[[ModelGraph], T]) -> T:
+        """`compute(self)`, computed on the first call for `key` and kept; `compute` must read only the
+        graph's structure and costs (not annotations that may be added later) and return a value its
+        callers do not change."""
+        if key not in self._derived:
+            self._derived[key] = compute(self)
+        return self._derived[key]
 
     @property
     def name(self) -> str:
@@ -83,15 +100,17 @@ class ModelGraph:
         return node in self.nx
 
     def __getitem__(self, node: str) -> dict[str, Any]:
-        return self.nx.nodes[node]
+        return self._attrs[node]
 
     def order(self) -> list[str]:
         """Node ids in topological order (the traced program order)."""
-        return sorted(self.nx.nodes, key=lambda n: self.nx.nodes[n]["index"])
+        return list(self.derived("order", lambda g: tuple(sorted(g.nx.nodes, key=lambda n: g.nx.nodes[n]["index"]))))
 
     def compute_nodes(self) -> list[str]:
         """Node ids in topological order, without the graph's inputs and output."""
-        return [n for n in self.order() if self.nx.nodes[n]["op"] not in IO_OPS]
+        return list(
+            self.derived("compute_nodes", lambda g: tuple(n for n in g.order() if g.nx.nodes[n]["op"] not in IO_OPS))
+        )
 
     def sum(self, attribute: str) -> int:
         return sum(d.get(attribute, 0) for _, d in self.nx.nodes(data=True))

@@ -103,11 +103,17 @@ def calibrate(
 
 def activation_traffic(graph: ModelGraph, nodes: Sequence[str]) -> float:
     """Bytes `nodes` read from their inputs and write as outputs (parameters not counted)."""
-    return float(sum(_traffic(graph.nx, n) for n in nodes))
+    traffic = graph.derived("traffic", _traffic)
+    return float(sum(traffic[n] for n in nodes))
 
 
-def _traffic(g: nx.DiGraph, n: str) -> int:
-    return g.nodes[n].get("out_bytes", 0) + sum(b for _, _, b in g.in_edges(n, data="bytes", default=0))
+def _traffic(graph: ModelGraph) -> dict[str, int]:
+    """Bytes each compute node reads (its in-edges) and writes (its output)."""
+    out = {n: graph[n].get("out_bytes", 0) for n in graph.compute_nodes()}
+    for _, v, nbytes in graph.nx.edges(data="bytes", default=0):
+        if v in out:
+            out[v] += nbytes
+    return out
 
 
 @dataclass(frozen=True)
@@ -181,12 +187,13 @@ class LatencyModel:
         part_of = plan.part_of()
         priced = {p.kind.name: self.op_seconds(graph, p.kind) for p in {d.id: d for d in placed}.values()}
         counts, sums, traffic, estimated = [0] * k, [0.0] * k, [0.0] * k, 0
+        node_traffic = graph.derived("traffic", _traffic)
         for n in nodes:
             p = part_of[n]
             seconds, guessed = priced[placed[p].kind.name]
             sums[p] += seconds[n]
             counts[p] += 1
-            traffic[p] += _traffic(graph.nx, n)
+            traffic[p] += node_traffic[n]
             estimated += n in guessed
         compute = [
             self.calibrations.get(placed[p].kind.name, Calibration()).apply(sums[p], counts[p], traffic[p])

@@ -18,6 +18,7 @@ one device key: device kind, torch threads and torch version; machines of the sa
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -46,10 +47,42 @@ FORMAT = "decomp.op_table/1"
 
 def op_signature(graph: ModelGraph, node: str) -> str:
     """The key of `node`'s cost in an op table (see the module docstring)."""
+    return graph.derived("op_signatures", _signatures)[node]
+
+
+def _signatures(graph: ModelGraph) -> dict[str, str]:
+    return {n: _signature(graph, n) for n in graph.compute_nodes()}
+
+
+def _signature(graph: ModelGraph, node: str) -> str:
     d = graph[node]
     what = d["kind"] if d["op"] == "call_module" else f"{d['kind']}:{d['target']}"
-    reads = [graph.nx.edges[u, node].get("shape") for u in graph.nx.predecessors(node)]
-    return json.dumps([what, reads, d.get("shape"), d.get("dtype"), d.get("params", 0), d.get("macs", 0)])
+    key = (
+        what,
+        tuple(_frozen(e.get("shape")) for e in graph.nx.pred[node].values()),
+        _frozen(d.get("shape")),
+        _frozen(d.get("dtype")),
+        d.get("params", 0),
+        d.get("macs", 0),
+    )
+    try:
+        return _encoded(key)
+    except TypeError:  # something unhashable left inside
+        return json.dumps(key)
+
+
+def _frozen(value: Any) -> Any:
+    """A shape (a list of ints, or a list of those for several outputs) as a tuple: hashable, and JSON
+    writes it as the same list."""
+    if not isinstance(value, list):
+        return value
+    return tuple(_frozen(v) for v in value) if value and isinstance(value[0], list) else tuple(value)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _encoded(key: tuple) -> str:
+    # the ops of one model, and of its pruned candidates, share many signatures: each is encoded once
+    return json.dumps(key)
 
 
 def device_key(device: str | torch.device = "cpu", threads: int | None = None) -> str:

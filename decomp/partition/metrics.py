@@ -126,25 +126,31 @@ def partition_metrics(graph: ModelGraph, plan: PartitionPlan, batch: int | None 
     for n in outputs:
         output_bytes[part[n]] += graph[n]["out_bytes"]
     peaks = _peak_activations(graph, part, members, outputs)
-    parts = tuple(
-        PartMetrics(
-            part=k,
-            nodes=len(nodes),
-            macs=sum(graph[n]["macs"] for n in nodes),
-            params=sum(graph[n]["params"] for n in nodes),
-            param_bytes=sum(graph[n]["param_bytes"] for n in nodes),
-            activation_bytes=sum(_made(graph, n) for n in nodes),
-            peak_bytes=sum(graph[n]["param_bytes"] for n in nodes) + peaks[k],
-            received_bytes=received[k],
-            sent_bytes=sent[k],
-            output_bytes=output_bytes[k],
+    parts = []
+    for k, nodes in enumerate(members):
+        macs = params = param_bytes = made = 0
+        for n in nodes:
+            data = graph[n]
+            macs, params, param_bytes = macs + data["macs"], params + data["params"], param_bytes + data["param_bytes"]
+            made += _made(graph, n)
+        parts.append(
+            PartMetrics(
+                part=k,
+                nodes=len(nodes),
+                macs=macs,
+                params=params,
+                param_bytes=param_bytes,
+                activation_bytes=made,
+                peak_bytes=param_bytes + peaks[k],
+                received_bytes=received[k],
+                sent_bytes=sent[k],
+                output_bytes=output_bytes[k],
+            )
         )
-        for k, nodes in enumerate(members)
-    )
     macs = [p.macs for p in parts]
     mean = sum(macs) / len(macs)
     return PartitionMetrics(
-        parts=parts,
+        parts=tuple(parts),
         transfers=tuple((s, t, b) for (s, t), b in sorted(between.items())),
         cut_bytes=sum(between.values()),
         input_bytes=input_bytes,

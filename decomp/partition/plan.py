@@ -146,6 +146,7 @@ class PartitionPlan:
                     "a pipeline plan must cut the topological order into contiguous runs, part 0 first; "
                     "use PartitionPlan.pipeline(graph, cuts) or mode='dag'"
                 )
+            return self  # every edge runs forward in the order, so from a part to the same or a later one: no cycle
         cycle = _cycle(quotient(graph, self))
         if cycle:
             raise InvalidPlanError(
@@ -186,12 +187,16 @@ class PartitionPlan:
         return cls.from_json(json.loads(text))
 
 
-def tensor_flows(graph: ModelGraph) -> list[tuple[str, str, Hashable, int]]:
+def tensor_flows(graph: ModelGraph) -> tuple[tuple[str, str, Hashable, int], ...]:
     """Every edge u -> v as (u, v, tensor, bytes); `tensor` names what flows, so that one tensor read by
     several consumers is recognised as one. It is the producer on an op edge; the producer and the consumer
     on an edge into a `getitem` (each item of a multi-output op is a tensor of its own, and the edge carries
     the item's bytes); the producer and its list of tensors on a block edge (a block edge sums the bytes of
     the tensors it lists, so two edges out of one block are one transfer only when they list the same tensors)."""
+    return graph.derived("tensor_flows", _tensor_flows)
+
+
+def _tensor_flows(graph: ModelGraph) -> tuple[tuple[str, str, Hashable, int], ...]:
     out = []
     for u, v, data in graph.nx.edges(data=True):
         listed = data.get("tensor")
@@ -202,7 +207,7 @@ def tensor_flows(graph: ModelGraph) -> list[tuple[str, str, Hashable, int]]:
         else:
             tensor = (u,)
         out.append((u, v, tensor, data.get("bytes", 0)))
-    return out
+    return tuple(out)
 
 
 def crossings(graph: ModelGraph, plan: PartitionPlan) -> list[tuple[str, int | None, int, int]]:
