@@ -5,6 +5,8 @@ Candidates are the given models at the given structured prune ratios, each split
 given part counts (the DP split on this device's op-table times). Every candidate is timed in
 `rounds` rounds interleaved over all candidates (this machine's speed drifts; interleaving lets the
 drift hit every candidate alike) and its fastest round is kept, as the op tables keep least times.
+A run streams `batches` batches and more until `min_seconds` have passed: a small model's few batches
+take a fraction of a second, and the runtime's noise would decide its figure.
 From those runs:
 
 - the compute terms (`scale`, `per_op`, `per_byte`, `fixed`): each stage's busy seconds per call
@@ -60,6 +62,7 @@ class CalibrateRequest:
     runtime: str = "ray"
     table: str | None = None
     out: str | None = None
+    min_seconds: float = 1.0  # each timed run streams at least `batches` and at least this long
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -74,6 +77,8 @@ class CalibrateRequest:
         for name, value in (("batches", self.batches), ("rounds", self.rounds), ("threads", self.threads)):
             if value < 1:
                 raise SpecError(f"{name} must be >= 1, got {value}")
+        if self.min_seconds < 0:
+            raise SpecError(f"min_seconds must be >= 0, got {self.min_seconds}")
         if any(not 0.0 <= r < 1.0 for r in (*self.ratios, *self.holdout)):
             raise SpecError(f"prune ratios must be in [0, 1), got {[*self.ratios, *self.holdout]}")
         shared = sorted(set(self.ratios) & set(self.holdout))
@@ -186,7 +191,13 @@ def run_calibration(request: CalibrateRequest, note: Callable[[str], None] = lam
             )
             runner = _runner(request, c.split)
             try:
-                report, _ = measure(runner, x, batches=request.batches, micro_batches=request.micro_batches)
+                report, _ = measure(
+                    runner,
+                    x,
+                    batches=request.batches,
+                    micro_batches=request.micro_batches,
+                    min_seconds=request.min_seconds,
+                )
             finally:
                 runner.close()
             if c.best is None or report.throughput > c.best.throughput:

@@ -238,6 +238,9 @@ def calibrate(
     batch_size: Annotated[int, typer.Option(help="samples per batch")] = 8,
     micro_batches: Annotated[int, typer.Option(help="micro-batches per batch")] = 4,
     batches: Annotated[int, typer.Option(help="timed batches per candidate and round")] = 6,
+    min_seconds: Annotated[
+        float, typer.Option(help="each timed run streams batches for at least this long (noise of short runs)")
+    ] = 1.0,
     rounds: Annotated[int, typer.Option(help="rounds interleaved over the candidates; the fastest is kept")] = 2,
     threads: Annotated[int, typer.Option(help="torch threads per part")] = 1,
     runtime: Annotated[str, typer.Option(help="ray (one actor per part) or local (in-process, --parts 1)")] = "ray",
@@ -270,6 +273,7 @@ def calibrate(
         runtime,
         str(table) if table else None,
         str(out) if out else None,
+        min_seconds=min_seconds,
     )
     if runtime == "ray":
         from cluster.connect import connect

@@ -266,31 +266,38 @@ def measure(
     batches: int,
     micro_batches: int = 1,
     warmup: int = 1,
+    min_seconds: float = 0.0,
 ) -> tuple[RunReport, tuple[Any, ...]]:
-    """Stream `batches` copies of `inputs` through `runner` (after `warmup` unmeasured ones); returns the
-    report and the outputs of the last batch (micro-batch outputs concatenated along dim 0)."""
+    """Stream `batches` copies of `inputs` through `runner` (after `warmup` unmeasured ones), and more
+    until `min_seconds` have passed (a fast model's short run is mostly noise); returns the report and
+    the outputs of the last batch (micro-batch outputs concatenated along dim 0)."""
     chunks = split_batch(inputs, micro_batches)
     for _ in runner.map(chunks * warmup):
         pass
     busy_before = [s["busy_s"] for s in runner.stats()]
     submitted: dict[int, float] = {}
-    latencies, last = [], []
+    latencies: list[float] = []
+    batch: list[Any] = []
+    last: list[Any] = []
 
     def stream() -> Iterator[list[torch.Tensor]]:
-        for b in range(batches):
+        b = 0
+        while b < batches or time.perf_counter() - start < min_seconds:
             for m, chunk in enumerate(chunks):
                 if m == 0:
                     submitted[b] = time.perf_counter()
                 yield chunk
+            b += 1
 
     start = time.perf_counter()
     for i, out in enumerate(runner.map(stream())):
         b, m = divmod(i, micro_batches)
-        if b == batches - 1:
-            last.append(out)
+        batch.append(out)
         if m == micro_batches - 1:
             latencies.append(time.perf_counter() - submitted[b])
+            last, batch = batch, []
     seconds = time.perf_counter() - start
+    done = len(latencies)
     busy = tuple(s["busy_s"] - b for s, b in zip(runner.stats(), busy_before, strict=True))
     outputs = tuple(
         torch.cat([o[j] for o in last]) if isinstance(last[0][j], torch.Tensor) else last[0][j]
@@ -299,11 +306,11 @@ def measure(
     report = RunReport(
         runner=type(runner).__name__,
         parts=len(runner.layout.parts),
-        batches=batches,
+        batches=done,
         batch_size=inputs[0].shape[0],
         micro_batches=micro_batches,
         seconds=seconds,
-        throughput=batches * inputs[0].shape[0] / seconds,
+        throughput=done * inputs[0].shape[0] / seconds,
         latency_median_s=statistics.median(latencies),
         latency_max_s=max(latencies),
         busy_s=busy,

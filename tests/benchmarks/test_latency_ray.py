@@ -64,7 +64,8 @@ def test_two_stage_throughput_predictions_match_ray_measurements(tmp_path):
         f"`run_calibration` (as `decomp calibrate --parts 2`) on {', '.join(m.split(':')[-1] for m in MODELS)}, "
         f"structured prune ratios {', '.join(map(str, FITTED))} fitted on and {', '.join(map(str, HELD_OUT))} "
         f"held out; batches of {request.batch_size} in {request.micro_batches} micro-batches streamed "
-        f"({request.batches} batches per run, best of {request.rounds} interleaved rounds); op times profiled "
+        f"({request.batches} batches per run and at least {request.min_seconds:g} s, best of {request.rounds} "
+        "interleaved rounds); op times profiled "
         f"in {request.rounds} rounds, least kept. Fitted: {terms}.",
         "",
         "| candidate | measured samples/s | predicted samples/s | error | |",

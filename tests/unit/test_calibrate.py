@@ -17,7 +17,7 @@ TINY = "python:tests.tiny_models:tiny_net"
 def test_calibrate_command_fits_and_saves(tmp_path):
     out, js, table = tmp_path / "cal.json", tmp_path / "summary.json", tmp_path / "table.json"
     args = ["calibrate", TINY, "--ratios", "0,0.25,0.5", "--parts", "1", "--runtime", "local"]
-    args += ["--batches", "3", "--rounds", "1", "--batch-size", "4", "--micro-batches", "2"]
+    args += ["--batches", "3", "--min-seconds", "0.1", "--rounds", "1", "--batch-size", "4", "--micro-batches", "2"]
     result = CliRunner().invoke(app, [*args, "--table", str(table), "--out", str(out), "--json", str(js)])
     assert result.exit_code == 0, result.output
     summary = json.loads(js.read_text())
@@ -45,6 +45,7 @@ def test_held_out_ratios_are_measured_and_predicted_but_not_fitted(tmp_path):
         batches=2,
         rounds=1,
         runtime="local",
+        min_seconds=0.0,
         table=str(tmp_path / "t.json"),
         out=str(tmp_path / "c.json"),
     )

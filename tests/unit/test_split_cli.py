@@ -8,9 +8,10 @@ import torch
 from typer.testing import CliRunner
 
 from cluster.cli import app
-from cluster.runtime import export_inputs, run_export
+from cluster.runtime import LocalRunner, export_inputs, export_loaders, measure, run_export
 from decomp import DecompError, ExportError, InputShapeError, InvalidPlanError, build_graph, load_model
 from decomp.partition import PartitionPlan, load_export, optimal_pipeline, read_manifest
+from decomp.partition.export import manifest_layout
 from decomp.partition.job import SplitRequest, run_split
 from decomp.pruning.job import PruneRequest, load_pruned, run_prune
 
@@ -90,6 +91,18 @@ def test_run_local_reports_and_checks_batch_sizes(tmp_path):
     manifest["inputs"][0]["batch_dim"] = None  # as an export whose graph fixes the batch size records it
     with pytest.raises(InputShapeError, match="with batch size 1 only"):
         export_inputs(manifest, 5)
+
+
+def test_measure_streams_until_min_seconds_and_returns_the_last_batch(tmp_path):
+    run_split(SplitRequest(TINY, 2), tmp_path / "out")
+    manifest = read_manifest(tmp_path / "out")
+    layout, loaders = manifest_layout(manifest), export_loaders(tmp_path / "out")
+    inputs = export_inputs(manifest, 4)
+    runner = LocalRunner(layout, loaders)
+    report, outputs = measure(runner, inputs, batches=1, micro_batches=2, min_seconds=0.3)
+    assert report.seconds >= 0.3 and report.batches > 1  # one batch of a tiny model takes far less than 0.3 s
+    assert report.throughput == pytest.approx(report.batches * 4 / report.seconds)
+    assert torch.allclose(outputs[0], load_export(tmp_path / "out")(*inputs)[0], atol=1e-5)
 
 
 def test_cli_split_then_run(tmp_path):
