@@ -15,6 +15,7 @@ from torch import nn
 from decomp.errors import SpecError
 from decomp.latency.cluster import LOCAL, ClusterSpec, DeviceKind, NodeSpec
 from decomp.latency.predict import LatencyModel
+from decomp.latency.profile import device_sync
 from decomp.latency.table import OpTable, default_table_path, device_key, profile_ops
 from decomp.specs import load_model
 
@@ -51,14 +52,15 @@ def measure_latency(
 ) -> float:
     """Seconds of one forward pass (inference mode): the median over `repeats`, or the least (`stat='min'`)."""
     times = []
+    sync = device_sync(model, inputs)
     with torch.inference_mode():
         for i in range(warmup + repeats):
-            if inputs and inputs[0].is_cuda:
-                torch.cuda.synchronize()
+            if sync is not None:
+                sync()
             start = time.perf_counter()
             model(*inputs)
-            if inputs and inputs[0].is_cuda:
-                torch.cuda.synchronize()
+            if sync is not None:
+                sync()
             if i >= warmup:
                 times.append(time.perf_counter() - start)
     return min(times) if stat == "min" else statistics.median(times)

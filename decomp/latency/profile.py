@@ -4,13 +4,16 @@ memory traffic are those the op sees in the real model).
 The node names are those of `build_graph` on the same trace (same model, inputs, tracer and leaf
 modules), so the times can be put on the graph (`annotate_op_times`) and used where MACs alone
 misjudge time, e.g. `StageCost(measured=True)` for a pipeline split balanced in wall time.
+
+On a GPU, kernels run asynchronously: the device is synchronised before and after each op's call, so
+an op's time is its kernels' time, not the time to launch them.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -21,25 +24,36 @@ from decomp.graph import ModelGraph
 from decomp.partition.plan import PartitionPlan
 from decomp.tracing import trace
 
-__all__ = ["annotate_op_times", "node_times", "op_times", "rescale_op_times"]
+__all__ = ["annotate_op_times", "device_sync", "node_times", "op_times", "rescale_op_times"]
 
 
 class _Timed(fx.Interpreter):
     """Runs the graph and adds the wall time of each node's call (not the interpreter's bookkeeping
     around it) to `seconds[node]`."""
 
-    def __init__(self, gm: fx.GraphModule) -> None:
+    def __init__(self, gm: fx.GraphModule, sync: Callable[[], None] | None = None) -> None:
         super().__init__(gm)
         self.seconds: dict[str, list[float]] = {n.name: [] for n in gm.graph.nodes}
+        self.sync = sync  # waits for the device's queued work (a GPU's), or None on a CPU
 
     def run_node(self, n: fx.Node) -> Any:
         with self._set_current_node(n):
             args, kwargs = self.fetch_args_kwargs_from_env(n)
             call = getattr(self, n.op)
+            if self.sync is not None:
+                self.sync()
             start = time.perf_counter()
             out = call(n.target, args, kwargs)
+            if self.sync is not None:
+                self.sync()
             self.seconds[n.name].append(time.perf_counter() - start)
         return out
+
+
+def device_sync(gm: nn.Module, inputs: Sequence[Any]) -> Callable[[], None] | None:
+    """`torch.cuda.synchronize` when `gm`'s parameters, buffers or `inputs` are on a CUDA device, else None."""
+    tensors = [*gm.parameters(), *gm.buffers(), *(x for x in inputs if isinstance(x, torch.Tensor))]
+    return torch.cuda.synchronize if any(t.is_cuda for t in tensors) else None
 
 
 def node_times(
@@ -60,7 +74,7 @@ def node_times(
     if threads:
         torch.set_num_threads(threads)
     try:
-        timed = _Timed(gm)
+        timed = _Timed(gm, device_sync(gm, inputs))
         with torch.inference_mode():
             for _ in range(warmup):
                 timed.run(*inputs)

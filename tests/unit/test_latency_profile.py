@@ -6,7 +6,9 @@ from torch import nn
 
 from decomp import GraphError, InvalidPlanError, build_graph
 from decomp.latency import annotate_op_times, op_times, rescale_op_times
+from decomp.latency.profile import _Timed, device_sync
 from decomp.partition import StageCost, optimal_pipeline, pipeline_stage_times
+from decomp.tracing import trace
 
 
 class Slow(nn.Module):
@@ -34,6 +36,29 @@ def test_op_times_cover_every_op_and_annotate_the_graph():
     assert all(graph[n]["seconds"] == times[n] for n in graph.compute_nodes())
     with pytest.raises(GraphError, match="have no measured time"):
         annotate_op_times(graph, {})
+
+
+def test_on_a_gpu_each_op_is_timed_between_device_syncs():
+    model, x = Slow().eval(), torch.randn(8, 64)
+    assert device_sync(model, (x,)) is None  # a CPU model: no sync, nothing added to its op times
+    gm = trace(model, (x,))
+    events: list[str] = []
+
+    class Sync:  # stands in for torch.cuda.synchronize, recording when it is called
+        def __call__(self) -> None:
+            events.append("sync")
+
+    class Recorded(_Timed):
+        def call_function(self, target, args, kwargs):
+            events.append("op")
+            return super().call_function(target, args, kwargs)
+
+    timed = Recorded(gm, Sync())
+    with torch.inference_mode():
+        timed.run(x)
+    # every op's call lies between two syncs, so its time is the device's, not the launch's
+    assert events.count("op") == 30 and "sync,op,sync" in ",".join(events)
+    assert len(events) - events.count("op") == 2 * len(gm.graph.nodes)
 
 
 def test_measured_cost_moves_the_cut_to_where_the_time_is():
