@@ -104,13 +104,11 @@ class ModelGraph:
 
     def order(self) -> list[str]:
         """Node ids in topological order (the traced program order)."""
-        return list(self.derived("order", lambda g: tuple(sorted(g.nx.nodes, key=lambda n: g.nx.nodes[n]["index"]))))
+        return list(self.derived("order", lambda g: tuple(sorted(g.nx.nodes, key=lambda n: g[n]["index"]))))
 
     def compute_nodes(self) -> list[str]:
         """Node ids in topological order, without the graph's inputs and output."""
-        return list(
-            self.derived("compute_nodes", lambda g: tuple(n for n in g.order() if g.nx.nodes[n]["op"] not in IO_OPS))
-        )
+        return list(self.derived("compute_nodes", lambda g: tuple(n for n in g.order() if g[n]["op"] not in IO_OPS)))
 
     def sum(self, attribute: str) -> int:
         return sum(d.get(attribute, 0) for _, d in self.nx.nodes(data=True))

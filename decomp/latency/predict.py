@@ -103,12 +103,16 @@ def calibrate(
 
 def activation_traffic(graph: ModelGraph, nodes: Sequence[str]) -> float:
     """Bytes `nodes` read from their inputs and write as outputs (parameters not counted)."""
-    traffic = graph.derived("traffic", _traffic)
+    traffic = _node_traffic(graph)
     return float(sum(traffic[n] for n in nodes))
 
 
+def _node_traffic(graph: ModelGraph) -> dict[str, int]:
+    """Bytes each compute node reads (its in-edges) and writes (its output); computed once per graph."""
+    return graph.derived("traffic", _traffic)
+
+
 def _traffic(graph: ModelGraph) -> dict[str, int]:
-    """Bytes each compute node reads (its in-edges) and writes (its output)."""
     out = {n: graph[n].get("out_bytes", 0) for n in graph.compute_nodes()}
     for _, v, nbytes in graph.nx.edges(data="bytes", default=0):
         if v in out:
@@ -187,7 +191,7 @@ class LatencyModel:
         part_of = plan.part_of()
         priced = {p.kind.name: self.op_seconds(graph, p.kind) for p in {d.id: d for d in placed}.values()}
         counts, sums, traffic, estimated = [0] * k, [0.0] * k, [0.0] * k, 0
-        node_traffic = graph.derived("traffic", _traffic)
+        node_traffic = _node_traffic(graph)
         for n in nodes:
             p = part_of[n]
             seconds, guessed = priced[placed[p].kind.name]

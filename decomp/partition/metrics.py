@@ -131,7 +131,9 @@ def partition_metrics(graph: ModelGraph, plan: PartitionPlan, batch: int | None 
         macs = params = param_bytes = made = 0
         for n in nodes:
             data = graph[n]
-            macs, params, param_bytes = macs + data["macs"], params + data["params"], param_bytes + data["param_bytes"]
+            macs += data["macs"]
+            params += data["params"]
+            param_bytes += data["param_bytes"]
             made += _made(graph, n)
         parts.append(
             PartMetrics(
