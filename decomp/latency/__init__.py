@@ -5,7 +5,7 @@ latency, pipelined throughput, communication and memory per device, and calibrat
 from decomp.latency.calibration import default_calibration_path, fit_runtime, load_calibration, save_calibration
 from decomp.latency.cluster import PRESETS, ClusterSpec, Device, DeviceKind, Link, NodeSpec, load_cluster
 from decomp.latency.predict import Calibration, LatencyModel, Prediction, calibrate
-from decomp.latency.profile import annotate_op_times, op_times, rescale_op_times
+from decomp.latency.profile import PipelineTrial, annotate_op_times, op_times, rescale_op_times, tune_pipeline
 from decomp.latency.table import OpTable, default_table_path, device_key, op_signature, profile_ops
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "Link",
     "NodeSpec",
     "OpTable",
+    "PipelineTrial",
     "Prediction",
     "annotate_op_times",
     "calibrate",
@@ -32,4 +33,5 @@ __all__ = [
     "op_times",
     "profile_ops",
     "rescale_op_times",
+    "tune_pipeline",
 ]

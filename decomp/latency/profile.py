@@ -14,17 +14,27 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import fx, nn
 
-from decomp.errors import GraphError
+from decomp.errors import GraphError, InvalidPlanError
 from decomp.graph import ModelGraph
+from decomp.partition.baselines import StageCost, optimal_pipeline
 from decomp.partition.plan import PartitionPlan
 from decomp.tracing import trace
 
-__all__ = ["annotate_op_times", "device_sync", "node_times", "op_times", "rescale_op_times"]
+__all__ = [
+    "PipelineTrial",
+    "annotate_op_times",
+    "device_sync",
+    "node_times",
+    "op_times",
+    "rescale_op_times",
+    "tune_pipeline",
+]
 
 
 class _Timed(fx.Interpreter):
@@ -142,3 +152,49 @@ def rescale_op_times(graph: ModelGraph, plan: PartitionPlan, stage_seconds: Sequ
             graph.nx.nodes[n]["seconds"] *= factor
         factors.append(factor)
     return factors
+
+
+@dataclass(frozen=True)
+class PipelineTrial:
+    """A pipeline plan as it ran: seconds per call of each stage."""
+
+    plan: PartitionPlan
+    stage_seconds: tuple[float, ...]
+
+    @property
+    def bottleneck(self) -> float:
+        return max(self.stage_seconds)
+
+
+def tune_pipeline(
+    graph: ModelGraph,
+    parts: int,
+    run: Callable[[PartitionPlan], Sequence[float]],
+    cost: StageCost | None = None,
+    steps: int = 4,
+) -> list[PipelineTrial]:
+    """Refine the pipeline split of `graph` (op times annotated) by running it: `run(plan)` runs the plan
+    and returns the seconds per call each stage took. Stages running side by side take longer than
+    their ops' profiled times say, and unevenly, so after each run the profiled times of each stage are
+    scaled to what it took (`rescale_op_times`, always from the profile: factors never compound) and the
+    graph re-split (`optimal_pipeline` under `cost`, which must be `measured`). Stops when a split comes
+    back that already ran, or after `steps` runs. Returns the trials, the least measured bottleneck
+    first; the graph keeps its profiled op times."""
+    cost = cost or StageCost(measured=True)
+    if not cost.measured:
+        raise InvalidPlanError("tune_pipeline balances measured op times: pass a StageCost(measured=True)")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    plan = optimal_pipeline(graph, parts, cost)  # also checks that every op has a time
+    profiled = {n: graph[n]["seconds"] for n in graph.compute_nodes()}
+    trials: list[PipelineTrial] = []
+    try:
+        while len(trials) < steps and all(t.plan != plan for t in trials):
+            seconds = tuple(float(s) for s in run(plan))
+            trials.append(PipelineTrial(plan, seconds))
+            rescale_op_times(graph, plan, seconds)
+            plan = optimal_pipeline(graph, parts, cost)
+            annotate_op_times(graph, profiled)
+    finally:
+        annotate_op_times(graph, profiled)
+    return sorted(trials, key=lambda t: t.bottleneck)

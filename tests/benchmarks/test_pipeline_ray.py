@@ -3,8 +3,8 @@ in one 1-thread actor (issue target >= 1.6x, reported with each run; 2.0x is the
 assertion is a floor of 1.3x that only a broken pipeline misses); and the runtime's per-call overhead.
 
 Both sides run what `decomp run` runs: the model is split (the 2-stage plan is the DP optimum of
-`optimal_pipeline` over op times measured on this machine with 1 thread and calibrated by short runs of
-the split, twice; the whole model a 1-part plan), exported, and every actor loads its part from the
+`optimal_pipeline` over op times measured on this machine with 1 thread, tuned by short runs of the split
+with `tune_pipeline`; the whole model a 1-part plan), exported, and every actor loads its part from the
 export folder. They stream the same micro-batches, alternated in rounds so machine noise hits both.
 """
 
@@ -21,7 +21,7 @@ from torch import nn
 from cluster.connect import connect
 from cluster.runtime import LocalRunner, RayRunner, export_loaders, loaders_for, measure
 from decomp import build_graph
-from decomp.latency import annotate_op_times, op_times, rescale_op_times
+from decomp.latency import annotate_op_times, op_times, tune_pipeline
 from decomp.partition import (
     PartitionPlan,
     PartsLayout,
@@ -40,10 +40,10 @@ from tests.benchmarks.record import record
 pytestmark = pytest.mark.benchmark
 
 BATCH, MICRO_BATCHES = 8, 4  # micro-batches of 2 images
-BATCHES = 12  # per runner per round: 48 micro-batches, so filling and draining the pipeline costs ~2%
-CALIBRATION_BATCHES = 4
-CALIBRATION_PASSES = 2  # run the split, rescale its op times to what its stages took, re-split; twice
-ROUNDS = 3
+BATCHES = 10  # per runner per round: 40 micro-batches, so filling and draining the pipeline costs ~2.5%
+TUNE_BATCHES = 6  # per tuning run: 24 micro-batches
+TUNE_STEPS = 4  # splits run at most while tuning
+ROUNDS = 7  # short alternated rounds, so a burst of load from the VM's neighbours hits both runners alike
 TARGET = 1.6  # the issue's target, reported; on this shared VM runs land between 1.5x and 1.8x
 FLOOR = 1.3  # asserted: below this the pipeline itself is broken (stages serialised, transfers stalled)
 OVERHEAD_CALLS = 200
@@ -98,24 +98,25 @@ def test_resnet50_two_stage_pipeline_throughput(tmp_path):
     profiled = optimal_pipeline(graph, 2, cost)
     profiled_ms = [1000 * t for t in pipeline_stage_times(graph, profiled, cost)]
     x = torch.randn(BATCH, 3, 224, 224)
-    # calibrate: run the split briefly; its stages slow each other down (the first one more), so rescale the op
-    # times of each stage to what it took per call and re-split; a second pass corrects the first one's move
-    plan, passes, exported = profiled, [], {}
-    for k in range(CALIBRATION_PASSES):
-        if plan not in exported:
-            exported[plan] = _export(model, micro, plan, tmp_path / f"calibration{k}")
-        folder = exported[plan]
-        with RayRunner(manifest_layout(read_manifest(folder)), export_loaders(folder), threads=1) as runner:
-            trial, _ = measure(runner, [x], batches=CALIBRATION_BATCHES, micro_batches=MICRO_BATCHES)
-        calls = trial.batches * trial.micro_batches
-        factors = rescale_op_times(graph, plan, [b / calls for b in trial.busy_s])
-        passes.append((plan, factors))
-        plan = optimal_pipeline(graph, 2, cost)
+    # tune: stages running side by side take longer than their profiled ops, unevenly, so run the split briefly,
+    # scale each stage's op times to what it took, re-split; keep the split whose slowest stage was fastest
+    exported, throughput = {}, {}
+
+    def run(plan: PartitionPlan) -> list[float]:
+        exported[plan] = _export(model, micro, plan, tmp_path / f"tune{len(exported)}")
+        layout, loaders = manifest_layout(read_manifest(exported[plan])), export_loaders(exported[plan])
+        with RayRunner(layout, loaders, threads=1) as runner:
+            trial, _ = measure(runner, [x], batches=TUNE_BATCHES, micro_batches=MICRO_BATCHES, warmup=2)
+        throughput[plan] = trial.throughput
+        return [b / (trial.batches * trial.micro_batches) for b in trial.busy_s]
+
+    trials = tune_pipeline(graph, 2, run, cost, steps=TUNE_STEPS)
+    plan = trials[0].plan
     metrics = partition_metrics(graph, plan)
     whole = PartitionPlan.pipeline(graph, [])
     folders = {
         "whole": _export(model, micro, whole, tmp_path / "whole"),
-        "2 stages": exported.get(plan) or _export(model, micro, plan, tmp_path / "two"),
+        "2 stages": exported[plan],
     }
     with torch.inference_mode():
         expected = model(x)
@@ -152,7 +153,6 @@ def test_resnet50_two_stage_pipeline_throughput(tmp_path):
         )
 
     macs = [p.macs / metrics.batch for p in metrics.parts]
-    measured = [1000 * t for t in pipeline_stage_times(graph, plan, cost)]
     nodes = graph.compute_nodes()
 
     def at(p: PartitionPlan) -> str:
@@ -164,12 +164,15 @@ def test_resnet50_two_stage_pipeline_throughput(tmp_path):
         f"Split: `optimal_pipeline` (DP over {len(nodes)} ops). Balancing MACs cuts {at(by_macs)}; on op times "
         f"measured here with 1 thread (`decomp.latency.op_times`, `StageCost(measured=True)`) it cuts "
         f"{at(profiled)} ({profiled_ms[0]:.0f} + {profiled_ms[1]:.0f} ms per micro-batch predicted). Stages "
-        "running side by side share caches and memory bandwidth, so the split is calibrated: a "
-        f"{calls}-micro-batch run, op times of each stage rescaled to what it took (`rescale_op_times`), "
-        f"re-split; {CALIBRATION_PASSES} passes ("
-        + "; ".join(f"split {at(p)}: stages x{f[0]:.2f}, x{f[1]:.2f}" for p, f in passes)
-        + f"). Final split {at(plan)}: {measured[0]:.0f} + {measured[1]:.0f} ms "
-        f"predicted, MACs {macs[0] / 1e9:.2f} G + {macs[1] / 1e9:.2f} G per image, "
+        "running side by side take longer than their ops' profiled times, and unevenly, so the split is tuned by "
+        f"running it (`tune_pipeline`: {TUNE_BATCHES * MICRO_BATCHES} micro-batches on the Ray actors, each stage's "
+        "op times scaled to what it took, re-split, until a split repeats; the least bottleneck kept): "
+        + "; ".join(
+            f"{at(t.plan)}: stages {1000 * t.stage_seconds[0]:.0f} + {1000 * t.stage_seconds[1]:.0f} ms per "
+            f"micro-batch, {throughput[t.plan]:.2f} images/s"
+            for t in sorted(trials, key=lambda t: list(throughput).index(t.plan))
+        )
+        + f". Kept {at(plan)}: MACs {macs[0] / 1e9:.2f} G + {macs[1] / 1e9:.2f} G per image, "
         f"{metrics.cut_bytes_per_sample / 1024:.0f} KiB per image between the stages. Each stage is a Ray actor "
         "with 1 torch thread that loads its part from the export folder; the baseline is the whole model "
         "exported as one part in one 1-thread actor.",

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from decomp import GraphError, InvalidPlanError, build_graph
-from decomp.latency import annotate_op_times, op_times, rescale_op_times
+from decomp.latency import annotate_op_times, op_times, rescale_op_times, tune_pipeline
 from decomp.latency.profile import _Timed, device_sync
 from decomp.partition import StageCost, optimal_pipeline, pipeline_stage_times
 from decomp.tracing import trace
@@ -95,3 +95,30 @@ def test_rescaling_to_measured_stage_times_moves_the_cut():
     assert pipeline_stage_times(graph, again, cost) == [22.0, 23.0]
     with pytest.raises(GraphError, match="2 stage times for a plan of 1 parts|1 stage times for a plan of 2"):
         rescale_op_times(graph, plan, [1.0])
+
+
+def test_tuning_a_pipeline_by_running_it_finds_the_split_balanced_as_it_runs():
+    model, x = Slow().eval(), torch.randn(256, 64)
+    graph = build_graph(model, x)
+    tanhs = [n for n in graph.compute_nodes() if graph[n]["kind"] == "tanh"]
+    profile = {n: (1.0 if n in tanhs else 0.0) for n in graph.compute_nodes()}
+    annotate_op_times(graph, profile)
+    cost = StageCost(bytes_per_s=float("inf"), measured=True)
+    ran = []
+
+    def run(plan):  # as it runs, every op of the first stage takes 1.5x its profiled time: best is 12 | 18 tanhs
+        ran.append(plan)
+        part = plan.part_of()
+        return [sum(1.5 if k == 0 else 1.0 for t in tanhs if part[t] == k) for k in range(2)]
+
+    trials = tune_pipeline(graph, 2, run, cost, steps=4)
+    best = trials[0]
+    assert [best.plan.part_of()[t] for t in tanhs] == [0] * 12 + [1] * 18
+    assert best.stage_seconds == (18.0, 18.0) and best.bottleneck == 18.0
+    assert ran[0] == optimal_pipeline(graph, 2, cost)  # starts from the profiled split (15 | 15: 22.5 s, 15 s)
+    assert len(set(ran)) == len(ran) == len(trials) <= 4  # stops once a split comes back
+    assert [t.bottleneck for t in trials] == sorted(t.bottleneck for t in trials)
+    assert {n: graph[n]["seconds"] for n in graph.compute_nodes()} == profile  # the profile is left as it was
+    assert len(tune_pipeline(graph, 2, run, cost, steps=1)) == 1
+    with pytest.raises(InvalidPlanError, match="StageCost\\(measured=True\\)"):
+        tune_pipeline(graph, 2, run, StageCost())
