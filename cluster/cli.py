@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -136,6 +137,15 @@ def split(
     ] = None,
     weights: Annotated[Optional[Path], typer.Option(help="a .safetensors file or a saved state dict")] = None,
     onnx: Annotated[bool, typer.Option(help="also write part_K.onnx (needs the onnx package)")] = False,
+    balance: Annotated[
+        str,
+        typer.Option(
+            help="pipeline stages balance: macs; time (op times profiled here); run (those times tuned by "
+            "running candidate splits as Ray actors)"
+        ),
+    ] = "macs",
+    threads: Annotated[int, typer.Option(help="torch threads per stage, for --balance time / run")] = 1,
+    tune_steps: Annotated[int, typer.Option(help="--balance run: candidate splits to run at most")] = 4,
     overwrite: Annotated[bool, typer.Option(help="replace an existing export folder")] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="also write the summary here")] = None,
 ) -> None:
@@ -154,9 +164,17 @@ def split(
         weights=str(weights) if weights else None,
         input_shapes=tuple(parse_input_shape(s) for s in input_shape or ()),
         onnx=onnx,
+        balance=balance,
+        threads=threads,
+        tune_steps=tune_steps,
     )
+    run_stages = None
+    if balance == "run":
+        from cluster.runtime import stage_seconds
+
+        run_stages = functools.partial(stage_seconds, threads=threads)
     with console.status(f"splitting {model or pruned} into {parts} parts ({mode}) ..."):
-        summary = run_split(request, out, overwrite=overwrite)
+        summary = run_split(request, out, overwrite=overwrite, run_stages=run_stages)
     console.print(split_table(summary))
     console.print(f"wrote {summary['out']} (verified: max abs diff {summary['max_abs_diff']:.3g})")
     if json_path is not None:

@@ -114,6 +114,14 @@ def split_table(summary: dict) -> Table:
         f"balance {metrics['balance']:.2f} | bytes between parts per sample "
         f"{human(metrics['comm_bytes_per_sample'], 'B')} | export parts {summary['parts_in_export']}"
     )
+    runs = summary.get("tuning_runs")
+    if runs:  # in the order they ran
+        table.caption += "\nran (ms per call of each stage): " + "; ".join(
+            f"cuts {','.join(map(str, r['cuts']))}: "
+            + " + ".join(f"{1000 * s:.1f}" for s in r["stage_seconds"])
+            + (" (kept)" if r["kept"] else "")
+            for r in runs
+        )
     return table
 
 

@@ -31,6 +31,7 @@ from cluster.connect import cluster_cpus, cluster_gpus, connect
 from decomp.errors import DecompError, InputShapeError
 from decomp.partition.export import load_part, manifest_layout, read_manifest
 from decomp.partition.parts import PartsLayout, as_tuple, run_local
+from decomp.partition.split import SplitModel
 
 __all__ = [
     "LocalRunner",
@@ -43,6 +44,7 @@ __all__ = [
     "measure",
     "run_export",
     "split_batch",
+    "stage_seconds",
 ]
 
 Loader = Callable[[], Callable[..., Any]]
@@ -364,3 +366,14 @@ def run_export(
     finally:
         runner.close()
     return report
+
+
+def stage_seconds(
+    split: SplitModel, threads: int = 1, batches: int = 8, warmup: int = 2, min_seconds: float = 1.0
+) -> list[float]:
+    """Seconds per call each part of `split` takes when the parts run side by side as a pipeline of Ray
+    actors (`threads` torch threads each) on the split's example inputs, streamed for at least `batches`
+    calls and `min_seconds` after `warmup` ones: what `decomp.latency.tune_pipeline` balances."""
+    with RayRunner(split.layout, loaders_for(split.modules), threads=threads) as runner:
+        report, _ = measure(runner, split.example_inputs, batches, warmup=warmup, min_seconds=min_seconds)
+    return [busy / report.batches for busy in report.busy_s]

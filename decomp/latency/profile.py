@@ -156,10 +156,11 @@ def rescale_op_times(graph: ModelGraph, plan: PartitionPlan, stage_seconds: Sequ
 
 @dataclass(frozen=True)
 class PipelineTrial:
-    """A pipeline plan as it ran: seconds per call of each stage."""
+    """A pipeline plan as it ran (the `step`-th run of the tuning, from 0): seconds per call of each stage."""
 
     plan: PartitionPlan
     stage_seconds: tuple[float, ...]
+    step: int = 0
 
     @property
     def bottleneck(self) -> float:
@@ -191,7 +192,7 @@ def tune_pipeline(
     try:
         while len(trials) < steps and all(t.plan != plan for t in trials):
             seconds = tuple(float(s) for s in run(plan))
-            trials.append(PipelineTrial(plan, seconds))
+            trials.append(PipelineTrial(plan, seconds, len(trials)))
             rescale_op_times(graph, plan, seconds)
             plan = optimal_pipeline(graph, parts, cost)
             annotate_op_times(graph, profiled)

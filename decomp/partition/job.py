@@ -1,9 +1,16 @@
 """The baseline split job behind `decomp split`: load a (pruned) model, choose a partition plan
 (the optimal pipeline by DP, a graph-partitioning DAG split, or the user's plan file), cut the model,
-export the parts and verify the export against the unpartitioned model."""
+export the parts and verify the export against the unpartitioned model.
+
+A pipeline split balances, by `balance`: MACs (`macs`); op times profiled on this machine with
+`threads` torch threads (`time`); or those op times tuned by running candidate splits side by side
+(`run`, `decomp.latency.tune_pipeline`), which needs a runtime: the caller passes `run_stages`, a
+function that runs a `SplitModel` as a pipeline and returns each part's seconds per call (the CLI's
+runs it on Ray actors)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,10 +21,13 @@ from decomp.partition.baselines import METHODS, StageCost, graph_partition, opti
 from decomp.partition.export import export_split, verify_export
 from decomp.partition.metrics import partition_metrics
 from decomp.partition.plan import MODES, PartitionPlan
-from decomp.partition.split import split_model
+from decomp.partition.split import SplitModel, split_model
 from decomp.specs import load_model
 
-__all__ = ["SplitRequest", "run_split"]
+__all__ = ["BALANCES", "SplitRequest", "run_split"]
+
+BALANCES = ("macs", "time", "run")
+RunStages = Callable[[SplitModel], Sequence[float]]
 
 VERIFY_TOLERANCE = 1e-5  # float32 max abs difference an export must stay within
 
@@ -37,6 +47,9 @@ class SplitRequest:
     weights: str | None = None
     input_shapes: tuple[tuple[int, ...], ...] = field(default=())
     onnx: bool = False
+    balance: str = "macs"  # pipeline mode: what the stages balance (see the module docstring)
+    threads: int = 1  # torch threads per stage, for balance time / run
+    tune_steps: int = 4  # balance run: candidate splits run at most
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -49,6 +62,14 @@ class SplitRequest:
             raise DecompError("a pruned folder brings its own weights and input shape; drop --weights/--input-shape")
         if self.parts < 1:
             raise InvalidPlanError(f"--parts must be at least 1, got {self.parts}")
+        if self.balance not in BALANCES:
+            raise InvalidPlanError(f"unknown balance {self.balance!r}; choose one of {', '.join(BALANCES)}")
+        if self.balance != "macs" and (self.mode != "pipeline" or self.plan is not None):
+            raise InvalidPlanError(
+                f"--balance {self.balance} chooses pipeline cut points; it needs --mode pipeline and no --plan"
+            )
+        if self.threads < 1 or self.tune_steps < 1:
+            raise DecompError(f"--threads and tune steps must be >= 1, got {self.threads} and {self.tune_steps}")
 
 
 def _model(request: SplitRequest):
@@ -95,21 +116,45 @@ def export_verified(split, out, module, **export_options) -> tuple[Path, float]:
     return folder, diff
 
 
-def run_split(request: SplitRequest, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+def run_split(
+    request: SplitRequest, out: str | Path, overwrite: bool = False, run_stages: RunStages | None = None
+) -> dict[str, Any]:
     """Split, export to `out` (written atomically) and verify; returns the summary (also in the manifest's
-    expected costs)."""
+    expected costs). `run_stages` runs a candidate split for `balance='run'` (see the module docstring)."""
+    if request.balance == "run" and run_stages is None:
+        raise DecompError("balance 'run' runs candidate splits: pass run_stages (the decomp CLI runs them on Ray)")
     loaded, pruning_plan = _model(request)
     module, inputs = loaded.module, loaded.example_inputs
     graph = build_graph(module, inputs, loaded.tracer, name=str(loaded.spec or request.model))
-    plan = _plan(request, graph)
+    cost, tuning = StageCost(), None
+    if request.balance == "macs":
+        plan = _plan(request, graph)
+    else:
+        from decomp.latency.profile import annotate_op_times, op_times, tune_pipeline
+
+        annotate_op_times(graph, op_times(module, inputs, tracer=loaded.tracer, threads=request.threads))
+        cost = StageCost(bytes_per_s=1e9, measured=True)  # ~1 GB/s between processes on one machine
+        plan = optimal_pipeline(graph, request.parts, cost)
+        if request.balance == "run":
+            assert run_stages is not None
+
+            def run(candidate: PartitionPlan) -> Sequence[float]:
+                return run_stages(split_model(module, inputs, candidate, tracer=loaded.tracer))
+
+            trials = tune_pipeline(graph, request.parts, run, cost, steps=request.tune_steps)
+            plan = trials[0].plan
+            tuning = [  # in the order they ran; the kept split is the one with the least bottleneck
+                {"cuts": t.plan.cuts(graph), "stage_seconds": list(t.stage_seconds), "kept": t is trials[0]}
+                for t in sorted(trials, key=lambda t: t.step)
+            ]
     metrics = partition_metrics(graph, plan)
-    cost = StageCost()
     stage_times = pipeline_stage_times(graph, plan, cost) if plan.mode == "pipeline" else None
     split = split_model(module, inputs, plan, tracer=loaded.tracer)
     costs = {
         "metrics": metrics.to_json(),
         "stage_cost_model": asdict(cost),
         "stage_seconds": stage_times,
+        "tuning_runs": tuning,
     }
     folder, diff = export_verified(
         split,
@@ -128,5 +173,6 @@ def run_split(request: SplitRequest, out: str | Path, overwrite: bool = False) -
         "parts_in_export": len(split.layout.parts),
         "metrics": metrics.to_json(),
         "stage_seconds": stage_times,
+        "tuning_runs": tuning,
         "max_abs_diff": diff,
     }

@@ -2,12 +2,13 @@
 in one 1-thread actor (issue target >= 1.6x, reported with each run; 2.0x is the limit on 2 cores; the
 assertion is a floor of 1.3x that only a broken pipeline misses); and the runtime's per-call overhead.
 
-Both sides run what `decomp run` runs: the model is split (the 2-stage plan is the DP optimum of
-`optimal_pipeline` over op times measured on this machine with 1 thread, tuned by short runs of the split
-with `tune_pipeline`; the whole model a 1-part plan), exported, and every actor loads its part from the
+Both sides run what `decomp split` and `decomp run` run: the model is split (2 stages with `--balance run`:
+the DP optimum over op times profiled on this machine with 1 thread, tuned by short runs of candidate splits
+on Ray actors; the whole model a 1-part plan), exported, verified, and every actor loads its part from the
 export folder. They stream the same micro-batches, alternated in rounds so machine noise hits both.
 """
 
+import functools
 import os
 import statistics
 import time
@@ -15,33 +16,29 @@ import time
 import pytest
 import ray
 import torch
-import torchvision.models as tvm
 from torch import nn
 
 from cluster.connect import connect
-from cluster.runtime import LocalRunner, RayRunner, export_loaders, loaders_for, measure
-from decomp import build_graph
-from decomp.latency import annotate_op_times, op_times, tune_pipeline
+from cluster.runtime import LocalRunner, RayRunner, export_loaders, loaders_for, measure, stage_seconds
+from decomp import build_graph, load_model
 from decomp.partition import (
     PartitionPlan,
     PartsLayout,
     PartSpec,
-    StageCost,
-    export_split,
     manifest_layout,
     optimal_pipeline,
     partition_metrics,
-    pipeline_stage_times,
     read_manifest,
-    split_model,
 )
+from decomp.partition.job import SplitRequest, run_split
 from tests.benchmarks.record import record
 
 pytestmark = pytest.mark.benchmark
 
 BATCH, MICRO_BATCHES = 8, 4  # micro-batches of 2 images
 BATCHES = 10  # per runner per round: 40 micro-batches, so filling and draining the pipeline costs ~2.5%
-TUNE_BATCHES = 6  # per tuning run: 24 micro-batches
+SPEC = "torchvision:resnet50"
+TUNE_CALLS = 24  # micro-batches per tuning run
 TUNE_STEPS = 4  # splits run at most while tuning
 ROUNDS = 7  # short alternated rounds, so a burst of load from the VM's neighbours hits both runners alike
 TARGET = 1.6  # the issue's target, reported; on this shared VM runs land between 1.5x and 1.8x
@@ -55,10 +52,6 @@ def ray_cluster():
     connect(num_cpus=3)
     yield
     ray.shutdown()
-
-
-def _export(model, x, plan, folder):
-    return export_split(split_model(model, (x,), plan), folder, source="torchvision:resnet50")
 
 
 def _round_trip_ms(runner, calls: int) -> float:
@@ -88,38 +81,20 @@ def _overheads() -> dict[str, float]:
 
 
 def test_resnet50_two_stage_pipeline_throughput(tmp_path):
-    torch.manual_seed(0)
-    model = tvm.resnet50().eval()
-    micro = torch.randn(BATCH // MICRO_BATCHES, 3, 224, 224)
-    graph = build_graph(model, micro)
-    annotate_op_times(graph, op_times(model, micro, repeats=5, threads=1))
-    cost = StageCost(bytes_per_s=1e9, measured=True)  # op times as measured; ~1 GB/s through the object store
+    shape = (BATCH // MICRO_BATCHES, 3, 224, 224)  # the parts are exported for (and tuned on) one micro-batch
+    request = SplitRequest(SPEC, 2, input_shapes=(shape,), balance="run", threads=1, tune_steps=TUNE_STEPS)
+    run_stages = functools.partial(stage_seconds, threads=1, batches=TUNE_CALLS)
+    summary = run_split(request, tmp_path / "two", run_stages=run_stages)
+    run_split(SplitRequest(SPEC, 1, input_shapes=(shape,)), tmp_path / "whole")
+    folders = {"whole": tmp_path / "whole", "2 stages": tmp_path / "two"}
+    loaded = load_model(SPEC, input_shapes=[shape])  # the weights run_split exported (seeded)
+    graph = build_graph(loaded.module, loaded.example_inputs, loaded.tracer)
     by_macs = optimal_pipeline(graph, 2)
-    profiled = optimal_pipeline(graph, 2, cost)
-    profiled_ms = [1000 * t for t in pipeline_stage_times(graph, profiled, cost)]
-    x = torch.randn(BATCH, 3, 224, 224)
-    # tune: stages running side by side take longer than their profiled ops, unevenly, so run the split briefly,
-    # scale each stage's op times to what it took, re-split; keep the split whose slowest stage was fastest
-    exported, throughput = {}, {}
-
-    def run(plan: PartitionPlan) -> list[float]:
-        exported[plan] = _export(model, micro, plan, tmp_path / f"tune{len(exported)}")
-        layout, loaders = manifest_layout(read_manifest(exported[plan])), export_loaders(exported[plan])
-        with RayRunner(layout, loaders, threads=1) as runner:
-            trial, _ = measure(runner, [x], batches=TUNE_BATCHES, micro_batches=MICRO_BATCHES, warmup=2)
-        throughput[plan] = trial.throughput
-        return [b / (trial.batches * trial.micro_batches) for b in trial.busy_s]
-
-    trials = tune_pipeline(graph, 2, run, cost, steps=TUNE_STEPS)
-    plan = trials[0].plan
+    plan = PartitionPlan.from_json(summary["plan"])
     metrics = partition_metrics(graph, plan)
-    whole = PartitionPlan.pipeline(graph, [])
-    folders = {
-        "whole": _export(model, micro, whole, tmp_path / "whole"),
-        "2 stages": exported[plan],
-    }
+    x = torch.randn(BATCH, 3, 224, 224)
     with torch.inference_mode():
-        expected = model(x)
+        expected = loaded.module(x)
 
     load_before = os.getloadavg()[0]
     runners = {
@@ -155,24 +130,24 @@ def test_resnet50_two_stage_pipeline_throughput(tmp_path):
     macs = [p.macs / metrics.batch for p in metrics.parts]
     nodes = graph.compute_nodes()
 
-    def at(p: PartitionPlan) -> str:
-        return f"before op {p.cuts(graph)[0]} `{nodes[p.cuts(graph)[0]]}`"
+    def at(cuts: list[int]) -> str:
+        return f"before op {cuts[0]} `{nodes[cuts[0]]}`"
 
+    runs = summary["tuning_runs"]
     lines = [
         f"## Pipeline on Ray actors (resnet50, batches of {BATCH}x3x224x224 in {MICRO_BATCHES} micro-batches, CPU)",
         "",
-        f"Split: `optimal_pipeline` (DP over {len(nodes)} ops). Balancing MACs cuts {at(by_macs)}; on op times "
-        f"measured here with 1 thread (`decomp.latency.op_times`, `StageCost(measured=True)`) it cuts "
-        f"{at(profiled)} ({profiled_ms[0]:.0f} + {profiled_ms[1]:.0f} ms per micro-batch predicted). Stages "
-        "running side by side take longer than their ops' profiled times, and unevenly, so the split is tuned by "
-        f"running it (`tune_pipeline`: {TUNE_BATCHES * MICRO_BATCHES} micro-batches on the Ray actors, each stage's "
-        "op times scaled to what it took, re-split, until a split repeats; the least bottleneck kept): "
+        f"Split: `decomp split --balance run` (DP `optimal_pipeline` over {len(nodes)} ops; balancing MACs would cut "
+        f"{at(by_macs.cuts(graph))}). On op times profiled here with 1 thread it cuts {at(runs[0]['cuts'])}. "
+        "Stages running side by side take longer than their ops' profiled times, and unevenly, so the split is "
+        f"tuned by running it (`tune_pipeline`: {TUNE_CALLS} micro-batches on 1-thread Ray actors, each stage's op "
+        "times scaled to what it took, re-split, until a split repeats; the least bottleneck kept). Runs: "
         + "; ".join(
-            f"{at(t.plan)}: stages {1000 * t.stage_seconds[0]:.0f} + {1000 * t.stage_seconds[1]:.0f} ms per "
-            f"micro-batch, {throughput[t.plan]:.2f} images/s"
-            for t in sorted(trials, key=lambda t: list(throughput).index(t.plan))
+            f"{at(r['cuts'])}: {1000 * r['stage_seconds'][0]:.0f} + {1000 * r['stage_seconds'][1]:.0f} ms"
+            + (" (kept)" if r["kept"] else "")
+            for r in runs
         )
-        + f". Kept {at(plan)}: MACs {macs[0] / 1e9:.2f} G + {macs[1] / 1e9:.2f} G per image, "
+        + f". Kept split: MACs {macs[0] / 1e9:.2f} G + {macs[1] / 1e9:.2f} G per image, "
         f"{metrics.cut_bytes_per_sample / 1024:.0f} KiB per image between the stages. Each stage is a Ray actor "
         "with 1 torch thread that loads its part from the export folder; the baseline is the whole model "
         "exported as one part in one 1-thread actor.",

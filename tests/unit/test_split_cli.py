@@ -128,3 +128,41 @@ def test_run_refuses_a_tampered_export(tmp_path):
     part.write_bytes(part.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(ExportError, match="has changed since export"):
         run_export(tmp_path / "out", local=True)
+
+
+def test_split_balanced_by_profiled_op_times(tmp_path):
+    summary = run_split(SplitRequest(TINY, 2, "pipeline", balance="time"), tmp_path / "out")
+    assert summary["max_abs_diff"] <= 1e-5 and summary["tuning_runs"] is None
+    costs = read_manifest(tmp_path / "out")["expected_costs"]
+    assert costs["stage_cost_model"]["measured"] is True
+    assert len(summary["stage_seconds"]) == 2 and all(s > 0 for s in summary["stage_seconds"])
+
+
+def test_split_balanced_by_running_candidates(tmp_path):
+    ran = []
+
+    def run_stages(split):  # a fake runtime: every op of the first part runs 3x slower side by side
+        ran.append(split.plan)
+        ops = [sum(n.op == "call_module" or n.op == "call_function" for n in m.graph.nodes) for m in split.modules]
+        return [3e-3 * ops[0], 1e-3 * ops[1]]
+
+    request = SplitRequest(TINY, 2, "pipeline", balance="run", tune_steps=3)
+    summary = run_split(request, tmp_path / "out", run_stages=run_stages)
+    runs = summary["tuning_runs"]
+    assert 1 <= len(runs) == len(ran) <= 3 and len(set(ran)) == len(ran)
+    loaded = load_model(TINY)
+    graph = build_graph(loaded.module, loaded.example_inputs, loaded.tracer)
+    assert [r["cuts"] for r in runs] == [p.cuts(graph) for p in ran]  # in the order they ran
+    (kept,) = [r for r in runs if r["kept"]]
+    assert max(kept["stage_seconds"]) == min(max(r["stage_seconds"]) for r in runs)
+    assert PartitionPlan.from_json(summary["plan"]).cuts(graph) == kept["cuts"] and summary["max_abs_diff"] <= 1e-5
+    assert read_manifest(tmp_path / "out")["expected_costs"]["tuning_runs"] == runs
+
+
+def test_split_balance_options_that_do_not_fit():
+    with pytest.raises(InvalidPlanError, match="unknown balance 'flops'; choose one of macs, time, run"):
+        SplitRequest(TINY, balance="flops")
+    with pytest.raises(InvalidPlanError, match="--balance time chooses pipeline cut points; it needs --mode pipeline"):
+        SplitRequest(TINY, mode="dag", balance="time")
+    with pytest.raises(DecompError, match="balance 'run' runs candidate splits: pass run_stages"):
+        run_split(SplitRequest(TINY, balance="run"), "unused")
