@@ -166,6 +166,12 @@ class PipelineTrial:
     def bottleneck(self) -> float:
         return max(self.stage_seconds)
 
+    @property
+    def imbalance(self) -> float:
+        """The slowest stage over the mean stage: 1.0 when balanced. Unlike absolute times, comparable
+        between runs made at different moments of a shared machine (its stages ran at the same moment)."""
+        return self.bottleneck * len(self.stage_seconds) / sum(self.stage_seconds)
+
 
 def tune_pipeline(
     graph: ModelGraph,
@@ -179,8 +185,9 @@ def tune_pipeline(
     their ops' profiled times say, and unevenly, so after each run the profiled times of each stage are
     scaled to what it took (`rescale_op_times`, always from the profile: factors never compound) and the
     graph re-split (`optimal_pipeline` under `cost`, which must be `measured`). Stops when a split comes
-    back that already ran, or after `steps` runs. Returns the trials, the least measured bottleneck
-    first; the graph keeps its profiled op times."""
+    back that already ran, or after `steps` runs. Returns the trials, the best balanced first (least
+    `imbalance`: on a shared machine absolute times drift between runs by more than nearby splits
+    differ); the graph keeps its profiled op times."""
     cost = cost or StageCost(measured=True)
     if not cost.measured:
         raise InvalidPlanError("tune_pipeline balances measured op times: pass a StageCost(measured=True)")
@@ -198,4 +205,4 @@ def tune_pipeline(
             annotate_op_times(graph, profiled)
     finally:
         annotate_op_times(graph, profiled)
-    return sorted(trials, key=lambda t: t.bottleneck)
+    return sorted(trials, key=lambda t: t.imbalance)

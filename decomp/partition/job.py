@@ -143,7 +143,7 @@ def run_split(
 
             trials = tune_pipeline(graph, request.parts, run, cost, steps=request.tune_steps)
             plan = trials[0].plan
-            tuning = [  # in the order they ran; the kept split is the one with the least bottleneck
+            tuning = [  # in the order they ran; the kept split is the best balanced
                 {"cuts": t.plan.cuts(graph), "stage_seconds": list(t.stage_seconds), "kept": t is trials[0]}
                 for t in sorted(trials, key=lambda t: t.step)
             ]

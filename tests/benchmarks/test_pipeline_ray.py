@@ -38,7 +38,7 @@ pytestmark = pytest.mark.benchmark
 BATCH, MICRO_BATCHES = 8, 4  # micro-batches of 2 images
 BATCHES = 10  # per runner per round: 40 micro-batches, so filling and draining the pipeline costs ~2.5%
 SPEC = "torchvision:resnet50"
-TUNE_CALLS = 24  # micro-batches per tuning run
+TUNE_CALLS = 32  # micro-batches per tuning run
 TUNE_STEPS = 4  # splits run at most while tuning
 ROUNDS = 7  # short alternated rounds, so a burst of load from the VM's neighbours hits both runners alike
 TARGET = 1.6  # the issue's target, reported; on this shared VM runs land between 1.5x and 1.8x
@@ -141,7 +141,7 @@ def test_resnet50_two_stage_pipeline_throughput(tmp_path):
         f"{at(by_macs.cuts(graph))}). On op times profiled here with 1 thread it cuts {at(runs[0]['cuts'])}. "
         "Stages running side by side take longer than their ops' profiled times, and unevenly, so the split is "
         f"tuned by running it (`tune_pipeline`: {TUNE_CALLS} micro-batches on 1-thread Ray actors, each stage's op "
-        "times scaled to what it took, re-split, until a split repeats; the least bottleneck kept). Runs: "
+        "times scaled to what it took, re-split, until a split repeats; the best balanced kept). Runs: "
         + "; ".join(
             f"{at(r['cuts'])}: {1000 * r['stage_seconds'][0]:.0f} + {1000 * r['stage_seconds'][1]:.0f} ms"
             + (" (kept)" if r["kept"] else "")

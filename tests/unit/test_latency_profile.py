@@ -114,10 +114,10 @@ def test_tuning_a_pipeline_by_running_it_finds_the_split_balanced_as_it_runs():
     trials = tune_pipeline(graph, 2, run, cost, steps=4)
     best = trials[0]
     assert [best.plan.part_of()[t] for t in tanhs] == [0] * 12 + [1] * 18
-    assert best.stage_seconds == (18.0, 18.0) and best.bottleneck == 18.0
+    assert best.stage_seconds == (18.0, 18.0) and best.bottleneck == 18.0 and best.imbalance == 1.0
     assert ran[0] == optimal_pipeline(graph, 2, cost)  # starts from the profiled split (15 | 15: 22.5 s, 15 s)
     assert len(set(ran)) == len(ran) == len(trials) <= 4  # stops once a split comes back
-    assert [t.bottleneck for t in trials] == sorted(t.bottleneck for t in trials)
+    assert [t.imbalance for t in trials] == sorted(t.imbalance for t in trials)
     assert [t.plan for t in sorted(trials, key=lambda t: t.step)] == ran
     assert {n: graph[n]["seconds"] for n in graph.compute_nodes()} == profile  # the profile is left as it was
     assert len(tune_pipeline(graph, 2, run, cost, steps=1)) == 1
