@@ -229,12 +229,16 @@ class RayRunner:
     def map(self, batches: Iterable[Sequence[torch.Tensor]]) -> Iterator[tuple[Any, ...]]:
         """Outputs of each micro-batch, in order, with at most `max_in_flight` submitted and uncollected."""
         pending: deque[list[ray.ObjectRef]] = deque()
+
+        def collect() -> tuple[Any, ...]:  # the caller's own copies, which it may change
+            return tuple(from_wire(o, copy=True) for o in self._get(pending.popleft()))
+
         for inputs in batches:
             pending.append(self.submit(inputs))
             if len(pending) >= self.max_in_flight:
-                yield tuple(from_wire(o, copy=True) for o in self._get(pending.popleft()))
+                yield collect()
         while pending:
-            yield tuple(from_wire(o, copy=True) for o in self._get(pending.popleft()))
+            yield collect()
 
     def stats(self) -> list[dict[str, Any]]:
         return [
