@@ -28,6 +28,7 @@ from decomp.tracing import trace
 
 __all__ = [
     "PipelineTrial",
+    "halfway_split",
     "annotate_op_times",
     "device_sync",
     "node_times",
@@ -184,25 +185,58 @@ def tune_pipeline(
     and returns the seconds per call each stage took. Stages running side by side take longer than
     their ops' profiled times say, and unevenly, so after each run the profiled times of each stage are
     scaled to what it took (`rescale_op_times`, always from the profile: factors never compound) and the
-    graph re-split (`optimal_pipeline` under `cost`, which must be `measured`). Stops when a split comes
-    back that already ran, or after `steps` runs. Returns the trials, the best balanced first (least
-    `imbalance`: on a shared machine absolute times drift between runs by more than nearby splits
-    differ); the graph keeps its profiled op times."""
+    graph re-split (`optimal_pipeline` under `cost`, which must be `measured`). Where that split already
+    ran (the rescaled times jump between two splits: the ops near a cut do not slow down like their
+    stage's average), the split halfway in profiled time between the two best balanced runs runs next
+    (`halfway_split`), so the cuts close in on the balance point. Stops when no new split is left, or after
+    `steps` runs. Returns the trials, the best balanced first (least `imbalance`: on a shared machine
+    absolute times drift between runs by more than nearby splits differ); the graph keeps its profiled
+    op times."""
     cost = cost or StageCost(measured=True)
     if not cost.measured:
         raise InvalidPlanError("tune_pipeline balances measured op times: pass a StageCost(measured=True)")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    plan = optimal_pipeline(graph, parts, cost)  # also checks that every op has a time
+    plan: PartitionPlan | None = optimal_pipeline(graph, parts, cost)  # also checks that every op has a time
     profiled = {n: graph[n]["seconds"] for n in graph.compute_nodes()}
     trials: list[PipelineTrial] = []
     try:
-        while len(trials) < steps and all(t.plan != plan for t in trials):
+        while plan is not None and len(trials) < steps:
             seconds = tuple(float(s) for s in run(plan))
             trials.append(PipelineTrial(plan, seconds, len(trials)))
             rescale_op_times(graph, plan, seconds)
             plan = optimal_pipeline(graph, parts, cost)
             annotate_op_times(graph, profiled)
+            if any(t.plan == plan for t in trials):
+                best = sorted(trials, key=lambda t: t.imbalance)
+                plan = halfway_split(graph, best[0].plan, best[1].plan) if len(best) > 1 else None
+                if plan is not None and any(t.plan == plan for t in trials):
+                    plan = None
     finally:
         annotate_op_times(graph, profiled)
     return sorted(trials, key=lambda t: t.imbalance)
+
+
+def halfway_split(graph: ModelGraph, a: PartitionPlan, b: PartitionPlan) -> PartitionPlan | None:
+    """The pipeline plan whose every cut lies halfway, in the graph's op `seconds`, between the cuts of
+    pipeline plans `a` and `b` with as many parts (strictly between where they differ); None when the
+    two are the same, their differing cuts are adjacent (nothing lies between), or the halfway cuts
+    would not be in order."""
+    ca, cb = a.cuts(graph), b.cuts(graph)
+    if len(ca) != len(cb):
+        raise InvalidPlanError(f"plans with {len(ca) + 1} and {len(cb) + 1} parts have no split between them")
+    nodes = graph.compute_nodes()
+    ends = [0.0]
+    for n in nodes:
+        ends.append(ends[-1] + float(graph[n]["seconds"]))  # ends[i]: profiled time before op i
+    cuts = []
+    for x, y in zip(ca, cb, strict=True):
+        lo, hi = min(x, y), max(x, y)
+        if hi - lo <= 1:  # the same cut, or adjacent ones: keep a's
+            cuts.append(x)
+            continue
+        middle = (ends[lo] + ends[hi]) / 2
+        cuts.append(min(range(lo + 1, hi), key=lambda i: (abs(ends[i] - middle), i)))
+    if cuts == ca or cuts != sorted(set(cuts)):
+        return None
+    return PartitionPlan.pipeline(graph, cuts, a.devices)

@@ -6,8 +6,8 @@ from torch import nn
 
 from decomp import GraphError, InvalidPlanError, build_graph
 from decomp.latency import annotate_op_times, op_times, rescale_op_times, tune_pipeline
-from decomp.latency.profile import _Timed, device_sync
-from decomp.partition import StageCost, optimal_pipeline, pipeline_stage_times
+from decomp.latency.profile import _Timed, device_sync, halfway_split
+from decomp.partition import PartitionPlan, StageCost, optimal_pipeline, pipeline_stage_times
 from decomp.tracing import trace
 
 
@@ -123,3 +123,46 @@ def test_tuning_a_pipeline_by_running_it_finds_the_split_balanced_as_it_runs():
     assert len(tune_pipeline(graph, 2, run, cost, steps=1)) == 1
     with pytest.raises(InvalidPlanError, match="StageCost\\(measured=True\\)"):
         tune_pipeline(graph, 2, run, StageCost())
+
+
+def _tanh_graph():
+    """The Slow model's graph with every tanh profiled at 1 s (and nothing else taking time)."""
+    model, x = Slow().eval(), torch.randn(256, 64)
+    graph = build_graph(model, x)
+    tanhs = [n for n in graph.compute_nodes() if graph[n]["kind"] == "tanh"]
+    annotate_op_times(graph, {n: (1.0 if n in tanhs else 0.0) for n in graph.compute_nodes()})
+    return graph, tanhs
+
+
+def test_tuning_bisects_where_rescaled_times_jump_between_two_splits():
+    graph, tanhs = _tanh_graph()
+    cost = StageCost(bytes_per_s=float("inf"), measured=True)
+    true = [1.0] * 10 + [3.0] * 5 + [1.0] * 15  # as it runs, tanhs 10..14 take 3x their profile: 40 s in all
+    ran = []
+
+    def run(plan):
+        part = plan.part_of()
+        ran.append(sum(part[t] == 0 for t in tanhs))
+        return [sum(c for t, c in zip(tanhs, true, strict=True) if part[t] == k) for k in range(2)]
+
+    trials = tune_pipeline(graph, 2, run, cost, steps=6)
+    # 15 tanhs first (25 | 15 s); rescaled, 12 (16 | 24); rescaled again, 15 came back: the rescale-only loop
+    # stopped there and kept 12 (bottleneck 24 s). Halfway between the two in profiled time: 13, the optimum
+    assert ran[:3] == [15, 12, 13]
+    assert trials[0].stage_seconds == (19.0, 21.0) and sum(trials[0].plan.part_of()[t] == 0 for t in tanhs) == 13
+    assert len(set(ran)) == len(ran) <= 6  # every split ran once; it stops when nothing new is left
+
+
+def test_halfway_split_lies_between_two_pipeline_splits_in_profiled_time():
+    graph, tanhs = _tanh_graph()
+    nodes = graph.compute_nodes()
+    at = [nodes.index(t) for t in tanhs]
+    a, b = PartitionPlan.pipeline(graph, [at[4]]), PartitionPlan.pipeline(graph, [at[12]])
+    assert halfway_split(graph, a, b).cuts(graph) == [at[8]] == halfway_split(graph, b, a).cuts(graph)
+    assert halfway_split(graph, a, PartitionPlan.pipeline(graph, [at[5]])) is None  # adjacent: nothing between
+    assert halfway_split(graph, a, a) is None
+    # more parts: each cut moves halfway; a cut the two share stays
+    c, d = PartitionPlan.pipeline(graph, [at[2], at[20]]), PartitionPlan.pipeline(graph, [at[10], at[20]])
+    assert halfway_split(graph, c, d).cuts(graph) == [at[6], at[20]]
+    with pytest.raises(InvalidPlanError, match="plans with 2 and 3 parts"):
+        halfway_split(graph, a, c)
