@@ -181,6 +181,7 @@ class _Problem:
 
     def prepare(self, measured: Sequence[str]) -> None:
         """What evaluations need beyond the space: channel importances, the cost model, test data."""
+        from decomp.latency import CostModel
         from decomp.pruning import channel_importance
         from search.objectives import CostEvaluator
 
@@ -193,7 +194,7 @@ class _Problem:
                 importances[group.id] = channel_importance(self.index, group.id, "l1").tolist()
         latency = self.config.latency
         self.costs = CostEvaluator(
-            self.graph, self._latency_model(self.cluster), latency.micro_batches, importances=importances
+            CostModel(self.graph, self._latency_model(self.cluster), latency.micro_batches, importances=importances)
         )
         if measured:
             self._prepare_measurement()

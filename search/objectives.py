@@ -1,30 +1,19 @@
-"""Objectives and constraints by name, and the cheap ones computed for a candidate without running it.
+"""Objectives and constraints by name, and evaluations of the cheap ones without running the model.
 
 `OBJECTIVES` names every quantity a study may optimise or bound, with its direction. Two are measured
 by the evaluator that fine-tunes and tests the pruned model (`accuracy`, `agreement`); the rest are
-computed here in well under a millisecond or two from the costed graph: the pruning plan through
-`decomp.pruning.Estimator` (no pruning, no tracing), the partition plan through an array version of
-`decomp.partition.partition_metrics` and `LatencyModel.predict` (`CostEvaluator`), equal to those on the
-estimated graph (the tests check it).
+computed in well under a millisecond or two from the costed graph by `decomp.latency.CostModel`, which
+`CostEvaluator` turns into an `Evaluation` of a candidate.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
-from decomp.errors import DecompError, InvalidPlanError, SearchError
-from decomp.graph import ModelGraph
-from decomp.latency.predict import Calibration, LatencyModel
-from decomp.partition.baselines import StageCost
-from decomp.partition.metrics import batch_size
-from decomp.partition.plan import PartitionPlan, tensor_flows
-from decomp.pruning.estimate import Estimate, Estimator
-from decomp.pruning.plan import PruningPlan
+from decomp.errors import DecompError, SearchError
+from decomp.latency.candidate import CostModel
 from search.records import Candidate, Constraint, Evaluation, Objective
 
 __all__ = ["OBJECTIVES", "CostEvaluator", "ObjectiveInfo", "objectives_for"]
@@ -64,104 +53,15 @@ def objectives_for(names: Sequence[str]) -> tuple[Objective, ...]:
 
 
 class CostEvaluator:
-    """Every cheap metric of a candidate (`OBJECTIVES` not `measured`, plus `activation_bytes`,
-    `balance` and `parts`) from one costed, group-annotated op graph built at the micro-batch size.
+    """Evaluations of candidates from their cheap metrics (`decomp.latency.CostModel`, built once per
+    graph by the caller), for a study's objectives and constraints."""
 
-    Times come from `latency_model` (its op tables, calibrations and cluster; part k on device k unless
-    the plan gives device hints) or, without one, from `stage_cost` (default `StageCost()`: MACs at a
-    fixed rate, or measured `seconds` with `StageCost(measured=True)`, bytes over one link), the cost
-    `optimal_pipeline` splits by. Pruned op times are the unpruned ones scaled by the op's MAC (or
-    bytes) fraction. `importances`: per group, one score per channel (`decomp.pruning.
-    channel_importance`, computed once by the caller) for `accuracy_proxy`.
-    """
+    def __init__(self, model: CostModel) -> None:
+        self.model = model
 
-    def __init__(
-        self,
-        graph: ModelGraph,
-        latency_model: LatencyModel | None = None,
-        micro_batches: int = 1,
-        importances: Mapping[str, Sequence[float]] | None = None,
-        stage_cost: StageCost | None = None,
-    ) -> None:
-        if micro_batches < 1:
-            raise SearchError(f"micro_batches must be >= 1, got {micro_batches}")
-        self.graph, self.latency_model, self.micro_batches, self.stage_cost = (
-            graph,
-            latency_model,
-            micro_batches,
-            stage_cost or StageCost(),
-        )
-        self.estimator = est = Estimator(graph)
-        self.nodes = graph.compute_nodes()
-        self.at = {n: i for i, n in enumerate(self.nodes)}
-        self.rows = np.array([est.index[n] for n in self.nodes], dtype=np.intp)
-        self.batch = batch_size(graph)
-        self._flows()
-        self._base_seconds()
-        self._importances(importances or {})
-
-    # -- precomputation ----------------------------------------------------------------------------
-    def _flows(self) -> None:
-        """Tensor flows into compute nodes as (source position or -1 for an input, target position,
-        tensor id, edge index), in `tensor_flows` order, as `crossings` walks them."""
-        edge_at = {e: k for k, e in enumerate(self.estimator.edges)}
-        tensors: dict[object, int] = {}
-        self.flows: list[tuple[int, int, int, int]] = []
-        self.outputs: set[int] = set()
-        for u, v, tensor, _ in tensor_flows(self.graph):
-            if self.graph[v]["op"] == "output" and u in self.at:
-                self.outputs.add(self.at[u])
-            if v not in self.at or (u not in self.at and self.graph[u]["op"] != "placeholder"):
-                continue
-            tid = tensors.setdefault(tensor, len(tensors))
-            self.flows.append((self.at.get(u, -1), self.at[v], tid, edge_at[u, v]))
-
-    def _base_seconds(self) -> None:
-        """Unpruned op seconds per device kind (node `seconds`, else table, else roofline)."""
-        self.seconds: dict[str, np.ndarray] = {}
-        if self.latency_model is not None:
-            for kind in self.latency_model.cluster.kinds:
-                seconds, _ = self.latency_model.op_seconds(self.graph, kind)
-                self.seconds[kind.name] = np.array([seconds[n] for n in self.nodes])
-        elif self.stage_cost.measured:
-            self.stage_cost.work(self.graph, self.nodes)  # raises, naming the ops without seconds
-
-    def _importances(self, importances: Mapping[str, Sequence[float]]) -> None:
-        groups = self.estimator.groups
-        unknown = sorted(set(importances) - set(groups))
-        if unknown:
-            raise SearchError(f"importances for group(s) the graph does not have: {', '.join(unknown[:5])}")
-        self.scores: dict[str, np.ndarray] = {}
-        self.ranked: dict[str, np.ndarray] = {}
-        for gid, scores in importances.items():
-            s = np.abs(np.asarray(scores, dtype=np.float64))
-            if len(s) != groups[gid]["channels"] or not s.sum() > 0:
-                raise SearchError(
-                    f"group {gid} has {groups[gid]['channels']} channels; give one score per channel, not all "
-                    f"zero (got {len(s)})"
-                )
-            self.scores[gid] = s / s.sum()
-            self.ranked[gid] = np.cumsum(np.sort(self.scores[gid])[::-1])
-
-    # -- evaluation --------------------------------------------------------------------------------
     def __call__(self, candidate: Candidate) -> dict[str, float]:
-        """Every cheap metric of `candidate` (a missing plan means no pruning, or one part)."""
-        pruning = candidate.pruning or PruningPlan()
-        estimate = self.estimator(pruning)
-        plan = candidate.partition or PartitionPlan(tuple((n, 0) for n in self.nodes), "pipeline")
-        part = self._parts_of(plan)
-        metrics = {
-            "macs": estimate.total_macs,
-            "params": estimate.total_params,
-            "nonzero_params": estimate.nonzero_params,
-            "size_bytes": estimate.total_param_bytes,
-            "activation_bytes": float(estimate.out_bytes[self.rows].sum()),
-            "parts": float(plan.parts),
-        }
-        metrics.update(self._partition(estimate, plan, part))
-        if self.scores:
-            metrics["accuracy_proxy"] = self._proxy(estimate, pruning)
-        return metrics
+        """Every cheap metric of `candidate` by name (a missing plan means no pruning, or one part)."""
+        return self.model(candidate.pruning, candidate.partition).metrics()
 
     def evaluate(
         self, candidate: Candidate, objectives: Sequence[Objective], constraints: Sequence[Constraint] = ()
@@ -189,174 +89,3 @@ class CostEvaluator:
             wall_time=time.perf_counter() - start,
             names=names,
         )
-
-    def _parts_of(self, plan: PartitionPlan) -> np.ndarray:
-        part = np.full(len(self.nodes), -1, dtype=np.intp)
-        for n, p in plan.assignment:
-            if n not in self.at:
-                raise InvalidPlanError(f"the partition plan assigns {n!r}, which is not a compute node of the graph")
-            part[self.at[n]] = p
-        if (part < 0).any():
-            missing = [self.nodes[i] for i in np.flatnonzero(part < 0)[:5]]
-            raise InvalidPlanError(f"compute node(s) without a part: {', '.join(missing)}; assign every node")
-        return part
-
-    def _proxy(self, estimate: Estimate, pruning: PruningPlan) -> float:
-        explicit = {c.group: c.keep for c in pruning.groups if c.keep is not None}
-        shares = []
-        for gid, scores in self.scores.items():
-            if gid in explicit:
-                shares.append(float(scores[list(explicit[gid])].sum()))
-            else:
-                kept = round(estimate.fractions[gid] * len(scores))
-                shares.append(float(self.ranked[gid][max(kept, 1) - 1]))
-        return float(np.mean(shares))
-
-    # -- partition costs ---------------------------------------------------------------------------
-    def _crossings(self, part: list[int], edge_bytes: list[float]) -> list[tuple[int, int, float]]:
-        """(source part or -1, receiving part, bytes): each tensor once per receiving part."""
-        seen: set[tuple[int, int]] = set()
-        out = []
-        for src, dst, tid, e in self.flows:
-            q = part[dst]
-            p = part[src] if src >= 0 else -1
-            if p == q or (tid, q) in seen:
-                continue
-            seen.add((tid, q))
-            out.append((p, q, edge_bytes[e]))
-        return out
-
-    def _peaks(self, part: list[int], k: int, out_bytes: list[float], edge_bytes: list[float]) -> np.ndarray:
-        """Most activation bytes live at once per part, as `partition_metrics` counts them: received tensors
-        live until their last reader, outputs until their last local reader (or the end when another part
-        or the caller needs them)."""
-        kept = set(self.outputs)
-        last_local: dict[int, int] = {}
-        incoming: dict[tuple[int, int], list[float]] = {}  # (part, tensor) -> [bytes, last reader]
-        for src, dst, tid, e in self.flows:
-            q = part[dst]
-            if src >= 0 and part[src] == q:
-                last_local[src] = max(last_local.get(src, -1), dst)
-                continue
-            if src >= 0:
-                kept.add(src)
-            held = incoming.setdefault((q, tid), [edge_bytes[e], -1])
-            held[1] = max(held[1], dst)
-        live = [0.0] * k
-        free: dict[int, float] = {}
-        for (q, _), (size, last) in incoming.items():
-            live[q] += size
-            free[last] = free.get(last, 0.0) + size
-        peak = list(live)
-        for i in range(len(self.nodes)):
-            q, size = part[i], out_bytes[i]
-            peak[q] = max(peak[q], live[q] + size)
-            live[q] += size
-            if i not in kept:
-                end = last_local.get(i, i)
-                free[end] = free.get(end, 0.0) + size
-            live[q] -= free.pop(i, 0.0)
-        return np.array(peak)
-
-    def _partition(self, estimate: Estimate, plan: PartitionPlan, part: np.ndarray) -> dict[str, float]:
-        k = int(part.max()) + 1
-        rows = self.rows
-        labels, edge_bytes = part.tolist(), estimate.edge_bytes.tolist()  # plain lists: fast in loops
-        crossings = self._crossings(labels, edge_bytes)
-        macs = np.bincount(part, weights=estimate.macs[rows], minlength=k)
-        memory = np.bincount(part, weights=estimate.param_bytes[rows], minlength=k)
-        memory += self._peaks(labels, k, estimate.out_bytes[rows].tolist(), edge_bytes)
-        if self.latency_model is None:
-            compute, link_s, devices = self._stage_cost(estimate, part, k, macs)
-        else:
-            compute, link_s, devices = self._predicted(estimate, plan, part, k)
-        received, in_bytes = np.zeros(k), np.zeros(k)
-        edge_s: dict[tuple[int, int], float] = {}
-        for p, q, size in crossings:
-            t = link_s(p, q, size)
-            received[q] += t
-            in_bytes[q] += size
-            if p >= 0:
-                edge_s[p, q] = edge_s.get((p, q), 0.0) + t
-        # what the runtime adds around each call of a part (a calibration's per_call / per_in_byte terms)
-        compute = compute + self._runtime(plan, k, in_bytes, macs)
-        stage = compute + received
-        bottleneck = float(stage.max())
-        m = self.micro_batches
-        per_device: dict[str, float] = {}
-        for q in range(k):
-            per_device[devices[q]] = per_device.get(devices[q], 0.0) + memory[q]
-        mean = macs.mean()
-        return {
-            "latency_s": _critical_path(compute, edge_s) + (m - 1) * bottleneck,
-            "throughput": m * self.batch / ((m + k - 1) * bottleneck) if bottleneck > 0 else 0.0,
-            "bottleneck_s": bottleneck,
-            "comm_bytes": float(sum(size for _, _, size in crossings)),
-            "peak_memory": float(max(per_device.values())),
-            "balance": float(macs.max() / mean) if mean > 0 else 1.0,
-            # root mean square of the stage times: with the bottleneck unchanged, lower means the other
-            # stages are more even (a tie-break for local searches over pipeline cuts)
-            "stage_rms_s": float(np.sqrt(np.mean(stage**2))),
-        }
-
-    def _runtime(self, plan: PartitionPlan, k: int, in_bytes: np.ndarray, macs: np.ndarray) -> np.ndarray:
-        if self.latency_model is None:
-            return np.zeros(k)
-        model = self.latency_model
-        chosen = list(plan.devices) or list(range(k))
-        out = np.zeros(k)
-        for q in range(k):
-            name = model.cluster.device(chosen[q]).kind.name
-            out[q] = model.calibrations.get(name, Calibration()).runtime(float(in_bytes[q]))
-        return out
-
-    def _stage_cost(self, estimate: Estimate, part: np.ndarray, k: int, macs: np.ndarray):
-        cost = self.stage_cost
-        work = macs if not cost.measured else np.bincount(part, weights=estimate.seconds[self.rows], minlength=k)
-        compute = np.array([cost.time(w, 0.0) for w in work])
-        return compute, lambda p, q, size: size / cost.bytes_per_s, [str(q) for q in range(k)]
-
-    def _predicted(self, estimate: Estimate, plan: PartitionPlan, part: np.ndarray, k: int):
-        """Part compute seconds and link times as `LatencyModel.predict` gives them on the estimated graph."""
-        model = self.latency_model
-        chosen = list(plan.devices) or list(range(k))
-        placed = [model.cluster.device(d) for d in chosen]
-        scale = estimate.time_fraction[self.rows]
-        rows = self.rows
-        traffic = (
-            estimate.out_bytes[rows]
-            + np.bincount(self.estimator.edge_target, weights=estimate.edge_bytes, minlength=len(self.estimator.nodes))[
-                rows
-            ]
-        )
-        counts = np.bincount(part, minlength=k)
-        moved = np.bincount(part, weights=traffic, minlength=k)
-        compute = np.zeros(k)
-        for q in range(k):
-            name = placed[q].kind.name
-            seconds = float((self.seconds[name] * scale)[part == q].sum())
-            calibration = model.calibrations.get(name, Calibration())
-            compute[q] = calibration.apply(seconds, int(counts[q]), float(moved[q])) if counts[q] else 0.0
-
-        def link_s(p: int, q: int, size: float) -> float:
-            return model.cluster.link(chosen[p if p >= 0 else 0], chosen[q]).time(size)
-
-        return compute, link_s, [d.id for d in placed]
-
-
-def _critical_path(compute: np.ndarray, edge_s: Mapping[tuple[int, int], float]) -> float:
-    """Finish time of the last part for one micro-batch through the DAG of parts."""
-    k = len(compute)
-    preds: list[list[int]] = [[] for _ in range(k)]
-    for p, q in edge_s:
-        preds[q].append(p)
-    finish: dict[int, float] = {}
-    pending = list(range(k))
-    while pending:
-        ready = [q for q in pending if all(p in finish for p in preds[q])]
-        if not ready:
-            raise InvalidPlanError("the parts form a cycle: no order runs them; repair the partition plan")
-        for q in ready:
-            finish[q] = max((finish[p] + edge_s[p, q] for p in preds[q]), default=0.0) + compute[q]
-        pending = [q for q in pending if q not in finish]
-    return max(finish.values()) if finish else math.nan

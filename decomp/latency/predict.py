@@ -24,12 +24,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
-import networkx as nx
 import numpy as np
 
 from decomp.errors import GraphError
 from decomp.graph import ModelGraph
 from decomp.latency.cluster import ClusterSpec, DeviceKind
+from decomp.latency.pipeline import pipeline_times
 from decomp.latency.table import OpTable, op_signature
 from decomp.partition.metrics import batch_size, partition_metrics
 from decomp.partition.plan import PartitionPlan, crossings
@@ -220,30 +220,19 @@ class LatencyModel:
             self.calibrations.get(placed[p].kind.name, Calibration()).runtime(in_bytes[p]) if counts[p] else 0.0
             for p in range(k)
         ]
-        stage = [c + r + o for c, r, o in zip(compute, received, runtime, strict=True)]
-        bottleneck = max(stage)
-        # critical path of one micro-batch through the DAG of parts
-        dag = nx.DiGraph()
-        dag.add_nodes_from(range(k))
-        dag.add_edges_from(edge_s)
-        finish: dict[int, float] = {}
-        for p in nx.topological_sort(dag):
-            start = max((finish[q] + edge_s[q, p] for q in dag.predecessors(p)), default=0.0)
-            finish[p] = start + compute[p] + runtime[p]
-        critical = max(finish.values())
-        bubble = (k - 1) / (micro_batches + k - 1)
         micro = batch_size(graph)
         memory: dict[str, int] = {}
         for p, part in enumerate(partition_metrics(graph, plan).parts):
             memory[placed[p].id] = memory.get(placed[p].id, 0) + part.peak_bytes
+        times = pipeline_times(compute, runtime, received, edge_s, micro_batches, micro)
         return Prediction(
-            latency_s=critical + (micro_batches - 1) * bottleneck,
-            throughput=micro_batches * micro / ((micro_batches + k - 1) * bottleneck) if bottleneck > 0 else 0.0,
-            stage_s=tuple(stage),
+            latency_s=times.latency_s,
+            throughput=times.throughput,
+            stage_s=times.stage_s,
             compute_s=tuple(compute),
             comm_s=sum(received) * micro_batches,
-            bottleneck_s=bottleneck,
-            bubble=bubble,
+            bottleneck_s=times.bottleneck_s,
+            bubble=times.bubble,
             memory_bytes=tuple(memory.values()),
             micro_batch=micro,
             micro_batches=micro_batches,

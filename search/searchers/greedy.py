@@ -17,7 +17,7 @@ points: NetAdapt's family of models from large to small, plus the local optima o
 
 Settings: `resource` (objective name to lower; default the first objective), `step` (move size for
 spaces whose moves take one: share of a gene's span, default 0.1), `tiebreak` (a metric the evaluations
-report, e.g. `stage_rms_s` from `search.objectives.CostEvaluator`: a move that changes no objective is
+report, e.g. `stage_rms_s` from `decomp.latency.CostModel`: a move that changes no objective is
 taken when it lowers this metric. Min-max objectives such as a pipeline's bottleneck stage have
 plateaus: shifting a cut between two stages that are not the bottleneck changes nothing until they are
 even enough to let the bottleneck's own cut move; the root mean square of the stage times leads there),

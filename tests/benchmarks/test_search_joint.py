@@ -19,7 +19,7 @@ import torch
 import torchvision
 
 from decomp import build_graph
-from decomp.latency import LatencyModel, annotate_op_times, op_times
+from decomp.latency import CostModel, LatencyModel, annotate_op_times, op_times
 from decomp.latency.cluster import load_cluster
 from decomp.pruning import annotate_graph, channel_importance, find_groups
 from search.base import make_searcher, searcher_names
@@ -57,7 +57,7 @@ def problem():
     annotate_op_times(graph, op_times(model, x, repeats=3, threads=1))
     importances = {g.id: channel_importance(index, g.id, "l1").tolist() for g in index}
     latency = LatencyModel(load_cluster("cpu-host-x4"))
-    evaluator = CostEvaluator(graph, latency, micro_batches=4, importances=importances)
+    evaluator = CostEvaluator(CostModel(graph, latency, micro_batches=4, importances=importances))
     return graph, evaluator
 
 

@@ -6,6 +6,7 @@ import torch
 import torchvision
 
 from decomp import build_graph
+from decomp.latency import CostModel
 from decomp.partition import StageCost, optimal_pipeline, pipeline_stage_times
 from search.base import make_searcher
 from search.joint import JointConfig, JointSpace
@@ -32,7 +33,7 @@ def test_searcher_reaches_the_dp_bottleneck(resnet50, name):
     graph, best = resnet50
     space = JointSpace(graph, 4, JointConfig(levels=(1.0,), min_parts=4))
     objectives = objectives_for(["bottleneck_s"])
-    evaluator = CostEvaluator(graph)
+    evaluator = CostEvaluator(CostModel(graph))
     searcher = make_searcher(name, space, objectives, seed=0, **SETTINGS[name])
     found = []
     while len(found) < BUDGETS[name]:

@@ -20,6 +20,7 @@ from cluster.config import JobConfig
 from cluster.runs import NORMALIZER_ATTR, open_study, read_run_config, storage_of, write_run_config
 from decomp import build_graph, load_model
 from decomp.errors import SpecError
+from decomp.latency import CostModel
 from decomp.partition import load_export, read_manifest
 from decomp.pruning import annotate_graph, apply_plan, channel_importance, find_groups
 from search.joint import JointConfig, JointSpace
@@ -49,7 +50,7 @@ def tiny():
         candidates.append(Candidate(i, "nsga2" if i % 2 else "random", genome, pruning, partition))
     index = find_groups(loaded.module, loaded.example_inputs)
     importances = {gid: channel_importance(index, gid, "l1").tolist() for gid in graph.nx.graph["groups"]}
-    evaluator = CostEvaluator(graph, micro_batches=4, importances=importances)
+    evaluator = CostEvaluator(CostModel(graph, micro_batches=4, importances=importances))
     memory = sorted(evaluator(c)["peak_memory"] for c in candidates)
     return space, evaluator, candidates, memory[len(memory) * 3 // 4]  # a bound that some candidates break
 

@@ -8,7 +8,7 @@ import torch
 
 from decomp import build_graph
 from decomp.errors import SearchError
-from decomp.latency import Calibration, LatencyModel
+from decomp.latency import Calibration, CostModel, LatencyModel
 from decomp.latency.cluster import load_cluster
 from decomp.partition.baselines import StageCost, optimal_pipeline, pipeline_stage_times
 from decomp.partition.metrics import partition_metrics
@@ -158,7 +158,7 @@ def test_nm_genes_on_layers_whose_inputs_fit_the_pattern(tiny):
 
 def test_start_is_unpruned_and_balanced_and_moves_are_distinct_neighbours(tiny):
     _, _, graph, _ = tiny
-    evaluator = CostEvaluator(graph)
+    evaluator = CostEvaluator(CostModel(graph))
     for config in (JointConfig(nm_pattern="2:4"), JointConfig(mode="dag", blocks=8)):
         space = JointSpace(graph, 3, config)
         start = space.start(np.random.default_rng(0))
@@ -198,11 +198,11 @@ def test_cost_evaluator_equals_metrics_and_prediction_on_the_estimated_graph(tin
     rng = np.random.default_rng(1)
     for config in (JointConfig(), JointConfig(mode="dag", blocks=8)):
         space = JointSpace(timed, 4, config)
-        plain, predicted = CostEvaluator(timed), CostEvaluator(timed, model, micro_batches=3)
+        plain, predicted = CostEvaluator(CostModel(timed)), CostEvaluator(CostModel(timed, model, micro_batches=3))
         for _ in range(10):
             genome = space.sample(rng)
             candidate = Candidate(0, "test", genome, *space.decode(genome))
-            scaled = plain.estimator.graph_of(plain.estimator(candidate.pruning))
+            scaled = plain.model.estimator.graph_of(plain.model.estimator(candidate.pruning))
             cheap, priced = plain(candidate), predicted(candidate)
             metrics = partition_metrics(scaled, candidate.partition)
             prediction = model.predict(scaled, candidate.partition, micro_batches=3)
@@ -219,7 +219,7 @@ def test_cost_evaluator_equals_metrics_and_prediction_on_the_estimated_graph(tin
 
 def test_more_pruning_fewer_macs_more_parts_less_memory(tiny):
     _, _, graph, _ = tiny
-    evaluator = CostEvaluator(graph)
+    evaluator = CostEvaluator(CostModel(graph))
     space = JointSpace(graph, 3, JointConfig(levels=(1.0, 0.75, 0.5, 0.25)))
     macs = [evaluator(Candidate(0, "t", (), space.decode((i,) * 4 + (1, 0.5, 0.5))[0]))["macs"] for i in range(4)]
     assert macs == sorted(macs, reverse=True) and len(set(macs)) == 4
@@ -235,7 +235,7 @@ def test_more_pruning_fewer_macs_more_parts_less_memory(tiny):
 def test_accuracy_proxy_is_the_kept_share_of_importance(tiny):
     _, _, graph, index = tiny
     scores = {g.id: channel_importance(index, g.id).tolist() for g in index}
-    evaluator = CostEvaluator(graph, importances=scores)
+    evaluator = CostEvaluator(CostModel(graph, importances=scores))
     whole = evaluator(Candidate(0, "t", ()))
     assert whole["accuracy_proxy"] == pytest.approx(1.0)
     half = evaluator(Candidate(0, "t", (), PruningPlan(groups=(GroupChoice("stem", keep_ratio=0.5),))))
@@ -244,12 +244,12 @@ def test_accuracy_proxy_is_the_kept_share_of_importance(tiny):
     explicit = evaluator(Candidate(0, "t", (), PruningPlan(groups=(GroupChoice("stem", keep=(0, 1)),))))
     assert explicit["accuracy_proxy"] == pytest.approx((3 + sum(scores["stem"][:2]) / top.sum()) / 4)
     with pytest.raises(SearchError, match="one score per channel"):
-        CostEvaluator(graph, importances={"stem": [1.0, 2.0]})
+        CostEvaluator(CostModel(graph, importances={"stem": [1.0, 2.0]}))
 
 
 def test_evaluate_orders_values_and_reports_failures(tiny):
     _, _, graph, _ = tiny
-    evaluator = CostEvaluator(graph)
+    evaluator = CostEvaluator(CostModel(graph))
     candidate = Candidate(3, "t", (), PruningPlan(groups=(GroupChoice("fuse", keep_ratio=0.5),)))
     evaluation = evaluator.evaluate(candidate, objectives_for(["params", "macs"]), [Constraint("peak_memory", 1e9)])
     assert evaluation.ok and evaluation.candidate_id == 3
@@ -266,7 +266,7 @@ def test_random_searcher_runs_end_to_end(tiny):
     _, _, graph, _ = tiny
     space = JointSpace(graph, 3, JointConfig(encoding="compact", stages=2))
     objectives = objectives_for(["macs", "bottleneck_s", "peak_memory"])
-    evaluator = CostEvaluator(graph, micro_batches=2)
+    evaluator = CostEvaluator(CostModel(graph, micro_batches=2))
     searcher = make_searcher("random", space, objectives, seed=4)
     asked = []
     for _ in range(4):
@@ -293,12 +293,12 @@ def test_resnet50_four_stage_pipeline_costs_and_timing():
     space = JointSpace(graph, 4, JointConfig(levels=(1.0,), min_parts=4))
     n = len(graph.compute_nodes())
     genome = space.repair([c / n for c in best.cuts(graph)])
-    evaluator = CostEvaluator(graph)
+    evaluator = CostEvaluator(CostModel(graph))
     found = evaluator(Candidate(0, "t", genome, *space.decode(genome)))
     assert found["bottleneck_s"] == pytest.approx(max(pipeline_stage_times(graph, best)), rel=1e-9)
     joint = JointSpace(graph, 4, JointConfig(min_parts=4))
     model_ = LatencyModel(load_cluster("a100x4-pcie"))
-    priced = CostEvaluator(graph, model_, micro_batches=4)
+    priced = CostEvaluator(CostModel(graph, model_, micro_batches=4))
     rng = np.random.default_rng(0)
     candidates = [Candidate(i, "t", g, *joint.decode(g)) for i, g in enumerate(joint.sample(rng) for _ in range(50))]
     start = time.perf_counter()
