@@ -53,6 +53,7 @@ def graph(
     """Trace MODEL into a costed graph and summarise it per block."""
     from cluster.render import auto_blocks, block_table, draw_blocks
     from decomp.build import build_graph
+    from decomp.coarsen import coarsen
     from decomp.pruning import annotate_graph, find_groups
     from decomp.specs import load_model, parse_input_shape
 
@@ -66,7 +67,7 @@ def graph(
                 annotate_graph(op_graph, find_groups(loaded.module, inputs))
             except DecompError as err:
                 console.print(f"[yellow]no coupling groups:[/] {err}")
-        block_graph = auto_blocks(op_graph) if depth is None and blocks is None else op_graph.coarsen(depth, blocks)
+        block_graph = auto_blocks(op_graph) if depth is None and blocks is None else coarsen(op_graph, depth, blocks)
     console.print(block_table(op_graph, block_graph))
     if json_path is not None:
         json_path.write_text(json.dumps(op_graph.to_json(), indent=1))

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from cluster import review as rv
 from cluster.cli import app, console
+from decomp.coarsen import coarsen
 from decomp.errors import SpecError
 
 __all__ = ["dashboard", "export_command", "pareto"]
@@ -291,7 +292,7 @@ def partition_figure(view: rv.CandidateView, max_ops: int = 40):
         g = graph.nx.copy()
         parts_of = {n: Counter([part[n]]) if n in part else Counter() for n in g}
     else:
-        blocks = graph.coarsen(blocks=max_ops // 2)
+        blocks = coarsen(graph, blocks=max_ops // 2)
         g = blocks.nx.copy()
         parts_of = {b: Counter(part[m] for m in blocks[b].get("members", ()) if m in part) for b in g}
     for layer, nodes in enumerate(nx.topological_generations(g)):

@@ -7,7 +7,7 @@ from pathlib import Path
 import networkx as nx
 from rich.table import Table
 
-from decomp.coarsen import max_depth
+from decomp.coarsen import coarsen, max_depth
 from decomp.graph import IO_OPS, ModelGraph
 
 __all__ = ["auto_blocks", "block_table", "draw_blocks", "human", "prune_table", "run_table", "split_table"]
@@ -27,7 +27,7 @@ def auto_blocks(graph: ModelGraph, at_least: int = 8) -> ModelGraph:
     """The shallowest module-depth coarsening with at least `at_least` compute blocks."""
     deepest = max(max_depth(graph), 1)
     for depth in range(1, deepest + 1):
-        blocks = graph.coarsen(depth=depth)
+        blocks = coarsen(graph, depth=depth)
         if len(blocks.compute_nodes()) >= at_least:
             break
     return blocks

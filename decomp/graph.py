@@ -113,12 +113,6 @@ class ModelGraph:
     def sum(self, attribute: str) -> int:
         return sum(d.get(attribute, 0) for _, d in self.nx.nodes(data=True))
 
-    def coarsen(self, depth: int | None = None, blocks: int | None = None) -> ModelGraph:
-        """Group ops into blocks by module depth or to a target block count; see `decomp.coarsen`."""
-        from decomp.coarsen import coarsen
-
-        return coarsen(self, depth=depth, blocks=blocks)
-
     def to_json(self) -> dict[str, Any]:
         data = nx.node_link_data(self.nx, edges="edges")
         data["schema_version"] = SCHEMA_VERSION

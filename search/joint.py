@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
+from decomp.coarsen import coarsen
 from decomp.errors import SearchError
 from decomp.graph import ModelGraph
 from decomp.partition.plan import PartitionPlan, expand, quotient, repair
@@ -113,7 +114,7 @@ class JointSpace(Space):
         self.nm_layers = self._nm_layers()
         self.blocks = None
         if config.mode == "dag" and self.max_parts > 1:
-            self.blocks = graph.coarsen(blocks=min(config.blocks, len(self.nodes)))
+            self.blocks = coarsen(graph, blocks=min(config.blocks, len(self.nodes)))
             self.block_names = self.blocks.compute_nodes()
         if self.max_parts > (len(self.block_names) if self.blocks is not None else len(self.nodes)):
             raise SearchError(f"cannot split the graph into {self.max_parts} parts; it has too few ops or blocks")

@@ -7,6 +7,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from decomp import build_graph, load_model
+from decomp.coarsen import coarsen
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +58,7 @@ def test_torchvision_graph_matches_published_figures(name):
     published_params = graph.totals.params + (graph.nx.graph["unused_params"] if name == "inception_v3" else 0)
     assert published_params == meta["num_params"]
     assert graph.totals.macs == pytest.approx(meta["_ops"] * 1e9, rel=0.01)
-    blocks = graph.coarsen(blocks=8)
+    blocks = coarsen(graph, blocks=8)
     assert nx.is_directed_acyclic_graph(blocks.nx) and blocks.sum("macs") == graph.totals.macs
 
 
@@ -78,7 +79,7 @@ def test_hugging_face_models_from_config(spec):
     prefix = "h." if spec == "hf:gpt2" else "encoder.layer."
     layers = {graph[n]["module"][len(prefix) :].split(".")[0] for n in graph if graph[n]["module"].startswith(prefix)}
     assert len(layers) == 12
-    blocks = graph.coarsen(depth=2)
+    blocks = coarsen(graph, depth=2)
     assert nx.is_directed_acyclic_graph(blocks.nx) and blocks.sum("params") == graph.totals.params
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from decomp import InvalidPlanError, ModelGraph, build_graph
+from decomp.coarsen import coarsen
 from decomp.partition import baselines
 from decomp.partition.baselines import StageCost, graph_partition, optimal_pipeline, pipeline_stage_times
 from decomp.partition.metrics import partition_metrics
@@ -102,7 +103,7 @@ def test_bad_inputs_are_rejected():
 
 def test_pipeline_on_a_block_graph_expands_to_the_op_graph():
     ops = build_graph(TinyNet().eval(), torch.randn(1, 3, 8, 8))
-    blocks = ops.coarsen(depth=1)
+    blocks = coarsen(ops, depth=1)
     plan = optimal_pipeline(blocks, 3)
     op_plan = expand(plan, blocks).validate(ops)
     assert op_plan.parts == 3

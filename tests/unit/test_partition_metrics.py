@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from decomp import InvalidPlanError, ModelGraph, build_graph
+from decomp.coarsen import coarsen
 from decomp.partition.metrics import partition_metrics
 from decomp.partition.plan import PartitionPlan, expand, quotient
 from tests.tiny_models import TinyNet
@@ -144,7 +145,7 @@ def test_traced_model_invariants(tiny):
 
 @pytest.mark.parametrize("cuts", [[3], [2, 5]])
 def test_block_graph_matches_its_op_graph(tiny, cuts):
-    blocks = tiny.coarsen(depth=1)
+    blocks = coarsen(tiny, depth=1)
     plan = PartitionPlan.pipeline(blocks, cuts)
     on_blocks, on_ops = partition_metrics(blocks, plan), partition_metrics(tiny, expand(plan, blocks))
     assert [p.macs for p in on_blocks.parts] == [p.macs for p in on_ops.parts]

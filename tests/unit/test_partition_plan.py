@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from decomp import InvalidPlanError, build_graph
+from decomp.coarsen import coarsen
 from decomp.partition import PartitionPlan, expand, quotient, repair
 from tests.tiny_models import TinyNet
 
@@ -117,7 +118,7 @@ def test_quotient_counts_a_tensor_once_per_receiving_part(graph):
 
 
 def test_expand_maps_a_block_plan_onto_ops(graph):
-    blocks = graph.coarsen(blocks=4)
+    blocks = coarsen(graph, blocks=4)
     plan = PartitionPlan.pipeline(blocks, [2])
     ops = expand(plan, blocks).validate(graph)
     assert ops.parts == 2 and len(ops.assignment) == len(graph.compute_nodes())

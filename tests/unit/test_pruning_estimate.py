@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from decomp import GraphError, InvalidPlanError, build_graph
+from decomp.coarsen import coarsen
 from decomp.latency import LatencyModel
 from decomp.latency.cluster import load_cluster
 from decomp.pruning import (
@@ -144,7 +145,7 @@ def test_plans_that_do_not_fit_the_graph():
     with pytest.raises(GraphError, match="annotate_graph"):
         Estimator(bare)(PruningPlan(groups=(GroupChoice("left", keep_ratio=0.5),)))
     with pytest.raises(GraphError, match="op graph"):
-        Estimator(graph.coarsen(blocks=2))
+        Estimator(coarsen(graph, blocks=2))
 
 
 @pytest.mark.slow
