@@ -39,11 +39,11 @@ from decomp.errors import SpecError
 from decomp.latency.calibration import RUNTIMES, default_calibration_path, fit_runtime, save_calibration
 from decomp.latency.job import this_device
 from decomp.latency.predict import Calibration, LatencyModel, activation_traffic, calibrate
-from decomp.latency.profile import annotate_op_times
 from decomp.latency.table import OpTable, default_table_path, device_key, profile_ops
 from decomp.partition import PartitionPlan, StageCost, crossings, optimal_pipeline, split_model
 from decomp.pruning import apply_plan, find_groups, plan_for_ratio
 from decomp.specs import load_model
+from decomp.timing import annotate_op_times
 
 __all__ = ["CalibrateRequest", "run_calibration"]
 

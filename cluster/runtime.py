@@ -430,7 +430,7 @@ def stage_seconds(
 ) -> list[float]:
     """Seconds per call each part of `split` takes when the parts run side by side as a pipeline of Ray
     actors (`threads` torch threads each) on the split's example inputs, streamed for at least `batches`
-    calls and `min_seconds` after `warmup` ones: what `decomp.latency.tune_pipeline` balances."""
+    calls and `min_seconds` after `warmup` ones: what `decomp.partition.tune_pipeline` balances."""
     with RayRunner(split.layout, loaders_for(split.modules), threads=threads) as runner:
         report, _ = measure(runner, split.example_inputs, batches, warmup=warmup, min_seconds=min_seconds)
     return [busy / report.batches for busy in report.busy_s]

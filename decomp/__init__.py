@@ -1,4 +1,4 @@
-"""decomp: model side of decomp. Tracing, the costed model graph, coarsening, model and data specs.
+"""decomp: model side of decomp. Tracing, the costed model graph, op timing, coarsening, model and data specs.
 
 Pruning lives in `decomp.pruning`."""
 
@@ -16,6 +16,7 @@ from decomp.errors import (
 )
 from decomp.graph import ModelGraph, Totals
 from decomp.specs import LoadedModel, ModelSpec, load_model, parse_spec
+from decomp.timing import annotate_op_times, op_times
 from decomp.tracing import trace
 
 __all__ = [
@@ -33,11 +34,13 @@ __all__ = [
     "Totals",
     "TracingError",
     "WeightsError",
+    "annotate_op_times",
     "build_graph",
     "graph_from_module",
     "graph_of_spec",
     "load_data",
     "load_model",
+    "op_times",
     "parse_data_spec",
     "parse_spec",
     "trace",

@@ -8,7 +8,6 @@ from decomp.latency.candidate import CandidateCost, CostModel
 from decomp.latency.cluster import PRESETS, ClusterSpec, Device, DeviceKind, Link, NodeSpec, load_cluster
 from decomp.latency.pipeline import PipelineTimes, pipeline_times
 from decomp.latency.predict import Calibration, LatencyModel, Prediction, calibrate
-from decomp.latency.profile import PipelineTrial, annotate_op_times, op_times, rescale_op_times, tune_pipeline
 from decomp.latency.table import OpTable, default_table_path, device_key, op_signature, profile_ops
 
 __all__ = [
@@ -24,9 +23,7 @@ __all__ = [
     "NodeSpec",
     "OpTable",
     "PipelineTimes",
-    "PipelineTrial",
     "Prediction",
-    "annotate_op_times",
     "calibrate",
     "default_calibration_path",
     "fit_runtime",
@@ -36,9 +33,6 @@ __all__ = [
     "device_key",
     "load_cluster",
     "op_signature",
-    "op_times",
     "pipeline_times",
     "profile_ops",
-    "rescale_op_times",
-    "tune_pipeline",
 ]

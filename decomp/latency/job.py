@@ -15,9 +15,9 @@ from torch import nn
 from decomp.errors import SpecError
 from decomp.latency.cluster import LOCAL, ClusterSpec, DeviceKind, NodeSpec
 from decomp.latency.predict import LatencyModel
-from decomp.latency.profile import device_sync
 from decomp.latency.table import OpTable, default_table_path, device_key, profile_ops
 from decomp.specs import load_model
+from decomp.timing import device_sync
 
 __all__ = ["ProfileRequest", "measure_latency", "run_profile", "this_device"]
 

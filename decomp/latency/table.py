@@ -35,7 +35,7 @@ from torch.utils import benchmark
 from decomp.build import graph_from_module
 from decomp.errors import GraphError
 from decomp.graph import ModelGraph
-from decomp.latency.profile import node_times
+from decomp.timing import node_times
 from decomp.tracing import trace
 
 __all__ = ["FORMAT", "METHODS", "OpTable", "default_table_path", "device_key", "op_signature", "profile_ops"]

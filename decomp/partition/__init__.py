@@ -1,6 +1,6 @@
 """decomp.partition: partition plans (which part of the graph runs where), their metrics and baseline
-splits, splitting a model into sub-modules, export and load of partitioned models, and the in-process
-runner that composes the parts."""
+splits, pipeline splits tuned by running them, splitting a model into sub-modules, export and load of
+partitioned models, and the in-process runner that composes the parts."""
 
 from decomp.partition.baselines import METHODS, StageCost, graph_partition, optimal_pipeline, pipeline_stage_times
 from decomp.partition.export import FORMAT as EXPORT_FORMAT
@@ -18,6 +18,7 @@ from decomp.partition.metrics import PartitionMetrics, PartMetrics, batch_size, 
 from decomp.partition.parts import PartsLayout, PartSpec, run_local
 from decomp.partition.plan import MODES, PartitionPlan, crossings, expand, quotient, repair, tensor_flows
 from decomp.partition.split import SplitModel, flat_outputs, split_model
+from decomp.partition.tune import PipelineTrial, halfway_split, rescale_op_times, tune_pipeline
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -30,6 +31,7 @@ __all__ = [
     "PartitionMetrics",
     "PartitionPlan",
     "PartsLayout",
+    "PipelineTrial",
     "SplitModel",
     "StageCost",
     "batch_size",
@@ -38,6 +40,7 @@ __all__ = [
     "export_split",
     "flat_outputs",
     "graph_partition",
+    "halfway_split",
     "load_export",
     "load_part",
     "manifest_layout",
@@ -47,8 +50,10 @@ __all__ = [
     "quotient",
     "read_manifest",
     "repair",
+    "rescale_op_times",
     "run_local",
     "split_model",
     "tensor_flows",
+    "tune_pipeline",
     "verify_export",
 ]

@@ -28,7 +28,7 @@ METHODS = ("auto", "metis", "kl")
 class StageCost:
     """Seconds a stage takes: its compute, plus the bytes it receives at `bytes_per_s`, plus `overhead_s`.
     Compute is the stage's MACs at `macs_per_s`, or with `measured=True` the sum of its ops' measured
-    `seconds` (node attribute set by `decomp.latency.annotate_op_times`): MACs do not take the same
+    `seconds` (node attribute set by `decomp.timing.annotate_op_times`): MACs do not take the same
     time everywhere in a network (early convolutions on large feature maps run slower per MAC), so a
     split balanced by measured times is balanced in wall time. The defaults are a rough accelerator
     (1e12 MAC/s) behind a 10 GB/s link."""

@@ -4,7 +4,7 @@ export the parts and verify the export against the unpartitioned model.
 
 A pipeline split balances, by `balance`: MACs (`macs`); op times profiled on this machine with
 `threads` torch threads (`time`); or those op times tuned by running candidate splits side by side
-(`run`, `decomp.latency.tune_pipeline`), which needs a runtime: the caller passes `run_stages`, a
+(`run`, `decomp.partition.tune_pipeline`), which needs a runtime: the caller passes `run_stages`, a
 function that runs a `SplitModel` as a pipeline and returns each part's seconds per call (the CLI's
 runs it on Ray actors)."""
 
@@ -22,7 +22,9 @@ from decomp.partition.export import export_split, verify_export
 from decomp.partition.metrics import partition_metrics
 from decomp.partition.plan import MODES, PartitionPlan
 from decomp.partition.split import SplitModel, split_model
+from decomp.partition.tune import tune_pipeline
 from decomp.specs import load_model
+from decomp.timing import annotate_op_times, op_times
 
 __all__ = ["BALANCES", "SplitRequest", "run_split"]
 
@@ -130,8 +132,6 @@ def run_split(
     if request.balance == "macs":
         plan = _plan(request, graph)
     else:
-        from decomp.latency.profile import annotate_op_times, op_times, tune_pipeline
-
         annotate_op_times(graph, op_times(module, inputs, tracer=loaded.tracer, threads=request.threads))
         cost = StageCost(bytes_per_s=1e9, measured=True)  # ~1 GB/s between processes on one machine
         plan = optimal_pipeline(graph, request.parts, cost)

@@ -19,9 +19,10 @@ import torch
 import torchvision
 
 from decomp import build_graph
-from decomp.latency import CostModel, LatencyModel, annotate_op_times, op_times
+from decomp.latency import CostModel, LatencyModel
 from decomp.latency.cluster import load_cluster
 from decomp.pruning import annotate_graph, channel_importance, find_groups
+from decomp.timing import annotate_op_times, op_times
 from search.base import make_searcher, searcher_names
 from search.joint import JointConfig, JointSpace
 from search.objectives import CostEvaluator, objectives_for

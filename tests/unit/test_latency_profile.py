@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from decomp import GraphError, InvalidPlanError, build_graph
-from decomp.latency import annotate_op_times, op_times, rescale_op_times, tune_pipeline
-from decomp.latency.profile import _Timed, device_sync, halfway_split
 from decomp.partition import PartitionPlan, StageCost, optimal_pipeline, pipeline_stage_times
+from decomp.partition.tune import halfway_split, rescale_op_times, tune_pipeline
+from decomp.timing import _Timed, annotate_op_times, device_sync, op_times
 from decomp.tracing import trace
 
 
