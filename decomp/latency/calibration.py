@@ -10,8 +10,6 @@ fitted on (for review).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from decomp.errors import GraphError
+from decomp.files import write_atomically
 from decomp.latency.predict import Calibration
 from decomp.latency.table import default_table_path
 
@@ -40,8 +39,6 @@ def save_calibration(
 ) -> Path:
     """Write the calibration atomically (a temporary file renamed into place)."""
     _check_runtime(runtime)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {
         "format": FORMAT,
         "device": key,
@@ -49,15 +46,7 @@ def save_calibration(
         "calibration": calibration.to_json(),
         "runs": list(runs),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, json.dumps(data, indent=1))
 
 
 def load_calibration(path: str | Path, key: str | None = None, runtime: str | None = None) -> Calibration:

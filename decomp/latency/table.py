@@ -22,7 +22,6 @@ import functools
 import json
 import os
 import platform
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from torch.utils import benchmark
 
 from decomp.build import graph_from_module
 from decomp.errors import GraphError
+from decomp.files import write_atomically
 from decomp.graph import ModelGraph
 from decomp.timing import node_times
 from decomp.tracing import trace
@@ -153,17 +153,7 @@ class OpTable:
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (a temporary file renamed into place)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_json(), f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_atomically(path, json.dumps(self.to_json()))
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> OpTable:

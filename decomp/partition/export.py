@@ -28,11 +28,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
-import os
 import re
-import shutil
-import tempfile
-import uuid
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -45,6 +41,7 @@ from torch import fx, nn
 from torch.export import Dim
 
 from decomp.errors import ExportError, InputShapeError
+from decomp.files import staged_folder
 from decomp.partition.parts import PartsLayout, PartSpec, as_tuple, run_local
 from decomp.partition.split import SplitModel, flat_outputs
 
@@ -92,9 +89,7 @@ def export_split(
     with torch.no_grad():
         env = split.tensors(*split.example_inputs)
         probe = _batch_probe(split)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as staging:
         parts = [
             _write_part(staging, part, module, env, probe)
             for part, module in zip(split.layout.parts, split.modules, strict=True)
@@ -103,10 +98,6 @@ def export_split(
         manifest = _manifest(split, env, parts, source, pruning_plan, expected_costs, onnx_note, probe)
         manifest["files"] = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        _move_into_place(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 
@@ -304,23 +295,6 @@ def _manifest(split: SplitModel, env, parts: list[_WrittenPart], source, pruning
         "onnx": onnx_note,
         "weights": "inside each .pt2 as raw tensor bytes; no file in this folder is unpickled on load",
     }
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    if not out.exists():
-        os.replace(staging, out)
-        return
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
-        os.replace(staging, out)
-        return
-    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-    os.replace(out, old)
-    os.replace(staging, out)
-    if old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink()
 
 
 def _sha256(path: Path) -> str:

@@ -9,9 +9,6 @@ channel indices), load the weights.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ from torch import nn
 from decomp.build import build_graph
 from decomp.data import DataSplits, load_data
 from decomp.errors import DecompError, InvalidPlanError
+from decomp.files import staged_folder
 from decomp.pruning.apply import apply_plan, copy_model, make_permanent, mask_in_place
 from decomp.pruning.groups import find_groups
 from decomp.pruning.han import han_prune, remove_dead_neurons
@@ -128,21 +126,6 @@ def _prune(
     return make_permanent(model), plan
 
 
-def _write_atomically(out: Path, files: dict[str, Any]) -> None:
-    out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        for name, write in files.items():
-            write(staging / name)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
 def run_prune(request: PruneRequest, out: str | Path) -> dict[str, Any]:
     """Run the job, write `weights.safetensors`, `plan.json` and `summary.json` to `out`; return the summary."""
     data = load_data(request.data) if request.data else None
@@ -158,14 +141,10 @@ def run_prune(request: PruneRequest, out: str | Path) -> dict[str, Any]:
         "after": after,
         "files": ["weights.safetensors", "plan.json"],
     }
-    _write_atomically(
-        Path(out),
-        {
-            "weights.safetensors": lambda p: save_model(module, str(p)),
-            "plan.json": lambda p: p.write_text(plan.dumps()),
-            "summary.json": lambda p: p.write_text(json.dumps(summary, indent=1)),
-        },
-    )
+    with staged_folder(out) as staging:
+        save_model(module, str(staging / "weights.safetensors"))
+        (staging / "plan.json").write_text(plan.dumps())
+        (staging / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
