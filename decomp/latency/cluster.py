@@ -29,7 +29,17 @@ import yaml
 
 from decomp.errors import SpecError
 
-__all__ = ["PRESETS", "ClusterSpec", "Device", "DeviceKind", "Link", "NodeSpec", "load_cluster", "parse_quantity"]
+__all__ = [
+    "PRESETS",
+    "ClusterSpec",
+    "Device",
+    "DeviceKind",
+    "Link",
+    "NodeSpec",
+    "load_cluster",
+    "parse_any_quantity",
+    "parse_quantity",
+]
 
 DEVICE_TYPES = ("cpu", "gpu")
 
@@ -83,6 +93,23 @@ def parse_quantity(value: Any, dimension: str, where: str) -> float:
     if not number > 0:
         raise SpecError(f"{where}: must be > 0, got {value!r}")
     return number
+
+
+def parse_any_quantity(value: Any, where: str) -> float:
+    """A number, or a string with a unit of any dimension ('2 GiB', '5 ms', '25 Gb/s', '1e9'), in base units
+    (bytes, bytes/s, FLOP/s, seconds); for bounds on quantities of several kinds, so any sign is kept."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    match = _QUANTITY.match(value) if isinstance(value, str) else None
+    if match and match.group(2) in _UNITS:
+        return float(match.group(1)) * _UNITS[match.group(2)][1]
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        units = ", ".join(_UNITS)
+        raise SpecError(
+            f"{where}: cannot read {value!r} as a number or a quantity such as '2 GiB' or '5 ms' (units: {units})"
+        ) from None
 
 
 def _check_keys(data: Any, valid: tuple[str, ...], required: tuple[str, ...], where: str) -> Mapping[str, Any]:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from decomp.errors import InvalidPlanError
-from decomp.pruning.groups import GroupIndex, _side
+from decomp.pruning.groups import GroupIndex, pruned_side
 from decomp.pruning.layers import weight_dims
 from decomp.pruning.plan import GroupChoice, PruningPlan
 from decomp.pruning.train import Callback
@@ -79,7 +79,7 @@ class ChannelGates(Callback):
                 raise InvalidPlanError(f"group {gid} cannot be gated (heads or grouped-convolution slices)")
             self.gates[gid.replace(".", "/")] = nn.Parameter(torch.ones(index[gid].channels))
             for item in index.tp_group(gid):
-                if _side(item.dep.handler) == "in" and isinstance(item.dep.target.module, nn.Module):
+                if pruned_side(item.dep.handler) == "in" and isinstance(item.dep.target.module, nn.Module):
                     self._gate_reader(gid, item.dep.target.module, [int(getattr(i, "idx", i)) for i in item.idxs])
         self.history: list[tuple[int, GateStage]] = []
 

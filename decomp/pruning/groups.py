@@ -21,7 +21,7 @@ from decomp.graph import ModelGraph
 from decomp.pruning.heads import head_layout
 from decomp.pruning.layers import custom_pruners, custom_root_types
 
-__all__ = ["CouplingGroup", "GroupIndex", "annotate_graph", "find_groups", "ROOT_TYPES"]
+__all__ = ["CouplingGroup", "GroupIndex", "ROOT_TYPES", "annotate_graph", "find_groups", "pruned_side"]
 
 ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -78,7 +78,8 @@ class GroupIndex:
         return self.dg.get_pruning_group(root, self.dg.get_pruner_of_module(root).prune_out_channels, idxs)
 
 
-def _side(handler) -> str:
+def pruned_side(handler) -> str:
+    """Which side of a layer a Torch-Pruning pruning function removes channels from: 'in' or 'out'."""
     return "in" if handler.__name__.endswith("in_channels") else "out"
 
 
@@ -123,7 +124,7 @@ def find_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], keep
     for group in dg.get_all_groups(root_module_types=list(roots)):
         layers: list[tuple[str, str]] = []
         for item in group:
-            target, side = item.dep.target.module, _side(item.dep.handler)
+            target, side = item.dep.target.module, pruned_side(item.dep.handler)
             if side == "out" and id(target) in outputs:
                 break  # these channels are the model's output channels
             if id(target) in names and (names[id(target)], side) not in layers:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from decomp.pruning.apply import PrunedModel, apply_plan, copy_model, make_permanent, mask_in_place
-from decomp.pruning.groups import _side, find_groups
+from decomp.pruning.groups import find_groups, pruned_side
 from decomp.pruning.layers import weight_dims
 from decomp.pruning.plan import GroupChoice, PruningPlan
 from decomp.pruning.train import TrainConfig, evaluate, train
@@ -151,7 +151,7 @@ def remove_dead_neurons(model: nn.Module, example_inputs: tuple[torch.Tensor, ..
         alive = []
         for c in range(group.channels):
             items = [
-                (item.dep.target.module, _side(item.dep.handler), [int(getattr(i, "idx", i)) for i in item.idxs])
+                (item.dep.target.module, pruned_side(item.dep.handler), [int(getattr(i, "idx", i)) for i in item.idxs])
                 for item in index.tp_group(group.id, [c])
             ]
             if not (_is_dead(items, "in") or _is_dead(items, "out")):

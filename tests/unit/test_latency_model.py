@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from decomp import GraphError, SpecError, build_graph
-from decomp.latency.cluster import PRESETS, ClusterSpec, load_cluster, parse_quantity
+from decomp.latency.cluster import PRESETS, ClusterSpec, load_cluster, parse_any_quantity, parse_quantity
 from decomp.latency.predict import Calibration, LatencyModel, calibrate
 from decomp.latency.table import OpTable, device_key, op_signature, profile_ops
 from decomp.partition import PartitionPlan, crossings, partition_metrics
@@ -31,6 +31,16 @@ def test_quantities_and_links():
     assert parse_quantity(5e-6, "seconds", "x") == 5e-6
     with pytest.raises(SpecError, match="unit 'GiB' is not a unit of bytes/s; use one of B/s"):
         parse_quantity("3 GiB", "bytes/s", "links.bandwidth")
+    assert [parse_any_quantity(v, "x") for v in ("2 GiB", "5 ms", "25 Gb/s", "1e9", -1, "0")] == [
+        2 * 2**30,
+        5e-3,
+        25e9 / 8,
+        1e9,
+        -1.0,
+        0.0,
+    ]
+    with pytest.raises(SpecError, match="constraints.memory: cannot read '5 parsecs' as a number or a quantity"):
+        parse_any_quantity("5 parsecs", "constraints.memory")
     cluster = ClusterSpec.from_dict(TWO_HOSTS)
     assert [d.id for d in cluster.devices] == ["a/cpu:0", "a/cpu:1", "b/cpu:0"]
     assert cluster.link(0, 1).time(1e9) == pytest.approx(1.001)
