@@ -1,4 +1,4 @@
-"""The ask/tell interface every searcher implements, and the registry of searchers by name.
+"""The ask/tell interface every searcher implements.
 
 A searcher proposes `Candidate`s with `ask(n)` and learns from `tell(candidate, evaluation)`; told
 results may arrive in any order and from candidates asked long before (a driver keeps several in
@@ -6,14 +6,15 @@ flight). `state_dict()` returns JSON-serialisable state and `load_state_dict()` 
 a searcher restored from its state asks the same candidates as the one that saved it. The same seed
 and the same told results give the same candidates.
 
-Subclasses implement `_propose(n)` (genomes, repaired or not) and `_learn(candidate, evaluation)`, and
-extend `_state()` / `_load(state)` with what they keep beyond the base bookkeeping (told history, id
-counter, numpy generator state).
+Subclasses declare their settings as a `search.settings.Settings` dataclass (`settings_class`), build
+what those ask for in `_build()` (called at the end of `__init__`), implement `_propose(n)` (genomes,
+repaired or not) and `_learn(candidate, evaluation, told)`, and extend `_state()` / `_load(state)` with
+what they keep beyond the base bookkeeping (told history, id counter, numpy generator state). Searchers
+are found by name through `search.registry`.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -22,58 +23,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from decomp.errors import SearchError
-from search.records import Candidate, Constraint, Evaluation, Objective
+from search.records import Candidate, Constraint, Evaluation, Objective, json_float
+from search.settings import Settings
 from search.space import Genome, Space
 
-__all__ = ["SEARCHERS", "Searcher", "Told", "make_searcher", "register", "searcher_names"]
-
-SEARCHERS: dict[str, type[Searcher]] = {}
-
-
-def register(cls: type[Searcher]) -> type[Searcher]:
-    """Class decorator: make a searcher available by its `name` to `make_searcher`."""
-    SEARCHERS[cls.name] = cls
-    return cls
-
-
-def make_searcher(
-    name: str,
-    space: Space,
-    objectives: Sequence[Objective],
-    constraints: Sequence[Constraint] = (),
-    seed: int = 0,
-    **settings: Any,
-) -> Searcher:
-    """The searcher called `name`; an unknown name is an error that lists the valid ones."""
-    _load_builtin()
-    if name not in SEARCHERS:
-        raise SearchError(f"unknown searcher {name!r}; valid searchers: {', '.join(sorted(SEARCHERS))}")
-    cls = SEARCHERS[name]
-    accepted = [
-        p.name
-        for p in inspect.signature(cls.__init__).parameters.values()
-        if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in _BASE_ARGS)
-    ]
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
-    unknown = sorted(set(settings) - set(accepted))
-    if unknown and not takes_any:
-        raise SearchError(
-            f"unknown setting(s) {', '.join(unknown)} for searcher {name!r}; valid: {', '.join(accepted) or 'none'}"
-        )
-    return cls(space, objectives, constraints, seed=seed, **settings)
-
-
-_BASE_ARGS = ("self", "space", "objectives", "constraints", "seed")
-
-
-def searcher_names() -> list[str]:
-    """Every registered searcher's name, built-in ones included."""
-    _load_builtin()
-    return sorted(SEARCHERS)
-
-
-def _load_builtin() -> None:
-    import search.searchers  # noqa: F401  (registers the built-in searchers)
+__all__ = ["Searcher", "Told"]
 
 
 class Told:
@@ -90,8 +44,8 @@ class Told:
         return self.values is not None and self.violation == 0.0
 
     def to_json(self) -> list:
-        violation = self.violation if math.isfinite(self.violation) else str(self.violation)  # strict JSON: no inf
-        return [self.id, list(self.genome), None if self.values is None else list(self.values), violation]
+        values = None if self.values is None else list(self.values)
+        return [self.id, list(self.genome), values, json_float(self.violation)]
 
     @classmethod
     def from_json(cls, data: list) -> Told:
@@ -102,6 +56,7 @@ class Searcher(ABC):
     """Base class: id counter, seeded generator, told history, objective signs and violations."""
 
     name: ClassVar[str] = ""
+    settings_class: ClassVar[type[Settings]] = Settings
 
     def __init__(
         self,
@@ -109,6 +64,7 @@ class Searcher(ABC):
         objectives: Sequence[Objective],
         constraints: Sequence[Constraint] = (),
         seed: int = 0,
+        settings: Settings | None = None,
     ):
         if not objectives:
             raise SearchError("a search needs at least one objective")
@@ -124,6 +80,15 @@ class Searcher(ABC):
         self.history: list[Told] = []
         self._next_id = 0
         self._signs = np.array([o.sign for o in self.objectives])
+        if settings is None:
+            settings = self.settings_class()
+        if type(settings) is not self.settings_class:
+            raise SearchError(
+                f"searcher {self.name!r} takes {self.settings_class.__name__}, got {type(settings).__name__}; "
+                "build it with search.registry.make_searcher(name, ..., **settings)"
+            )
+        self.settings = settings
+        self._build()
 
     # -- the interface -------------------------------------------------------------------------------
 
@@ -179,16 +144,7 @@ class Searcher(ABC):
         """The evaluation in minimisation form, with its total constraint violation."""
         if not evaluation.ok:
             return Told(candidate.id, candidate.genome, None, math.inf)
-        if len(evaluation.values) != len(self.objectives):
-            raise SearchError(
-                f"evaluation of candidate {candidate.id} has {len(evaluation.values)} values for "
-                f"{len(self.objectives)} objectives ({', '.join(o.name for o in self.objectives)})"
-            )
-        if len(evaluation.constraints) != len(self.constraints):
-            raise SearchError(
-                f"evaluation of candidate {candidate.id} has {len(evaluation.constraints)} constraint values for "
-                f"{len(self.constraints)} constraints"
-            )
+        evaluation.check_shape(self.objectives, self.constraints)
         values = tuple(float(v) for v in np.asarray(evaluation.values) * self._signs)
         violation = sum(c.violation(v) for c, v in zip(self.constraints, evaluation.constraints, strict=True))
         return Told(candidate.id, candidate.genome, values, float(violation))
@@ -204,6 +160,9 @@ class Searcher(ABC):
         return [t for t, keep in zip(feasible, mask, strict=True) if keep]
 
     # -- for subclasses ------------------------------------------------------------------------------
+
+    def _build(self) -> None:  # noqa: B027
+        """Set up what `self.settings` asks for (called once, at the end of `__init__`)."""
 
     @abstractmethod
     def _propose(self, n: int) -> list[Sequence[float]]:

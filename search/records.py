@@ -16,7 +16,7 @@ from decomp.errors import SearchError
 from decomp.partition.plan import PartitionPlan
 from decomp.pruning.plan import PruningPlan
 
-__all__ = ["DIRECTIONS", "STATES", "Candidate", "Constraint", "Evaluation", "Gene", "Objective"]
+__all__ = ["DIRECTIONS", "STATES", "Candidate", "Constraint", "Evaluation", "Gene", "Objective", "json_float"]
 
 DIRECTIONS = ("minimize", "maximize")
 STATES = ("complete", "failed")
@@ -197,12 +197,27 @@ class Evaluation:
     def failed(cls, candidate_id: int, message: str, wall_time: float = 0.0) -> Evaluation:
         return cls(candidate_id, state="failed", message=message, wall_time=wall_time)
 
+    def check_shape(self, objectives: Sequence[Objective], constraints: Sequence[Constraint]) -> None:
+        """An error unless a complete evaluation has one value per objective and one per constraint."""
+        if not self.ok:
+            return
+        if len(self.values) != len(objectives):
+            raise SearchError(
+                f"evaluation of candidate {self.candidate_id} has {len(self.values)} values for "
+                f"{len(objectives)} objectives ({', '.join(o.name for o in objectives)})"
+            )
+        if len(self.constraints) != len(constraints):
+            raise SearchError(
+                f"evaluation of candidate {self.candidate_id} has {len(self.constraints)} constraint values for "
+                f"{len(constraints)} constraints"
+            )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "candidate_id": self.candidate_id,
-            "values": [_json_float(v) for v in self.values],
-            "constraints": [_json_float(v) for v in self.constraints],
-            "metrics": {k: _json_float(v) for k, v in self.metrics.items()},
+            "values": [json_float(v) for v in self.values],
+            "constraints": [json_float(v) for v in self.constraints],
+            "metrics": {k: json_float(v) for k, v in self.metrics.items()},
             "state": self.state,
             "message": self.message,
             "wall_time": self.wall_time,
@@ -221,6 +236,8 @@ class Evaluation:
         )
 
 
-def _json_float(v: float) -> float | str:
-    """JSON has no NaN/inf: keep them as strings that float() reads back."""
-    return v if math.isfinite(v) else str(v)
+def json_float(value: float) -> float | str:
+    """`value` as a float for strict JSON, which has no NaN or infinity: those become the strings 'nan',
+    'inf' and '-inf', which float() reads back."""
+    value = float(value)
+    return value if math.isfinite(value) else str(value)

@@ -1,6 +1,7 @@
 """Search spaces: the genes a searcher varies, and how a genome becomes plans.
 
-`Space` is the interface every searcher works against: a tuple of `Gene`s, `sample` (uniform), `repair`
+`Space` is the interface every searcher works against: a tuple of `Gene`s (of which the `free` ones are
+searched: `fill` and `free_values` map between their values and whole genomes), `sample` (uniform), `repair`
 (bring any vector into the space: clip, round integer genes, and whatever a subclass must fix, such as
 unordered pipeline cuts) and `decode` (genome -> pruning and partition plans). `BoxSpace` is the plain
 box of floats used by the test problems (ZDT, DTLZ); the joint pruning x partition space builds on the
@@ -37,6 +38,8 @@ class Space:
                 "the search space has nothing to search: every gene is fixed (give some groups a ratio range, "
                 "or allow more than one part)"
             )
+        self.free: tuple[int, ...] = tuple(i for i, g in enumerate(self.genes) if not g.fixed)
+        """Indices of the genes a searcher varies (the fixed ones have one value only)."""
 
     def __len__(self) -> int:
         return len(self.genes)
@@ -52,6 +55,24 @@ class Space:
     @property
     def highs(self) -> np.ndarray:
         return np.array([g.high for g in self.genes], dtype=np.float64)
+
+    @property
+    def free_genes(self) -> tuple[Gene, ...]:
+        return tuple(self.genes[i] for i in self.free)
+
+    def fill(self, free_values: Sequence[float]) -> list[float | int]:
+        """The whole genome from values of the free genes (in `free` order), fixed genes at their one value.
+        Not repaired: `Searcher.candidate` repairs what a searcher proposes."""
+        if len(free_values) != len(self.free):
+            raise SearchError(f"got {len(free_values)} values for the space's {len(self.free)} free genes")
+        genome: list[float | int] = [int(g.low) if g.integer else float(g.low) for g in self.genes]
+        for i, value in zip(self.free, free_values, strict=True):
+            genome[i] = value
+        return genome
+
+    def free_values(self, genome: Sequence[float]) -> list[float | int]:
+        """The free genes' values of `genome` (inverse of `fill`), ints for integer genes, floats otherwise."""
+        return [int(genome[i]) if self.genes[i].integer else float(genome[i]) for i in self.free]
 
     def sample(self, rng: np.random.Generator) -> Genome:
         """A uniform draw (integer genes uniform over their values), repaired."""

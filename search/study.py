@@ -36,7 +36,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from decomp.errors import SearchError
 from decomp.partition.plan import PartitionPlan
 from decomp.pruning.plan import PruningPlan
-from search.records import Candidate, Constraint, Evaluation, Gene, Objective
+from search.records import Candidate, Constraint, Evaluation, Gene, Objective, json_float
 from search.space import Space
 
 __all__ = [
@@ -133,23 +133,13 @@ def record_trial(
         raise SearchError(
             f"constraints given more than once: {', '.join(sorted({k for k in keys if keys.count(k) > 1}))}"
         )
-    if evaluation.ok:
-        if len(evaluation.values) != len(objectives):
-            raise SearchError(
-                f"evaluation of candidate {candidate.id} has {len(evaluation.values)} values for {len(objectives)} "
-                f"objectives ({', '.join(o.name for o in objectives)})"
-            )
-        if len(evaluation.constraints) != len(constraints):
-            raise SearchError(
-                f"evaluation of candidate {candidate.id} has {len(evaluation.constraints)} constraint values for "
-                f"{len(constraints)} constraints"
-            )
+    evaluation.check_shape(objectives, constraints)
 
     user_attrs: dict[str, Any] = {
         "candidate_id": candidate.id,
         "searcher": candidate.searcher,
         "genome": list(candidate.genome),
-        "constraint_values": [_json_float(v) for v in evaluation.constraints],
+        "constraint_values": [json_float(v) for v in evaluation.constraints],
         "wall_time": evaluation.wall_time,
     }
     if candidate.pruning is not None:
@@ -157,13 +147,13 @@ def record_trial(
     if candidate.partition is not None:
         user_attrs["partition"] = candidate.partition.to_json()
     for name, value in evaluation.metrics.items():
-        user_attrs[METRIC_PREFIX + name] = _json_float(value)
+        user_attrs[METRIC_PREFIX + name] = json_float(value)
     system_attrs: dict[str, Any] = {}
     complete = evaluation.ok and all(math.isfinite(v) for v in evaluation.values)
     if not complete:
         message = evaluation.message or "the evaluation's values are not finite"
         user_attrs["message"] = message
-        user_attrs["values"] = [_json_float(v) for v in evaluation.values]
+        user_attrs["values"] = [json_float(v) for v in evaluation.values]
         system_attrs["fail_reason"] = message
 
     params, distributions = {}, {}
@@ -224,9 +214,3 @@ def trials_to_records(study: optuna.Study) -> list[tuple[Candidate, Evaluation]]
             )
         records.append((candidate, evaluation))
     return records
-
-
-def _json_float(value: float) -> float | str:
-    """JSON has no NaN or infinity: keep them as strings that float() reads back."""
-    value = float(value)
-    return value if math.isfinite(value) else str(value)

@@ -15,14 +15,7 @@ a random genome (`space.sample`), with a smaller step after each restart of a fl
 Every point of every trajectory is a told result, so the searcher's front is the front of all visited
 points: NetAdapt's family of models from large to small, plus the local optima of the partition.
 
-Settings: `resource` (objective name to lower; default the first objective), `step` (move size for
-spaces whose moves take one: share of a gene's span, default 0.1), `tiebreak` (a metric the evaluations
-report, e.g. `stage_rms_s` from `decomp.latency.CostModel`: a move that changes no objective is
-taken when it lowers this metric. Min-max objectives such as a pipeline's bottleneck stage have
-plateaus: shifting a cut between two stages that are not the bottleneck changes nothing until they are
-even enough to let the bottleneck's own cut move; the root mean square of the stage times leads there),
-`moves_per_step` (evaluate a random subset of this many moves per step instead of all of them: more,
-cheaper steps, so a trajectory gets further on a small budget; default all).
+Settings: `GreedySettings` (the resource objective, the step size, a tie-break metric, moves per step).
 
 Asynchronous use: the moves of one step are asked together; asking more than are waiting gives random
 genomes (exploration), which are told like any other result and can seed a better start.
@@ -30,44 +23,68 @@ genomes (exploration), which are told like any other result and can seed a bette
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from decomp.errors import SearchError
-from search.base import Searcher, Told, register
+from search.base import Searcher, Told
 from search.records import Candidate, Evaluation
+from search.registry import register
+from search.settings import Settings, check_number
 
-__all__ = ["GreedySearcher"]
+__all__ = ["GreedySearcher", "GreedySettings"]
+
+
+@dataclass(frozen=True)
+class GreedySettings(Settings):
+    """The greedy searcher's settings."""
+
+    resource: str | None = None
+    """The objective to lower, by name; None for the first objective."""
+    step: float = 0.1
+    """Move size, as a share of a gene's span, for spaces whose moves take one."""
+    tiebreak: str | None = None
+    """A metric the evaluations report, e.g. `stage_rms_s` from `decomp.latency.CostModel`: a move that
+    changes no objective is taken when it lowers this metric. Min-max objectives such as a pipeline's
+    bottleneck stage have plateaus: shifting a cut between two stages that are not the bottleneck changes
+    nothing until they are even enough to let the bottleneck's own cut move; the root mean square of the
+    stage times leads there."""
+    moves_per_step: int | None = None
+    """Evaluate a random subset of this many moves per step instead of all of them (None): more, cheaper
+    steps, so a trajectory gets further on a small budget."""
+
+    def __post_init__(self) -> None:
+        for name in ("resource", "tiebreak"):
+            if not isinstance(getattr(self, name), (str, type(None))):
+                raise SearchError(f"greedy searcher: {name} must be a name or None, got {getattr(self, name)!r}")
+        self._set(
+            step=check_number("greedy", "step", self.step, "in (0, 1]", lambda v: 0 < v <= 1),
+            moves_per_step=check_number(
+                "greedy",
+                "moves_per_step",
+                self.moves_per_step,
+                "a whole number >= 1 (or None for all)",
+                lambda v: v >= 1,
+                integer=True,
+                optional=True,
+            ),
+        )
 
 
 @register
 class GreedySearcher(Searcher):
     name = "greedy"
+    settings_class = GreedySettings
+    settings: GreedySettings
 
-    def __init__(
-        self,
-        space,
-        objectives,
-        constraints=(),
-        seed: int = 0,
-        resource: str | None = None,
-        step: float = 0.1,
-        tiebreak: str | None = None,
-        moves_per_step: int | None = None,
-    ):
-        super().__init__(space, objectives, constraints, seed)
+    def _build(self) -> None:
         names = [o.name for o in self.objectives]
+        resource = self.settings.resource
         if resource is not None and resource not in names:
             raise SearchError(f"greedy: resource {resource!r} is not an objective; choose one of {', '.join(names)}")
-        if not 0.0 < step <= 1.0:
-            raise SearchError(f"greedy: step must be in (0, 1], got {step}")
         self.resource = names.index(resource) if resource is not None else 0
-        self.step = float(step)
-        self.tiebreak = tiebreak
-        if moves_per_step is not None and moves_per_step < 1:
-            raise SearchError(f"greedy: moves_per_step must be >= 1 (or None for all), got {moves_per_step}")
-        self.moves_per_step = moves_per_step
         self._tb: dict[tuple, float] = {}  # genome -> the tie-break metric, where told
         self._current: tuple | None = None  # genome of the trajectory's current point
         self._current_told: list | None = None  # [values, violation] once told
@@ -116,8 +133,9 @@ class GreedySearcher(Searcher):
     def _queue_moves(self) -> None:
         moves = self.space.moves(self._current, self._step_size())
         self._rest = []
-        if self.moves_per_step is not None and len(moves) > self.moves_per_step:
-            keep = set(self.rng.choice(len(moves), self.moves_per_step, replace=False).tolist())
+        most = self.settings.moves_per_step
+        if most is not None and len(moves) > most:
+            keep = set(self.rng.choice(len(moves), most, replace=False).tolist())
             self._rest = [m for i, m in enumerate(moves) if i not in keep]  # tried when none of these saves
             moves = [m for i, m in enumerate(moves) if i in keep]
         self._step_results = [[m, *self._seen[m]] for m in moves if m in self._seen]
@@ -127,15 +145,16 @@ class GreedySearcher(Searcher):
             self._choose()
 
     def _step_size(self) -> float:
-        return self.step / (1 + self._restarts) ** 0.5
+        return self.settings.step / (1 + self._restarts) ** 0.5
 
     # -- tell ---------------------------------------------------------------------------------------
 
     def _learn(self, candidate: Candidate, evaluation: Evaluation, told: Told) -> None:
         result = [told.values, told.violation]
         self._seen[candidate.genome] = result
-        if self.tiebreak is not None and told.values is not None and self.tiebreak in evaluation.metrics:
-            self._tb[candidate.genome] = float(evaluation.metrics[self.tiebreak])
+        tiebreak = self.settings.tiebreak
+        if tiebreak is not None and told.values is not None and tiebreak in evaluation.metrics:
+            self._tb[candidate.genome] = float(evaluation.metrics[tiebreak])
         if self._waiting.pop(candidate.id, None) is None:
             return  # exploration, or a candidate asked before a restore
         if candidate.genome == self._current and self._current_told is None:

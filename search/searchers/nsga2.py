@@ -27,17 +27,7 @@ compare by ordinary Pareto domination. Failed evaluations (no values, or values 
 never enter a parent population; they do count towards the generation, so a run of failures cannot stall
 the search. While fewer than 4 usable parents exist (everything failed) asks fall back to random genomes.
 
-Settings (keyword arguments of `make_searcher("nsga2", ...)`):
-
-==================  =======  ==========================================================================
-setting             default  meaning
-==================  =======  ==========================================================================
-``population``      100      parents per generation and results per generation; at least 4
-``crossover_prob``  0.9      probability that a mated pair goes through SBX (else they are only mutated)
-``eta_crossover``   15.0     SBX distribution index: larger keeps children closer to their parents
-``eta_mutation``    20.0     polynomial mutation index: larger makes smaller steps
-``mutation_prob``   None     per-gene mutation probability; None means 1 / (number of non-fixed genes)
-==================  =======  ==========================================================================
+Settings: `NSGA2Settings` (population, crossover and mutation probabilities, distribution indices).
 
 Budgets: a run costs `population` evaluations for the random start plus `population` per generation.
 NSGA-II needs many generations, so it suits cheap evaluations (a latency or MAC model) better than
@@ -58,7 +48,7 @@ threads drawing from the global `random` while a batch is being bred (a few mill
 
 DEAP's own `base.ConstrainedFitness` is not used: it counts a violation only for a fitness without
 values, does not order infeasible results by violation, and is unhashable (it defines `__eq__` without
-`__hash__`), which `sortNondominated` needs. `_DebFitness` below is the small subclass of
+`__hash__`), which `sortNondominated` needs. `DebFitness` below is the small subclass of
 `deap.base.Fitness` that does what Deb's rule asks.
 """
 
@@ -70,29 +60,75 @@ import random
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from deap import base, tools
 
 from decomp.errors import SearchError
-from search.base import Searcher, Told, register
-from search.records import Candidate, Constraint, Evaluation, Objective
-from search.space import Space
+from search.base import Searcher, Told
+from search.records import Candidate, Evaluation, json_float
+from search.registry import register
+from search.settings import Settings, check_number
 
-__all__ = ["NSGA2Searcher"]
+__all__ = ["DebFitness", "NSGA2Searcher", "NSGA2Settings", "fitness_class"]
 
-_SETTINGS = ("population", "crossover_prob", "eta_crossover", "eta_mutation", "mutation_prob")
 _GLOBAL_RANDOM_LOCK = threading.Lock()
 
 
-class _DebFitness(base.Fitness):
+@dataclass(frozen=True)
+class NSGA2Settings(Settings):
+    """The nsga2 searcher's settings."""
+
+    population: int = 100
+    """Parents per generation and results per generation; at least 4 (tournaments take parents in fours)."""
+    crossover_prob: float = 0.9
+    """Probability that a mated pair goes through SBX (else they are only mutated)."""
+    eta_crossover: float = 15.0
+    """SBX distribution index: larger keeps children closer to their parents."""
+    eta_mutation: float = 20.0
+    """Polynomial mutation index: larger makes smaller steps."""
+    mutation_prob: float | None = None
+    """Per-gene mutation probability; None means 1 / (number of non-fixed genes)."""
+
+    def __post_init__(self) -> None:
+        self._set(
+            population=check_number(
+                "nsga2",
+                "population",
+                self.population,
+                "an integer >= 4 (tournaments take parents in fours)",
+                lambda v: v >= 4,
+                integer=True,
+            ),
+            crossover_prob=check_number("nsga2", "crossover_prob", self.crossover_prob, "in [0, 1]", _probability),
+            **{
+                name: check_number("nsga2", name, getattr(self, name), "a finite number >= 0", lambda v: v >= 0)
+                for name in ("eta_crossover", "eta_mutation")
+            },
+            mutation_prob=check_number(
+                "nsga2",
+                "mutation_prob",
+                self.mutation_prob,
+                "in (0, 1] (or None for 1/genes)",
+                lambda v: 0 < v <= 1,
+                optional=True,
+            ),
+        )
+
+
+def _probability(v: float) -> bool:
+    return 0 <= v <= 1
+
+
+class DebFitness(base.Fitness):
     """A DEAP fitness with Deb's constrained domination. Subclasses fix `weights` (all -1: minimise)."""
 
     def __init__(self, values: Sequence[float] = (), violation: float = 0.0):
         super().__init__(values)
         self.violation = violation
 
-    def dominates(self, other: _DebFitness, obj: slice = slice(None)) -> bool:
+    def dominates(self, other: DebFitness, obj: slice = slice(None)) -> bool:
         if self.violation == 0.0 and other.violation == 0.0:
             return super().dominates(other, obj)
         return self.violation < other.violation
@@ -101,7 +137,7 @@ class _DebFitness(base.Fitness):
         return hash((self.wvalues, self.violation))
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, _DebFitness):
+        if not isinstance(other, DebFitness):
             return NotImplemented
         return self.wvalues == other.wvalues and self.violation == other.violation
 
@@ -111,16 +147,16 @@ class _DebFitness(base.Fitness):
 
 
 @functools.cache
-def _fitness_class(n_objectives: int) -> type[_DebFitness]:
+def fitness_class(n_objectives: int) -> type[DebFitness]:
     """The fitness class for `n_objectives` minimised objectives (DEAP keeps weights on the class)."""
-    return type(f"_DebFitness{n_objectives}", (_DebFitness,), {"weights": (-1.0,) * n_objectives})
+    return type(f"DebFitness{n_objectives}", (DebFitness,), {"weights": (-1.0,) * n_objectives})
 
 
 class _Individual(list):
     """The non-fixed genes as floats, with a DEAP fitness and the told result it stands for (both None for
     children not yet evaluated)."""
 
-    def __init__(self, genes: Sequence[float], fitness: _DebFitness | None = None, told: Told | None = None):
+    def __init__(self, genes: Sequence[float], fitness: DebFitness | None = None, told: Told | None = None):
         super().__init__(float(g) for g in genes)
         self.fitness = fitness
         self.told = told
@@ -143,55 +179,22 @@ class NSGA2Searcher(Searcher):
     """NSGA-II with constrained domination, bred with DEAP's operators; see the module docstring."""
 
     name = "nsga2"
+    settings_class = NSGA2Settings
+    settings: NSGA2Settings
 
-    def __init__(
-        self,
-        space: Space,
-        objectives: Sequence[Objective],
-        constraints: Sequence[Constraint] = (),
-        seed: int = 0,
-        population: int = 100,
-        crossover_prob: float = 0.9,
-        eta_crossover: float = 15.0,
-        eta_mutation: float = 20.0,
-        mutation_prob: float | None = None,
-        **unknown: Any,
-    ):
-        if unknown:
-            raise SearchError(
-                f"unknown nsga2 setting(s) {', '.join(sorted(unknown))}; valid settings: {', '.join(_SETTINGS)}"
-            )
-        super().__init__(space, objectives, constraints, seed=seed)
-        if isinstance(population, bool) or not isinstance(population, int) or population < 4:
-            raise SearchError(
-                f"nsga2: population must be an integer >= 4 (tournaments take parents in fours), got {population!r}"
-            )
-        if not 0.0 <= crossover_prob <= 1.0:
-            raise SearchError(f"nsga2: crossover_prob must be in [0, 1], got {crossover_prob}")
-        for label, eta in (("eta_crossover", eta_crossover), ("eta_mutation", eta_mutation)):
-            if not (math.isfinite(eta) and eta >= 0.0):
-                raise SearchError(f"nsga2: {label} must be a finite number >= 0, got {eta}")
-        self._free = [i for i, g in enumerate(space.genes) if not g.fixed]
-        if mutation_prob is None:
-            mutation_prob = 1.0 / len(self._free)
-        if not 0.0 < mutation_prob <= 1.0:
-            raise SearchError(f"nsga2: mutation_prob must be in (0, 1] (or None for 1/genes), got {mutation_prob}")
-        self.population = population
-        self.crossover_prob = float(crossover_prob)
-        self.eta_crossover = float(eta_crossover)
-        self.eta_mutation = float(eta_mutation)
-        self.mutation_prob = float(mutation_prob)
-
-        widen = [0.5 if space.genes[i].integer else 0.0 for i in self._free]
-        low = [space.genes[i].low - w for i, w in zip(self._free, widen, strict=True)]
-        up = [space.genes[i].high + w for i, w in zip(self._free, widen, strict=True)]
-        self._fitness = _fitness_class(len(self.objectives))
+    def _build(self) -> None:
+        settings, space = self.settings, self.space
+        self.mutation_prob = 1.0 / len(space.free) if settings.mutation_prob is None else settings.mutation_prob
+        widen = [0.5 if space.genes[i].integer else 0.0 for i in space.free]
+        low = [space.genes[i].low - w for i, w in zip(space.free, widen, strict=True)]
+        up = [space.genes[i].high + w for i, w in zip(space.free, widen, strict=True)]
+        self._fitness = fitness_class(len(self.objectives))
         self.toolbox = base.Toolbox()
         self.toolbox.register("select", tools.selNSGA2)
         self.toolbox.register("tournament", tools.selTournamentDCD)
-        self.toolbox.register("mate", tools.cxSimulatedBinaryBounded, eta=self.eta_crossover, low=low, up=up)
+        self.toolbox.register("mate", tools.cxSimulatedBinaryBounded, eta=settings.eta_crossover, low=low, up=up)
         self.toolbox.register(
-            "mutate", tools.mutPolynomialBounded, eta=self.eta_mutation, low=low, up=up, indpb=self.mutation_prob
+            "mutate", tools.mutPolynomialBounded, eta=settings.eta_mutation, low=low, up=up, indpb=self.mutation_prob
         )
 
         self._sampled = 0  # random genomes proposed for the initial population
@@ -216,14 +219,14 @@ class NSGA2Searcher(Searcher):
     def _propose(self, n: int) -> list[Sequence[float]]:
         genomes: list[Sequence[float]] = []
         while len(genomes) < n:
-            if self._sampled < self.population or len(self._parents) < 4:
-                if self._sampled < self.population:
+            if self._sampled < self.settings.population or len(self._parents) < 4:
+                if self._sampled < self.settings.population:
                     self._sampled += 1
                 genomes.append(self.space.sample(self.rng))
                 continue
             if not self._queue:
                 self._queue = self._breed()
-            genomes.append(self._genome(self._queue.pop(0)))
+            genomes.append(self.space.fill(self._queue.pop(0)))
         return genomes
 
     def _breed(self) -> list[list[float]]:
@@ -233,18 +236,11 @@ class NSGA2Searcher(Searcher):
             mates = self.toolbox.tournament(self._parents, k)
             children = [_Individual(m) for m in mates]
             for a, b in zip(children[::2], children[1::2], strict=True):
-                if random.random() < self.crossover_prob:
+                if random.random() < self.settings.crossover_prob:
                     self.toolbox.mate(a, b)
                 self.toolbox.mutate(a)
                 self.toolbox.mutate(b)
         return [list(c) for c in children]
-
-    def _genome(self, free_genes: Sequence[float]) -> list[float]:
-        """The full genome: fixed genes at their value, the others from `free_genes`."""
-        genome = [float(g.low) for g in self.space.genes]
-        for i, value in zip(self._free, free_genes, strict=True):
-            genome[i] = value
-        return genome
 
     # -- tell ----------------------------------------------------------------------------------------
 
@@ -252,9 +248,9 @@ class NSGA2Searcher(Searcher):
         self._told_since += 1
         if told.values is not None and all(math.isfinite(v) for v in told.values):
             self._offspring.append(self._individual(told))
-        if self._told_since >= self.population:
+        if self._told_since >= self.settings.population:
             pool = self._parents + self._offspring
-            self._parents = self.toolbox.select(pool, min(self.population, len(pool)))
+            self._parents = self.toolbox.select(pool, min(self.settings.population, len(pool)))
             self._offspring, self._told_since, self._queue = [], 0, []
             self._generation += 1
 
@@ -262,18 +258,18 @@ class NSGA2Searcher(Searcher):
 
     def _state(self) -> dict[str, Any]:
         return {
-            "settings": {name: getattr(self, name) for name in _SETTINGS},
+            "settings": self._settings_json(),
             "genes": len(self.space.genes),
             "sampled": self._sampled,
             "told_since": self._told_since,
             "generation": self._generation,
-            "parents": [[p.told.to_json(), _json_float(p.fitness.crowding_dist)] for p in self._parents],
+            "parents": [[p.told.to_json(), json_float(p.fitness.crowding_dist)] for p in self._parents],
             "offspring": [o.told.to_json() for o in self._offspring],
             "queue": [list(c) for c in self._queue],
         }
 
     def _load(self, state: dict[str, Any]) -> None:
-        settings = {name: getattr(self, name) for name in _SETTINGS}
+        settings = self._settings_json()
         if state.get("settings") != settings or state.get("genes") != len(self.space.genes):
             raise SearchError(
                 f"this nsga2 state was saved with settings {state.get('settings')} and {state.get('genes')} genes, "
@@ -292,9 +288,8 @@ class NSGA2Searcher(Searcher):
         fitness = self._fitness(told.values, told.violation)
         if crowding is not None:
             fitness.crowding_dist = crowding
-        return _Individual([told.genome[i] for i in self._free], fitness, told)
+        return _Individual(self.space.free_values(told.genome), fitness, told)
 
-
-def _json_float(v: float) -> float | str:
-    """JSON has no inf: keep it as a string that float() reads back."""
-    return v if math.isfinite(v) else str(v)
+    def _settings_json(self) -> dict[str, Any]:
+        """The settings as the state keeps them, with `mutation_prob` resolved for this space."""
+        return {**asdict(self.settings), "mutation_prob": self.mutation_prob}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from search.base import Searcher, register
+from search.base import Searcher
+from search.registry import register
 
 __all__ = ["RandomSearcher"]
 

@@ -41,27 +41,10 @@ results of candidates asked before a restore still train the policy; a candidate
 stays in that table. A result for a candidate this searcher did not ask (or told twice) joins the
 history and the normalisation but does not train the policy.
 
-Settings (keyword arguments of the constructor, or of `make_searcher("rl", ...)`):
-
-- `lr` (0.01): initial Adam learning rate (adapted as above).
-- `batch` (16): told results per policy update.
-- `epochs` (4): at most this many gradient steps per update on the same batch.
-- `clip` (0.2): PPO ratio clip. `kl_target` (0.05): per-gene KL divergence an update aims at.
-- `hidden` (32): width of the two tanh hidden layers. `embed` (8): size of the learned gene embedding.
-  With the defaults the network has about 1,500 parameters, plus 8 per gene and 33 per value of the
-  widest categorical gene; an ask or a tell costs about a millisecond.
-- `entropy` (0.02): entropy bonus per gene. Much more keeps float genes too loose to settle (0.1
-  failed on DTLZ2); less lets the policy collapse before it has learned the preference.
-- `init_std` (0.4): initial spread of float genes on [0, 1], in (0.01, 1).
-- `concentration` (1.0): Dirichlet concentration of the preferences (1 = uniform on the simplex;
-  smaller favours the front's extremes, larger its middle).
-- `rho` (0.05): weight of the augmentation term, which breaks ties toward Pareto-optimal points.
-- `max_choices` (32): integer genes with at most this many values get a categorical output.
-- `reward` ("chebyshev"): how a result is scored. "chebyshev" as above (the preference-conditioned
-  scalarisation); "hypervolume": its gain in hypervolume over the feasible front told before its batch
-  (minus its distance to that front when dominated), which rewards extending the front directly. On the
-  joint resnet18 benchmark (4 objectives, 300 evaluations) the Chebyshev reward ends below random search
-  and the hypervolume reward above it (BENCHMARKS.md).
+Settings: `RLSettings` (learning rate, batch, epochs, trust region, network size, exploration, reward).
+With the defaults the network has about 1,500 parameters, plus 8 per gene and 33 per value of the widest
+categorical gene; an ask or a tell costs about a millisecond. The policy network is `_rl_policy.Policy`,
+the scoring of told results `_rl_reward`.
 
 Budget: the policy needs tens of updates to move, so plan for at least 20 batches, a few hundred
 evaluations with the defaults. Measured, mean over seeds 0-4, one candidate in flight (hypervolume of
@@ -84,51 +67,90 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from decomp.errors import SearchError
-from search.base import Searcher, Told, register
-from search.records import Candidate, Constraint, Evaluation, Objective
-from search.space import Space
+from search.base import Searcher, Told
+from search.records import Candidate, Evaluation
+from search.registry import register
+from search.searchers._rl_policy import (
+    DTYPE,
+    MAX_STD,
+    MIN_STD,
+    Policy,
+    bounded_mean,
+    normal_log_prob,
+    tensor_from_json,
+    tensor_to_json,
+    to_unit,
+)
+from search.searchers._rl_reward import chebyshev_advantages, hypervolume_advantages, usable
+from search.searchers._shared import derived_seed
+from search.settings import Settings, check_choice, check_number
+
+__all__ = ["REWARDS", "RLSearcher", "RLSettings"]
 
 REWARDS = ("chebyshev", "hypervolume")
 
-__all__ = ["RLSearcher"]
-
-_DTYPE = torch.float64
-_REACH = 0.55  # float means live in [0.5 - _REACH, 0.5 + _REACH]: the bounds are reachable, never left far behind
-_MIN_STD, _MAX_STD = 0.01, 1.0
-
 _MASKED = -1e9  # logit of a value an integer gene does not have (finite, so no 0 * inf = nan)
-_INFEASIBLE_MARGIN = 0.1  # infeasible scores start this far above the worst feasible score
 
 
-class _Policy(nn.Module):
-    """Preference- and gene-conditioned MLP: (w, gene, previous value) -> Gaussian and categorical heads."""
+@dataclass(frozen=True)
+class RLSettings(Settings):
+    """The rl searcher's settings."""
 
-    def __init__(self, genes: int, objectives: int, hidden: int, embed: int, choices: int, gen: torch.Generator):
-        super().__init__()
-        d_in = objectives + embed + 1
+    lr: float = 0.01
+    """Initial Adam learning rate (adapted to each update's KL divergence, see the module docstring)."""
+    batch: int = 16
+    """Told results per policy update; at least 2."""
+    epochs: int = 4
+    """At most this many gradient steps per update on the same batch."""
+    clip: float = 0.2
+    """PPO ratio clip."""
+    kl_target: float = 0.05
+    """Per-gene KL divergence an update aims at."""
+    hidden: int = 32
+    """Width of the two tanh hidden layers."""
+    embed: int = 8
+    """Size of the learned gene embedding."""
+    entropy: float = 0.02
+    """Entropy bonus per gene. Much more keeps float genes too loose to settle (0.1 failed on DTLZ2); less
+    lets the policy collapse before it has learned the preference."""
+    init_std: float = 0.4
+    """Initial spread of float genes on [0, 1], in (0.01, 1)."""
+    concentration: float = 1.0
+    """Dirichlet concentration of the preferences (1 = uniform on the simplex; smaller favours the front's
+    extremes, larger its middle)."""
+    rho: float = 0.05
+    """Weight of the augmentation term, which breaks ties toward Pareto-optimal points."""
+    max_choices: int = 32
+    """Integer genes with at most this many values get a categorical output; at least 2."""
+    reward: str = "chebyshev"
+    """How a result is scored. "chebyshev": the preference-conditioned scalarisation of the module
+    docstring; "hypervolume": its gain in hypervolume over the feasible front told before its batch (minus
+    its distance to that front when dominated), which rewards extending the front directly. On the joint
+    resnet18 benchmark (4 objectives, 300 evaluations) the Chebyshev reward ends below random search and the
+    hypervolume reward above it (BENCHMARKS.md)."""
 
-        def uniform(*shape: int, scale: float) -> nn.Parameter:
-            return nn.Parameter(torch.empty(*shape, dtype=_DTYPE).uniform_(-scale, scale, generator=gen))
+    def __post_init__(self) -> None:
+        def number(name: str, rule: str, holds, integer: bool = False) -> float | int:
+            return check_number("rl", name, getattr(self, name), rule, holds, integer=integer)
 
-        self.embedding = uniform(genes, embed, scale=1.0)
-        self.w1, self.b1 = uniform(hidden, d_in, scale=d_in**-0.5), uniform(hidden, scale=d_in**-0.5)
-        self.w2, self.b2 = uniform(hidden, hidden, scale=hidden**-0.5), uniform(hidden, scale=hidden**-0.5)
-        # small output weights: the initial policy is the same broad distribution for every gene and w
-        self.w3 = uniform(2 + choices, hidden, scale=0.01 * hidden**-0.5)
-        self.b3 = nn.Parameter(torch.zeros(2 + choices, dtype=_DTYPE))
-
-    def forward(self, w: torch.Tensor, gene: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([w, self.embedding[gene], prev[:, None]], dim=1)
-        x = torch.tanh(nn.functional.linear(x, self.w1, self.b1))
-        x = torch.tanh(nn.functional.linear(x, self.w2, self.b2))
-        return nn.functional.linear(x, self.w3, self.b3)
+        checked = {name: number(name, "> 0", lambda v: v > 0) for name in ("lr", "clip", "kl_target", "concentration")}
+        checked |= {
+            name: number(name, "a whole number > 0", lambda v: v > 0, True) for name in ("epochs", "hidden", "embed")
+        }
+        checked |= {name: number(name, ">= 0", lambda v: v >= 0) for name in ("entropy", "rho")}
+        checked["init_std"] = number("init_std", f"in ({MIN_STD}, {MAX_STD})", lambda v: MIN_STD < v < MAX_STD)
+        checked["batch"] = number(
+            "batch", ">= 2 (a whole number: the baseline compares results)", lambda v: v >= 2, True
+        )
+        checked["max_choices"] = number("max_choices", "a whole number >= 2", lambda v: v >= 2, True)
+        self._set(**checked, reward=check_choice("rl", "reward", self.reward, REWARDS))
 
 
 @register
@@ -136,53 +158,25 @@ class RLSearcher(Searcher):
     """Preference-conditioned policy gradient over the genome; see the module docstring."""
 
     name = "rl"
+    settings_class = RLSettings
+    settings: RLSettings
 
-    def __init__(
-        self,
-        space: Space,
-        objectives: Sequence[Objective],
-        constraints: Sequence[Constraint] = (),
-        seed: int = 0,
-        *,
-        lr: float = 0.01,
-        batch: int = 16,
-        epochs: int = 4,
-        clip: float = 0.2,
-        kl_target: float = 0.05,
-        hidden: int = 32,
-        embed: int = 8,
-        entropy: float = 0.02,
-        init_std: float = 0.4,
-        concentration: float = 1.0,
-        rho: float = 0.05,
-        max_choices: int = 32,
-        reward: str = "chebyshev",
-    ):
-        super().__init__(space, objectives, constraints, seed)
-        _check_settings(
-            lr=lr, batch=batch, epochs=epochs, clip=clip, kl_target=kl_target, hidden=hidden, embed=embed,
-            entropy=entropy, init_std=init_std, concentration=concentration, rho=rho, max_choices=max_choices,
-        )  # fmt: skip
-        self.batch, self.epochs, self.clip, self.entropy = int(batch), int(epochs), float(clip), float(entropy)
-        self.lr, self.kl_target = float(lr), float(kl_target)
-        self.concentration, self.rho = float(concentration), float(rho)
-        if reward not in REWARDS:
-            raise SearchError(f"rl: unknown reward {reward!r}; valid: {', '.join(REWARDS)}")
-        self.reward = reward
-        self._std_offset = math.log((init_std - _MIN_STD) / (_MAX_STD - init_std))
+    def _build(self) -> None:
+        settings, space = self.settings, self.space
+        self._std_offset = math.log((settings.init_std - MIN_STD) / (MAX_STD - settings.init_std))
         # the genes the policy decides, and for each its number of categorical values (0: continuous)
-        self._active = [i for i, g in enumerate(space.genes) if not g.fixed]
+        self._active = space.free
         self._choices = [
-            int(g.high - g.low) + 1 if g.integer and g.high - g.low + 1 <= max_choices else 0
+            int(g.high - g.low) + 1 if g.integer and g.high - g.low + 1 <= settings.max_choices else 0
             for g in (space.genes[i] for i in self._active)
         ]
         width = max(1, *self._choices)  # at least one categorical output, so the heads keep one shape
-        self._mask = torch.full((len(self._active), width), _MASKED, dtype=_DTYPE)
+        self._mask = torch.full((len(self._active), width), _MASKED, dtype=DTYPE)
         for k, c in enumerate(self._choices):
             self._mask[k, :c] = 0.0
-        self._gen = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, 1]).generate_state(1)[0]))
-        self.policy = _Policy(len(self._active), len(self.objectives), int(hidden), int(embed), width, self._gen)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=float(lr), foreach=False)
+        self._gen = torch.Generator().manual_seed(derived_seed(self.seed, 1))
+        self.policy = Policy(len(self._active), len(self.objectives), settings.hidden, settings.embed, width, self._gen)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=settings.lr, foreach=False)
         self._pending: dict[int, dict[str, Any]] = {}  # asked, not told: preference, actions, log-prob
         self._proposed: list[dict[str, Any]] = []
         self._buffer: list[dict[str, Any]] = []  # told since the last update, with their actions
@@ -199,11 +193,11 @@ class RLSearcher(Searcher):
         return candidates
 
     def _propose(self, n: int) -> list[Sequence[float]]:
-        prefs = self.rng.dirichlet(np.full(len(self.objectives), self.concentration), size=n)
-        w = torch.tensor(prefs, dtype=_DTYPE)
-        actions = torch.zeros(n, len(self._active), dtype=_DTYPE)
-        logp = torch.zeros(n, len(self._active), dtype=_DTYPE)
-        prev = torch.zeros(n, dtype=_DTYPE)
+        prefs = self.rng.dirichlet(np.full(len(self.objectives), self.settings.concentration), size=n)
+        w = torch.tensor(prefs, dtype=DTYPE)
+        actions = torch.zeros(n, len(self._active), dtype=DTYPE)
+        logp = torch.zeros(n, len(self._active), dtype=DTYPE)
+        prev = torch.zeros(n, dtype=DTYPE)
         with torch.no_grad():
             for k, c in enumerate(self._choices):
                 out = self.policy(w, torch.full((n,), k, dtype=torch.long), prev)
@@ -211,37 +205,29 @@ class RLSearcher(Searcher):
                     logits = torch.log_softmax(out[:, 2:] + self._mask[k], dim=1)
                     a = torch.multinomial(logits.exp(), 1, generator=self._gen)[:, 0]
                     logp[:, k] = logits.gather(1, a[:, None])[:, 0]
-                    actions[:, k] = a.to(_DTYPE)
+                    actions[:, k] = a.to(DTYPE)
                 else:
-                    mean, std = self._mean(out[:, 0]), self._std(out[:, 1])
-                    eps = torch.randn(n, generator=self._gen, dtype=_DTYPE)
+                    mean, std = bounded_mean(out[:, 0]), self._std(out[:, 1])
+                    eps = torch.randn(n, generator=self._gen, dtype=DTYPE)
                     actions[:, k] = mean + std * eps
-                    logp[:, k] = _normal_log_prob(actions[:, k], mean, std)
-                prev = self._unit(actions[:, k], c)
+                    logp[:, k] = normal_log_prob(actions[:, k], mean, std)
+                prev = to_unit(actions[:, k], c)
         self._proposed = [
             {"w": prefs[i].tolist(), "a": actions[i].tolist(), "logp": logp[i].tolist()} for i in range(n)
         ]
         return [self._genome(row) for row in actions.tolist()]
 
-    def _genome(self, actions: list[float]) -> list[float]:
-        genome = [g.low for g in self.space.genes]
-        for i, c, a in zip(self._active, self._choices, actions, strict=True):
-            gene = self.space.genes[i]
-            genome[i] = gene.low + a if c else gene.low + min(1.0, max(0.0, a)) * (gene.high - gene.low)
-        return genome
+    def _genome(self, actions: list[float]) -> list[float | int]:
+        """The genome of one row of actions: a categorical gene's value index, a float gene's unit value."""
+        values = [
+            g.low + a if c else g.low + min(1.0, max(0.0, a)) * (g.high - g.low)
+            for g, c, a in zip(self.space.free_genes, self._choices, actions, strict=True)
+        ]
+        return self.space.fill(values)
 
     def _std(self, raw: torch.Tensor) -> torch.Tensor:
         """Smoothly bounded: a clamp would stop the gradient (entropy bonus included) at the bound."""
-        return _MIN_STD + (_MAX_STD - _MIN_STD) * torch.sigmoid(raw + self._std_offset)
-
-    @staticmethod
-    def _mean(raw: torch.Tensor) -> torch.Tensor:
-        return 0.5 + _REACH * torch.tanh(raw / _REACH)
-
-    @staticmethod
-    def _unit(a: torch.Tensor, choices: int) -> torch.Tensor:
-        """An action as a value on [0, 1], the next gene's 'previous value' input."""
-        return a / (choices - 1) if choices else torch.clamp(a, 0.0, 1.0)
+        return MIN_STD + (MAX_STD - MIN_STD) * torch.sigmoid(raw + self._std_offset)
 
     # -- learning ------------------------------------------------------------------------------------
 
@@ -249,43 +235,44 @@ class RLSearcher(Searcher):
         record = self._pending.pop(candidate.id, None) if candidate.searcher == self.name else None
         if record is None:
             return  # not asked by this searcher (or told twice): no actions to learn from
-        values = list(told.values) if _usable(told) else None
+        values = list(told.values) if usable(told) else None
         entry = {**record, "id": candidate.id, "values": values, "v": told.violation if values is not None else 0.0}
         self._buffer.append(entry)
-        if len(self._buffer) >= self.batch:
+        if len(self._buffer) >= self.settings.batch:
             self._update(self._buffer)
             self._buffer = []
 
     def _update(self, batch: list[dict[str, Any]]) -> None:
         """Up to `epochs` clipped policy-gradient steps on a batch of told results, then the learning rate
         adapted to the step's KL divergence."""
-        w = torch.tensor([r["w"] for r in batch], dtype=_DTYPE)
-        advantage = torch.tensor(self._advantages(batch), dtype=_DTYPE).repeat_interleave(len(self._active))
-        old_logp = torch.tensor([r["logp"] for r in batch], dtype=_DTYPE).reshape(-1)
-        actions = torch.tensor([r["a"] for r in batch], dtype=_DTYPE)
+        settings = self.settings
+        w = torch.tensor([r["w"] for r in batch], dtype=DTYPE)
+        advantage = torch.tensor(self._advantages(batch), dtype=DTYPE).repeat_interleave(len(self._active))
+        old_logp = torch.tensor([r["logp"] for r in batch], dtype=DTYPE).reshape(-1)
+        actions = torch.tensor([r["a"] for r in batch], dtype=DTYPE)
         b, g = actions.shape
         prev = torch.zeros_like(actions)
         for k, c in enumerate(self._choices[:-1]):
-            prev[:, k + 1] = self._unit(actions[:, k], c)
+            prev[:, k + 1] = to_unit(actions[:, k], c)
         inputs = (w.repeat_interleave(g, dim=0), torch.arange(g).repeat(b), prev.reshape(-1))
         categorical = torch.tensor([c > 0 for c in self._choices]).repeat(b)
         flat = actions.reshape(-1)
         index = torch.where(categorical, flat, 0).long()
         before = None
-        for _ in range(self.epochs):
+        for _ in range(settings.epochs):
             mean, std, logits = self._distributions(*inputs)
             if before is None:
                 before = (mean.detach(), std.detach(), logits.detach())
-            elif self._kl(before, (mean, std, logits), categorical, g) > 2 * self.kl_target:
+            elif self._kl(before, (mean, std, logits), categorical, g) > 2 * settings.kl_target:
                 break  # this batch has moved the policy far enough
             logp_rows = torch.where(
-                categorical, logits.gather(1, index[:, None])[:, 0], _normal_log_prob(flat, mean, std)
+                categorical, logits.gather(1, index[:, None])[:, 0], normal_log_prob(flat, mean, std)
             )
             entropy_rows = torch.where(categorical, -(logits.exp() * logits).sum(1), torch.log(std))
             ratio = torch.exp(logp_rows - old_logp)
-            clipped = torch.clamp(ratio, 1 - self.clip, 1 + self.clip)
+            clipped = torch.clamp(ratio, 1 - settings.clip, 1 + settings.clip)
             surrogate = torch.minimum(ratio * advantage, clipped * advantage)
-            loss = -(surrogate + self.entropy * entropy_rows).reshape(b, g).sum(1).mean()
+            loss = -(surrogate + settings.entropy * entropy_rows).reshape(b, g).sum(1).mean()
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
@@ -297,7 +284,7 @@ class RLSearcher(Searcher):
     def _distributions(self, w: torch.Tensor, gene: torch.Tensor, prev: torch.Tensor):
         """Per row: the float gene's mean and std, and the integer gene's log-probabilities."""
         out = self.policy(w, gene, prev)
-        return self._mean(out[:, 0]), self._std(out[:, 1]), torch.log_softmax(out[:, 2:] + self._mask[gene], dim=1)
+        return bounded_mean(out[:, 0]), self._std(out[:, 1]), torch.log_softmax(out[:, 2:] + self._mask[gene], dim=1)
 
     @staticmethod
     def _kl(before, after, categorical: torch.Tensor, genes: int) -> float:
@@ -311,88 +298,17 @@ class RLSearcher(Searcher):
     def _adapt_lr(self, kl: float) -> None:
         """Shrink the step after a jump, grow it after a crawl (as rl_games' adaptive PPO schedule does):
         Adam moves every weight by about lr, which is far in distribution once a gene's std is small."""
-        group = self.optimizer.param_groups[0]
-        if kl > 2 * self.kl_target:
-            group["lr"] = max(group["lr"] / 1.5, self.lr / 100)
-        elif kl < self.kl_target / 2:
-            group["lr"] = min(group["lr"] * 1.5, self.lr * 3)
+        group, lr, target = self.optimizer.param_groups[0], self.settings.lr, self.settings.kl_target
+        if kl > 2 * target:
+            group["lr"] = max(group["lr"] / 1.5, lr / 100)
+        elif kl < target / 2:
+            group["lr"] = min(group["lr"] * 1.5, lr * 3)
 
     def _advantages(self, batch: list[dict[str, Any]]) -> list[float]:
-        """Per result: the leave-one-out batch mean of scores under its preference minus its own score,
-        standardised over the batch (larger is better); or, with `reward="hypervolume"`, its hypervolume
-        contribution to the front told before the batch, less the batch mean, standardised."""
-        if self.reward == "hypervolume":
-            gain = self._contributions(batch)
-            advantage = gain - gain.mean()
-            std = advantage.std()
-            return (advantage / std if std > 1e-12 else np.zeros(len(batch))).tolist()
-        scores = self._scores(batch)  # [i, j]: result j scored under result i's preference
-        own = np.diag(scores).copy()
-        n = len(batch)
-        advantage = (scores.sum(axis=1) - own) / (n - 1) - own
-        std = advantage.std()
-        return (advantage / std if std > 1e-12 else np.zeros(n)).tolist()
-
-    def _contributions(self, batch: list[dict[str, Any]]) -> np.ndarray:
-        """Each result's gain in hypervolume over the feasible front of everything told before this batch
-        (objectives normalised by the told range, reference 1.1); a dominated result scores minus its
-        additive distance to that front, an infeasible one below every feasible one, a failed one lowest."""
-        from search.pareto import Normalizer, hypervolume, non_dominated
-
-        told = [t for t in self.history if _usable(t)]
-        batch_ids = {r["id"] for r in batch}
-        before = np.array([t.values for t in told if t.feasible and t.id not in batch_ids])
-        if len(told) < 2:
-            return np.zeros(len(batch))
-        points = np.array([t.values for t in told])
-        normalizer = Normalizer.from_points(points)
-        front = normalizer(before[non_dominated(before)]) if len(before) else np.zeros((0, points.shape[1]))
-        base = hypervolume(front) if len(front) else 0.0
-        out = np.zeros(len(batch))
-        for j, r in enumerate(batch):
-            if r["values"] is None:
-                out[j] = -3.0
-                continue
-            p = normalizer(np.asarray(r["values"], dtype=np.float64)[None, :])
-            if r["v"] > 0:
-                out[j] = -2.0 - min(1.0, r["v"])
-                continue
-            gain = hypervolume(np.vstack([front, p])) - base if len(front) else hypervolume(p)
-            out[j] = gain if gain > 0 else -float(np.min(np.max(p - front, axis=1))) if len(front) else 0.0
-        return out
-
-    def _scores(self, batch: list[dict[str, Any]]) -> np.ndarray:
-        """Scores, smaller is better, of every result under every preference of the batch.
-
-        Feasible results: augmented Chebyshev of the objectives normalised over all told results, from
-        the best value (ideal; among feasible results once there are any) to the worst value on the
-        current front (nadir; the worst value told where the front has no spread), so early poor results
-        do not squash the objectives they were poor in. Infeasible results score above any feasible
-        result told, more the larger their violation; failed results score as the worst result told."""
-        failed = np.array([r["values"] is None for r in batch])
-        told = [t for t in self.history if _usable(t)]
-        if failed.all() or not told:
-            return np.zeros((len(batch), len(batch)))
-        points = np.array([t.values for t in told])
-        feasible = np.array([t.violation == 0 for t in told])
-        low = points[feasible].min(axis=0) if feasible.any() else points.min(axis=0)
-        high = points.max(axis=0)
-        front = [t for t in self.front() if _usable(t)]
-        nadir = np.array([t.values for t in front]).max(axis=0) if front else high
-        span = np.where(nadir > low, nadir - low, np.where(high > low, high - low, 1.0))
-        max_violation = max(t.violation for t in told)
-        values = np.array([r["values"] if r["values"] is not None else high for r in batch])
-        w = np.array([r["w"] for r in batch])
-        weighted = w[:, None, :] * ((values - low) / span)[None, :, :]
-        scores = weighted.max(axis=2) + self.rho * weighted.sum(axis=2)
-        worst_feasible = (1 + self.rho) * float(((high - low) / span).max())
-        violation = np.array([r["v"] if r["values"] is not None else 0.0 for r in batch])
-        infeasible = violation > 0
-        if infeasible.any():
-            scores[:, infeasible] = worst_feasible + _INFEASIBLE_MARGIN + violation[infeasible] / max_violation
-        worst = worst_feasible + (_INFEASIBLE_MARGIN + 1 if max_violation > 0 else 0.0)
-        scores[:, failed] = worst
-        return scores
+        """Per result of the batch, larger is better: see `_rl_reward`."""
+        if self.settings.reward == "hypervolume":
+            return hypervolume_advantages(batch, self.history)
+        return chebyshev_advantages(batch, self.history, self.front(), self.settings.rho)
 
     # -- state ---------------------------------------------------------------------------------------
 
@@ -400,7 +316,7 @@ class RLSearcher(Searcher):
         optimizer = self.optimizer.state_dict()
         return {
             "policy": {k: v.tolist() for k, v in self.policy.state_dict().items()},
-            "adam": {str(i): {k: _to_json(v) for k, v in s.items()} for i, s in optimizer["state"].items()},
+            "adam": {str(i): {k: tensor_to_json(v) for k, v in s.items()} for i, s in optimizer["state"].items()},
             "generator": self._gen.get_state().tolist(),
             "pending": {str(i): r for i, r in self._pending.items()},
             "buffer": self._buffer,
@@ -410,10 +326,12 @@ class RLSearcher(Searcher):
 
     def _load(self, state: dict[str, Any]) -> None:
         try:
-            params = {k: torch.tensor(v, dtype=_DTYPE) for k, v in state["policy"].items()}
+            params = {k: torch.tensor(v, dtype=DTYPE) for k, v in state["policy"].items()}
             self.policy.load_state_dict(params)
             optimizer = self.optimizer.state_dict()
-            optimizer["state"] = {int(i): {k: _from_json(v) for k, v in s.items()} for i, s in state["adam"].items()}
+            optimizer["state"] = {
+                int(i): {k: tensor_from_json(v) for k, v in s.items()} for i, s in state["adam"].items()
+            }
             self.optimizer.load_state_dict(optimizer)
         except (KeyError, RuntimeError, ValueError) as error:
             raise SearchError(
@@ -426,40 +344,3 @@ class RLSearcher(Searcher):
         self._buffer = list(state["buffer"])
         self.updates = int(state["updates"])
         self.optimizer.param_groups[0]["lr"] = float(state["lr"])
-
-
-def _check_settings(**settings: float) -> None:
-    positive = ("lr", "batch", "epochs", "clip", "kl_target", "hidden", "embed", "concentration")
-    for name in positive:
-        if not settings[name] > 0:
-            raise SearchError(f"rl searcher: {name} must be > 0, got {settings[name]}")
-    for name in ("entropy", "rho"):
-        if not settings[name] >= 0:
-            raise SearchError(f"rl searcher: {name} must be >= 0, got {settings[name]}")
-    if not _MIN_STD < settings["init_std"] < _MAX_STD:
-        raise SearchError(f"rl searcher: init_std must be in ({_MIN_STD}, {_MAX_STD}), got {settings['init_std']}")
-    if settings["batch"] < 2:
-        raise SearchError(f"rl searcher: batch must be >= 2 (the baseline compares results), got {settings['batch']}")
-    if settings["max_choices"] < 2:
-        raise SearchError(f"rl searcher: max_choices must be >= 2, got {settings['max_choices']}")
-
-
-def _normal_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return -0.5 * ((x - mean) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)
-
-
-def _usable(told: Told) -> bool:
-    """Complete with finite values and violation (a hand-built evaluation may carry inf or NaN)."""
-    return told.values is not None and all(math.isfinite(v) for v in told.values) and math.isfinite(told.violation)
-
-
-def _to_json(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return {"tensor": value.tolist(), "dtype": str(value.dtype).removeprefix("torch.")}
-    return value
-
-
-def _from_json(value: Any) -> Any:
-    if isinstance(value, dict) and "tensor" in value:
-        return torch.tensor(value["tensor"], dtype=getattr(torch, value["dtype"]))
-    return value

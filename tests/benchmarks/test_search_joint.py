@@ -23,11 +23,11 @@ from decomp.latency import CostModel, LatencyModel
 from decomp.latency.cluster import load_cluster
 from decomp.pruning import annotate_graph, channel_importance, find_groups
 from decomp.timing import annotate_op_times, op_times
-from search.base import make_searcher, searcher_names
 from search.joint import JointConfig, JointSpace
 from search.objectives import CostEvaluator, objectives_for
 from search.pareto import Normalizer, hypervolume, minimized
 from search.records import Candidate
+from search.registry import make_searcher, searcher_names
 from tests.benchmarks.record import record
 
 pytestmark = pytest.mark.benchmark

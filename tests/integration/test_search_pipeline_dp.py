@@ -8,9 +8,9 @@ import torchvision
 from decomp import build_graph
 from decomp.latency import CostModel
 from decomp.partition import StageCost, optimal_pipeline, pipeline_stage_times
-from search.base import make_searcher
 from search.joint import JointConfig, JointSpace
 from search.objectives import CostEvaluator, objectives_for
+from search.registry import make_searcher
 
 pytestmark = pytest.mark.slow
 

@@ -30,10 +30,10 @@ from optuna.trial import TrialState
 from decomp.errors import SearchError
 from decomp.partition.plan import PartitionPlan
 from decomp.pruning.plan import GroupChoice, PruningPlan
-from search.base import make_searcher
 from search.pareto import hypervolume, minimized, non_dominated
 from search.problems import Problem, dtlz2, zdt1
 from search.records import Candidate, Constraint, Evaluation, Gene, Objective
+from search.registry import make_searcher
 from search.space import Space
 from search.study import create_study, record_trial, trials_to_records
 

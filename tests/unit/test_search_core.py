@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from decomp.errors import SearchError
-from search.base import SEARCHERS, make_searcher
 from search.pareto import Normalizer, crowding_distance, hypervolume, minimized, non_dominated, pareto_ranks
-from search.records import Candidate, Constraint, Evaluation, Gene, Objective
+from search.records import Candidate, Constraint, Evaluation, Gene, Objective, json_float
+from search.registry import SEARCHERS, make_searcher
 from search.space import BoxSpace, Space
 
 
@@ -106,5 +106,21 @@ def test_problem_fronts_match_their_closed_form_hypervolume():
 
 
 def test_unknown_searcher_setting_lists_the_valid_ones():
-    with pytest.raises(SearchError, match="unknown setting.*popsize.*valid: resource, step"):
+    with pytest.raises(SearchError, match="no setting .popsize.; valid: resource, step"):
         make_searcher("greedy", BoxSpace(2), [Objective("f")], popsize=3)
+
+
+def test_free_genes_fill_back_into_a_genome():
+    space = Space([Gene("a", 0.0, 1.0), Gene("fixed", 0.5, 0.5), Gene("k", 1, 4, integer=True), Gene("n", 2, 2, True)])
+    assert space.free == (0, 2) and [g.name for g in space.free_genes] == ["a", "k"]
+    assert space.fill([0.25, 3]) == [0.25, 0.5, 3, 2]
+    assert space.free_values((0.25, 0.5, 3, 2)) == [0.25, 3] and isinstance(space.free_values((0, 0.5, 3.0, 2))[1], int)
+    with pytest.raises(SearchError, match="got 1 values for the space's 2 free genes"):
+        space.fill([0.25])
+
+
+def test_json_float_keeps_strict_json():
+    values = [1, 0.5, math.inf, -math.inf, math.nan]
+    text = json.dumps([json_float(v) for v in values], allow_nan=False)
+    back = [float(v) for v in json.loads(text)]
+    assert back[:4] == [1.0, 0.5, math.inf, -math.inf] and math.isnan(back[4])

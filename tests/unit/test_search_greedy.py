@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from decomp.errors import SearchError
-from search.base import make_searcher
 from search.records import Constraint, Evaluation, Gene, Objective
+from search.registry import make_searcher
 from search.space import BoxSpace, Space
 
 

@@ -21,10 +21,10 @@ from decomp.pruning import (
     channel_importance,
     find_groups,
 )
-from search.base import make_searcher
 from search.joint import JointConfig, JointSpace
 from search.objectives import OBJECTIVES, CostEvaluator, objectives_for
 from search.records import Candidate, Constraint
+from search.registry import make_searcher
 from tests.tiny_models import TinyNet
 
 CONFIGS = {

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from decomp.errors import SearchError
-from search.base import SEARCHERS, make_searcher
 from search.pareto import hypervolume
 from search.problems import dtlz2, zdt1
 from search.records import Constraint, Evaluation, Gene, Objective
+from search.registry import SEARCHERS, make_searcher
 from search.space import BoxSpace, Space
 
 
