@@ -7,6 +7,7 @@ test problems (`search.problems`), the Optuna result store (`search.study`) and 
 """
 
 from search.base import Searcher, Told
+from search.front import FrontTracker
 from search.pareto import Normalizer, hypervolume, minimized, non_dominated
 from search.records import Candidate, Constraint, Evaluation, Gene, Objective, json_float
 from search.registry import SEARCHERS, check_searcher, make_searcher, register, searcher_names
@@ -19,6 +20,7 @@ __all__ = [
     "Candidate",
     "Constraint",
     "Evaluation",
+    "FrontTracker",
     "Gene",
     "Genome",
     "Normalizer",
