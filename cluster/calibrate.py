@@ -45,7 +45,7 @@ from decomp.pruning import apply_plan, find_groups, plan_for_ratio
 from decomp.specs import load_model
 from decomp.timing import annotate_op_times
 
-__all__ = ["CalibrateRequest", "run_calibration"]
+__all__ = ["CalibrateRequest", "CalibrationSummary", "CandidateFit", "run_calibration"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,39 @@ class CalibrateRequest:
                 f"these settings give {runs} stage measurements; the fit needs at least 3 "
                 "(add prune ratios, part counts or models)"
             )
+
+
+@dataclass(frozen=True)
+class CandidateFit:
+    """One candidate's throughput (samples per second) as measured and as the fitted calibration predicts
+    it, the relative `error` (predicted / measured - 1), and whether it was held out of the fit."""
+
+    candidate: str
+    measured: float
+    predicted: float
+    error: float
+    held_out: bool
+
+
+@dataclass(frozen=True)
+class CalibrationSummary:
+    """What a calibration did (`to_json()` for `--json`): the request, the device key, the op table and the
+    calibration file it wrote, the fitted calibration, every candidate's fit, the mean absolute error over
+    the fitted candidates (`mape`) and over the held-out ones (`holdout_mape`, None without any), and the
+    seconds it took."""
+
+    request: CalibrateRequest
+    device: str
+    table: str
+    calibration_file: str
+    calibration: Calibration
+    candidates: tuple[CandidateFit, ...]
+    mape: float
+    holdout_mape: float | None
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -168,7 +201,7 @@ def _stage_features(graph, plan: PartitionPlan, seconds: dict[str, float]) -> li
     ]
 
 
-def run_calibration(request: CalibrateRequest, note: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+def run_calibration(request: CalibrateRequest, note: Callable[[str], None] = lambda _: None) -> CalibrationSummary:
     """Profile, run and fit; save the calibration and return a summary (see the module docstring)."""
     started = time.perf_counter()
     key = device_key("cpu", request.threads)
@@ -232,25 +265,16 @@ def run_calibration(request: CalibrateRequest, note: Callable[[str], None] = lam
     for c in candidates:
         streamed = c.best.batches * c.best.micro_batches
         predicted = model.predict(c.graph, c.plan, micro_batches=streamed).throughput
-        rows.append(
-            {
-                "candidate": c.name,
-                "measured": c.best.throughput,
-                "predicted": predicted,
-                "error": predicted / c.best.throughput - 1.0,
-                "held_out": c.held_out,
-            }
-        )
-    fitted_rows = [r for r in rows if not r["held_out"]]
-    held_rows = [r for r in rows if r["held_out"]]
-    return {
-        "request": asdict(request),
-        "device": key,
-        "table": str(table_path),
-        "calibration_file": str(out),
-        "calibration": fitted.to_json(),
-        "candidates": rows,
-        "mape": statistics.fmean(abs(r["error"]) for r in fitted_rows),
-        "holdout_mape": statistics.fmean(abs(r["error"]) for r in held_rows) if held_rows else None,
-        "seconds": time.perf_counter() - started,
-    }
+        rows.append(CandidateFit(c.name, c.best.throughput, predicted, predicted / c.best.throughput - 1.0, c.held_out))
+    held_rows = [r for r in rows if r.held_out]
+    return CalibrationSummary(
+        request=request,
+        device=key,
+        table=str(table_path),
+        calibration_file=str(out),
+        calibration=fitted,
+        candidates=tuple(rows),
+        mape=statistics.fmean(abs(r.error) for r in rows if not r.held_out),
+        holdout_mape=statistics.fmean(abs(r.error) for r in held_rows) if held_rows else None,
+        seconds=time.perf_counter() - started,
+    )

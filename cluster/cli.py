@@ -119,7 +119,7 @@ def prune(
     console.print(prune_table(summary))
     console.print(f"wrote {out}/weights.safetensors, plan.json, summary.json")
     if json_path is not None:
-        json_path.write_text(json.dumps(summary, indent=1))
+        json_path.write_text(json.dumps(summary.to_json(), indent=1))
 
 
 @app.command()
@@ -177,9 +177,9 @@ def split(
     with console.status(f"splitting {model or pruned} into {parts} parts ({mode}) ..."):
         summary = run_split(request, out, overwrite=overwrite, run_stages=run_stages)
     console.print(split_table(summary))
-    console.print(f"wrote {summary['out']} (verified: max abs diff {summary['max_abs_diff']:.3g})")
+    console.print(f"wrote {summary.out} (verified: max abs diff {summary.max_abs_diff:.3g})")
     if json_path is not None:
-        json_path.write_text(json.dumps(summary, indent=1))
+        json_path.write_text(json.dumps(summary.to_json(), indent=1))
 
 
 @app.command()
@@ -235,15 +235,15 @@ def profile(
     with console.status(f"profiling {model} on {device} ({threads} threads) ..."):
         summary = run_profile(request)
     console.print(
-        f"{model}: {summary['ops']} ops, {summary['ops_profiled_now']} profiled now "
-        f"({summary['profile_seconds']:.1f} s), table {summary['table']} holds {summary['table_entries']} entries"
+        f"{model}: {summary.ops} ops, {summary.ops_profiled_now} profiled now "
+        f"({summary.profile_seconds:.1f} s), table {summary.table} holds {summary.table_entries} entries"
     )
     console.print(
-        f"predicted {1000 * summary['predicted_s']:.2f} ms | measured {1000 * summary['measured_s']:.2f} ms "
-        f"| error {100 * summary['error']:+.1f}% (sum of the table's op times)"
+        f"predicted {1000 * summary.predicted_s:.2f} ms | measured {1000 * summary.measured_s:.2f} ms "
+        f"| error {100 * summary.error:+.1f}% (sum of the table's op times)"
     )
     if json_path is not None:
-        json_path.write_text(json.dumps(summary, indent=1))
+        json_path.write_text(json.dumps(summary.to_json(), indent=1))
 
 
 @app.command()
@@ -300,26 +300,26 @@ def calibrate(
         connect(address)
     with console.status("calibrating ...") as status:
         summary = run_calibration(request, note=status.update)
-    result = Table(title=f"calibration for {summary['device']} ({runtime})")
+    result = Table(title=f"calibration for {summary.device} ({runtime})")
     for column in ("candidate", "measured samples/s", "predicted samples/s", "error", "fitted on"):
         result.add_column(column)
-    for row in summary["candidates"]:
+    for row in summary.candidates:
         result.add_row(
-            row["candidate"],
-            f"{row['measured']:.2f}",
-            f"{row['predicted']:.2f}",
-            f"{100 * row['error']:+.1f}%",
-            "held out" if row["held_out"] else "yes",
+            row.candidate,
+            f"{row.measured:.2f}",
+            f"{row.predicted:.2f}",
+            f"{100 * row.error:+.1f}%",
+            "held out" if row.held_out else "yes",
         )
     console.print(result)
-    terms = ", ".join(f"{k}={v:.3g}" for k, v in summary["calibration"].items())
-    held = summary["holdout_mape"]
+    terms = ", ".join(f"{k}={v:.3g}" for k, v in summary.calibration.to_json().items())
+    held = summary.holdout_mape
     held_text = f"; held-out MAPE {100 * held:.1f}%" if held is not None else ""
     console.print(
-        f"fitted {terms}; in-sample MAPE {100 * summary['mape']:.1f}%{held_text}; saved {summary['calibration_file']}"
+        f"fitted {terms}; in-sample MAPE {100 * summary.mape:.1f}%{held_text}; saved {summary.calibration_file}"
     )
     if json_path is not None:
-        json_path.write_text(json.dumps(summary, indent=1))
+        json_path.write_text(json.dumps(summary.to_json(), indent=1))
 
 
 def main() -> None:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import networkx as nx
 from rich.table import Table
 
 from decomp.coarsen import coarsen, max_depth
 from decomp.graph import IO_OPS, ModelGraph
+
+if TYPE_CHECKING:
+    from decomp.partition.job import SplitSummary
+    from decomp.pruning.job import PruneSummary
 
 __all__ = ["auto_blocks", "block_table", "draw_blocks", "human", "prune_table", "run_table", "split_table"]
 
@@ -62,11 +67,10 @@ def block_table(op_graph: ModelGraph, block_graph: ModelGraph) -> Table:
     return table
 
 
-def prune_table(summary: dict) -> Table:
+def prune_table(summary: PruneSummary) -> Table:
     """Before / after figures of a `decomp prune` job."""
-    before, after = summary["before"], summary["after"]
-    request = summary["request"]
-    table = Table(title=f"{request['model']}: {request['method']} pruning")
+    before, after = summary.before, summary.after
+    table = Table(title=f"{summary.request.model}: {summary.request.method} pruning")
     for column in ("", "before", "after", "ratio"):
         table.add_column(column, justify="left" if not column else "right")
     rows = [
@@ -76,50 +80,48 @@ def prune_table(summary: dict) -> Table:
         ("sparse size", "sparse_bytes", "B"),
     ]
     for label, key, unit in rows:
-        ratio = f"{before[key] / after[key]:.2f}x" if after[key] else "-"
-        table.add_row(label, human(before[key], unit), human(after[key], unit), ratio)
-    if before["accuracy"] is not None:
-        drop = 100 * (before["accuracy"] - after["accuracy"])
-        table.add_row(
-            "accuracy", f"{100 * before['accuracy']:.2f}%", f"{100 * after['accuracy']:.2f}%", f"{-drop:+.2f} pt"
-        )
+        b, a = getattr(before, key), getattr(after, key)
+        table.add_row(label, human(b, unit), human(a, unit), f"{b / a:.2f}x" if a else "-")
+    if before.accuracy is not None:
+        drop = 100 * (before.accuracy - after.accuracy)
+        table.add_row("accuracy", f"{100 * before.accuracy:.2f}%", f"{100 * after.accuracy:.2f}%", f"{-drop:+.2f} pt")
     return table
 
 
-def split_table(summary: dict) -> Table:
+def split_table(summary: SplitSummary) -> Table:
     """Per-part figures of a `decomp split` job."""
-    metrics, request = summary["metrics"], summary["request"]
-    table = Table(title=f"{request['model'] or request['pruned']}: {len(metrics['parts'])} parts ({request['mode']})")
+    metrics, request = summary.metrics, summary.request
+    table = Table(title=f"{request.model or request.pruned}: {len(metrics.parts)} parts ({request.mode})")
     columns = ["part", "ops", "params", "MACs", "MACs %", "peak act.", "in bytes/sample"]
-    stage = summary.get("stage_seconds")
+    stage = summary.stage_seconds
     if stage:
         columns.append("est. stage ms")
     for column in columns:
         table.add_column(column, justify="left" if column == "part" else "right")
-    total = sum(p["macs"] for p in metrics["parts"]) or 1
-    for k, part in enumerate(metrics["parts"]):
+    total = sum(p.macs for p in metrics.parts) or 1
+    for k, part in enumerate(metrics.parts):
         row = [
-            str(part["part"]),
-            str(part["nodes"]),
-            human(part["params"]),
-            human(part["macs"]),
-            f"{100 * part['macs'] / total:.1f}",
-            human(part["peak_bytes"], "B"),
-            human(part["received_bytes"] / metrics["batch"], "B"),
+            str(part.part),
+            str(part.nodes),
+            human(part.params),
+            human(part.macs),
+            f"{100 * part.macs / total:.1f}",
+            human(part.peak_bytes, "B"),
+            human(part.received_bytes / metrics.batch, "B"),
         ]
         if stage:
             row.append(f"{1000 * stage[k]:.2f}")
         table.add_row(*row)
     table.caption = (
-        f"balance {metrics['balance']:.2f} | bytes between parts per sample "
-        f"{human(metrics['comm_bytes_per_sample'], 'B')} | export parts {summary['parts_in_export']}"
+        f"balance {metrics.balance:.2f} | bytes between parts per sample "
+        f"{human(metrics.comm_bytes_per_sample, 'B')} | export parts {summary.parts_in_export}"
     )
-    runs = summary.get("tuning_runs")
+    runs = summary.tuning_runs
     if runs:  # in the order they ran
         table.caption += "\nran (ms per call of each stage): " + "; ".join(
-            f"cuts {','.join(map(str, r['cuts']))}: "
-            + " + ".join(f"{1000 * s:.1f}" for s in r["stage_seconds"])
-            + (" (kept)" if r["kept"] else "")
+            f"cuts {','.join(map(str, r.cuts))}: "
+            + " + ".join(f"{1000 * s:.1f}" for s in r.stage_seconds)
+            + (" (kept)" if r.kept else "")
             for r in runs
         )
     return table

@@ -31,7 +31,8 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from cluster.connect import cluster_cpus, cluster_gpus, connect
 from decomp.errors import DecompError, InputShapeError
-from decomp.partition.export import load_part, manifest_layout, read_manifest
+from decomp.partition.export import load_part
+from decomp.partition.manifest import Manifest, manifest_layout, read_manifest
 from decomp.partition.parts import PartsLayout, as_tuple, run_local
 from decomp.partition.split import SplitModel
 
@@ -71,7 +72,7 @@ def export_loaders(folder: str | os.PathLike[str]) -> list[Loader]:
     """Loaders that read each part of an export folder where it runs (only that part's file, checksum
     checked), so a worker never receives the weights through the driver."""
     manifest = read_manifest(folder)
-    return [functools.partial(load_part, os.fspath(folder), k) for k in range(len(manifest["parts"]))]
+    return [functools.partial(load_part, os.fspath(folder), k) for k in range(len(manifest.parts))]
 
 
 class _Part:
@@ -378,22 +379,22 @@ def measure(
     return report, outputs
 
 
-def export_inputs(manifest: dict[str, Any], batch_size: int | None = None, seed: int = 0) -> list[torch.Tensor]:
+def export_inputs(manifest: Manifest, batch_size: int | None = None, seed: int = 0) -> list[torch.Tensor]:
     """Random model inputs of the shapes and dtypes the manifest records, with the batch dimension set to
     `batch_size` (an export made for one batch size only accepts that one). Integer inputs (token ids)
     are drawn from 0..1, valid for any embedding table."""
     gen = torch.Generator().manual_seed(seed)
     tensors = []
-    for info in manifest["inputs"]:
-        shape = list(info["shape"])
+    for info in manifest.inputs:
+        shape = list(info.shape)
         if batch_size is not None and shape and batch_size != shape[0]:
-            if info.get("batch_dim") != 0:
+            if info.batch_dim != 0:
                 raise InputShapeError(
-                    f"this export takes input {info['name']!r} with batch size {shape[0]} only (its graph fixes "
+                    f"this export takes input {info.name!r} with batch size {shape[0]} only (its graph fixes "
                     f"the batch); run it with --batch-size {shape[0]}"
                 )
             shape[0] = batch_size
-        dtype = getattr(torch, info["dtype"])
+        dtype = getattr(torch, info.dtype)
         if dtype.is_floating_point:
             tensors.append(torch.randn(shape, generator=gen).to(dtype))
         elif dtype == torch.bool:

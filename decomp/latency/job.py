@@ -19,7 +19,7 @@ from decomp.latency.table import OpTable, default_table_path, device_key, profil
 from decomp.specs import load_model
 from decomp.timing import device_sync
 
-__all__ = ["ProfileRequest", "measure_latency", "run_profile", "this_device"]
+__all__ = ["ProfileRequest", "ProfileSummary", "measure_latency", "run_profile", "this_device"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,28 @@ class ProfileRequest:
             raise SpecError(f"threads and repeats must be >= 1, got {self.threads} and {self.repeats}")
         if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
             raise SpecError(f"device {self.device!r} asked for, but torch sees no CUDA device here; use --device cpu")
+
+
+@dataclass(frozen=True)
+class ProfileSummary:
+    """What a `decomp profile` job did (`to_json()` for `--json`): the request, the device key and the op
+    table it updated (`table`, holding `table_entries` entries), the model's op count and how many of its
+    ops were profiled now (the rest were in the table), the seconds profiling took, and one forward pass
+    predicted from the table against measured (`error`: predicted / measured - 1)."""
+
+    request: ProfileRequest
+    device: str
+    table: str
+    table_entries: int
+    ops: int
+    ops_profiled_now: int
+    profile_seconds: float
+    predicted_s: float
+    measured_s: float
+    error: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def this_device(device: str = "cpu", threads: int = 1, count: int = 1) -> ClusterSpec:
@@ -66,7 +88,7 @@ def measure_latency(
     return min(times) if stat == "min" else statistics.median(times)
 
 
-def run_profile(request: ProfileRequest) -> dict[str, Any]:
+def run_profile(request: ProfileRequest) -> ProfileSummary:
     """Profile the model's ops missing from the table (then save it), predict and measure its latency."""
     shapes = [tuple(s) for s in request.input_shapes] or None
     loaded = load_model(request.model, weights=request.weights, input_shapes=shapes)
@@ -91,15 +113,15 @@ def run_profile(request: ProfileRequest) -> dict[str, Any]:
     cluster = this_device(request.device, request.threads)
     prediction = LatencyModel(cluster, {key: table}).predict(graph)
     predicted = prediction.compute_s[0]
-    return {
-        "request": asdict(request),
-        "device": key,
-        "table": str(path),
-        "table_entries": len(table),
-        "ops": len(graph.compute_nodes()),
-        "ops_profiled_now": measured_ops,
-        "profile_seconds": profile_s,
-        "predicted_s": predicted,
-        "measured_s": measured,
-        "error": predicted / measured - 1.0,
-    }
+    return ProfileSummary(
+        request=request,
+        device=key,
+        table=str(path),
+        table_entries=len(table),
+        ops=len(graph.compute_nodes()),
+        ops_profiled_now=measured_ops,
+        profile_seconds=profile_s,
+        predicted_s=predicted,
+        measured_s=measured,
+        error=predicted / measured - 1.0,
+    )

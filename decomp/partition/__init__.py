@@ -3,17 +3,9 @@ splits, pipeline splits tuned by running them, splitting a model into sub-module
 partitioned models, and the in-process runner that composes the parts."""
 
 from decomp.partition.baselines import METHODS, StageCost, graph_partition, optimal_pipeline, pipeline_stage_times
-from decomp.partition.export import FORMAT as EXPORT_FORMAT
-from decomp.partition.export import (
-    ExportedPart,
-    LoadedExport,
-    export_split,
-    load_export,
-    load_part,
-    manifest_layout,
-    read_manifest,
-    verify_export,
-)
+from decomp.partition.export import ExportedPart, LoadedExport, export_split, load_export, load_part, verify_export
+from decomp.partition.manifest import FORMAT as EXPORT_FORMAT
+from decomp.partition.manifest import EdgeEntry, Manifest, PartEntry, TensorInfo, manifest_layout, read_manifest
 from decomp.partition.metrics import PartitionMetrics, PartMetrics, batch_size, partition_metrics
 from decomp.partition.parts import PartsLayout, PartSpec, run_local
 from decomp.partition.plan import MODES, PartitionPlan, crossings, expand, quotient, repair, tensor_flows
@@ -22,10 +14,13 @@ from decomp.partition.tune import PipelineTrial, halfway_split, rescale_op_times
 
 __all__ = [
     "EXPORT_FORMAT",
+    "EdgeEntry",
     "METHODS",
     "MODES",
     "ExportedPart",
     "LoadedExport",
+    "Manifest",
+    "PartEntry",
     "PartMetrics",
     "PartSpec",
     "PartitionMetrics",
@@ -34,6 +29,7 @@ __all__ = [
     "PipelineTrial",
     "SplitModel",
     "StageCost",
+    "TensorInfo",
     "batch_size",
     "crossings",
     "expand",

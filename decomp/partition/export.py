@@ -42,25 +42,22 @@ from torch.export import Dim
 
 from decomp.errors import ExportError, InputShapeError
 from decomp.files import staged_folder
+from decomp.partition.manifest import (
+    FORMAT,
+    MANIFEST,
+    EdgeEntry,
+    Manifest,
+    PartEntry,
+    TensorInfo,
+    manifest_layout,
+    read_manifest,
+)
 from decomp.partition.parts import PartsLayout, PartSpec, as_tuple, run_local
 from decomp.partition.split import SplitModel, flat_outputs
+from decomp.pruning.plan import PruningPlan
 
-__all__ = [
-    "FORMAT",
-    "ExportedPart",
-    "LoadedExport",
-    "export_split",
-    "load_export",
-    "load_part",
-    "manifest_layout",
-    "read_manifest",
-    "verify_export",
-]
+__all__ = ["ExportedPart", "LoadedExport", "export_split", "load_export", "load_part", "verify_export"]
 
-FORMAT_NAME = "decomp.export"
-FORMAT_VERSION = 1
-FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
-MANIFEST = "manifest.json"
 _CHECK = {"rtol": 1e-4, "atol": 1e-5}  # an exported part must reproduce the in-memory part this closely
 # every record torch.export.save writes for one program with plain-tensor weights and no example inputs
 _ARCHIVE_RECORDS = re.compile(
@@ -76,13 +73,14 @@ def export_split(
     out_dir: str | Path,
     *,
     source: str = "",
-    pruning_plan: Any = None,
+    pruning_plan: PruningPlan | None = None,
     onnx: bool = False,
     expected_costs: Any = None,
     overwrite: bool = False,
 ) -> Path:
     """Write every part of `split` as a `torch.export` program plus `manifest.json` to `out_dir`;
-    returns the folder. Refuses an existing non-empty `out_dir` unless `overwrite`."""
+    returns the folder. `expected_costs`: what the caller expects the split to cost, recorded as JSON (a
+    dict, or a record with `to_json()`). Refuses an existing non-empty `out_dir` unless `overwrite`."""
     out = Path(out_dir).resolve()
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} already exists and is not empty; choose another folder or pass overwrite=True")
@@ -95,9 +93,9 @@ def export_split(
             for part, module in zip(split.layout.parts, split.modules, strict=True)
         ]
         onnx_note = _write_onnx(staging, parts) if onnx else "not requested"
-        manifest = _manifest(split, env, parts, source, pruning_plan, expected_costs, onnx_note, probe)
-        manifest["files"] = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        files = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
+        manifest = _manifest(split, env, parts, source, pruning_plan, expected_costs, onnx_note, probe, files)
+        (staging / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=1))
     return out
 
 
@@ -232,8 +230,8 @@ def _write_onnx(staging: Path, parts: list[_WrittenPart]) -> str:
     return "written where the part's note does not say otherwise"
 
 
-def _tensor_info(name: str, value: torch.Tensor, batch_dim: int | None = None) -> dict[str, Any]:
-    return {"name": name, "shape": list(value.shape), "dtype": _dtype(value), "batch_dim": batch_dim}
+def _tensor_info(name: str, value: torch.Tensor, batch_dim: int | None = None) -> TensorInfo:
+    return TensorInfo(name, tuple(value.shape), _dtype(value), batch_dim)
 
 
 def _dtype(value: torch.Tensor) -> str:
@@ -252,49 +250,56 @@ def _as_json(value: Any) -> Any:
     raise ExportError(f"cannot record a {type(value).__name__} in the manifest; give a dict or a record with to_json()")
 
 
-def _manifest(split: SplitModel, env, parts: list[_WrittenPart], source, pruning_plan, costs, onnx_note, probe):
+def _manifest(split: SplitModel, env, parts: list[_WrittenPart], source, pruning_plan, costs, onnx_note, probe, files):
     layout = split.layout
     dynamic = probe.env is not None and all(p.batch != "static" for p in parts)
     made = {n: p.spec.name for p in parts for n in p.spec.outputs}
-    return {
-        "format": FORMAT,
-        "torch": torch.__version__,
-        "source": source,
-        "tracer": split.tracer,
-        "pruning_plan": _as_json(pruning_plan),
-        "partition_plan": split.plan.to_json(),
-        "batch": "dynamic" if dynamic else "static",
-        "inputs": [_tensor_info(n, env[n], 0 if dynamic and probe.carries(n, env[n]) else None) for n in layout.inputs],
-        "outputs": [_tensor_info(n, env[n]) for n in layout.outputs],
-        "parts": [
-            {
-                "name": p.spec.name,
-                "file": p.file,
-                "onnx": p.onnx,
-                "device": p.spec.device,
-                "inputs": [_tensor_info(n, env[n], p.batch_dims[n]) for n in p.spec.inputs],
-                "outputs": [_tensor_info(n, env[n], p.batch_dims[n]) for n in p.spec.outputs],
-                "batch": p.batch,
-                "note": p.note,
-                "max_abs_diff": p.max_abs_diff,
-            }
+
+    def carried(name: str) -> bool:
+        return dynamic and probe.carries(name, env[name])
+
+    return Manifest(
+        format=FORMAT,
+        torch=torch.__version__,
+        source=source,
+        tracer=split.tracer,
+        pruning_plan=pruning_plan,
+        partition_plan=split.plan,
+        batch="dynamic" if dynamic else "static",
+        inputs=tuple(
+            _tensor_info(n, env[n], 0 if dynamic and probe.carries(n, env[n]) else None) for n in layout.inputs
+        ),
+        outputs=tuple(_tensor_info(n, env[n]) for n in layout.outputs),
+        parts=tuple(
+            PartEntry(
+                name=p.spec.name,
+                file=p.file,
+                onnx=p.onnx,
+                device=p.spec.device,
+                inputs=tuple(_tensor_info(n, env[n], p.batch_dims[n]) for n in p.spec.inputs),
+                outputs=tuple(_tensor_info(n, env[n], p.batch_dims[n]) for n in p.spec.outputs),
+                batch=p.batch,
+                note=p.note,
+                max_abs_diff=p.max_abs_diff,
+            )
             for p in parts
-        ],
-        "edges": [
-            {
-                "from": made.get(n),
-                "to": parts[k].spec.name if k is not None else None,
-                "tensor": n,
-                "shape": list(env[n].shape),
-                "dtype": _dtype(env[n]),
-                "bytes": env[n].numel() * env[n].element_size(),
-            }
+        ),
+        edges=tuple(
+            EdgeEntry(
+                source=made.get(n),
+                target=parts[k].spec.name if k is not None else None,
+                tensor=n,
+                shape=tuple(env[n].shape),
+                dtype=_dtype(env[n]),
+                bytes=env[n].numel() * env[n].element_size(),
+            )
             for _, k, n in layout.edges()
-        ],
-        "expected_costs": _as_json(costs),
-        "onnx": onnx_note,
-        "weights": "inside each .pt2 as raw tensor bytes; no file in this folder is unpickled on load",
-    }
+        ),
+        expected_costs=_as_json(costs),
+        onnx=onnx_note,
+        weights="inside each .pt2 as raw tensor bytes; no file in this folder is unpickled on load",
+        files=files,
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -315,15 +320,13 @@ class ExportedPart:
     """One loaded part: checks its inputs' shapes and dtypes against the manifest, then runs the
     program (`module`, the `ExportedProgram.module()`)."""
 
-    def __init__(self, entry: dict[str, Any], module: fx.GraphModule) -> None:
-        self.name: str = entry["name"]
-        self.inputs: list[dict[str, Any]] = entry["inputs"]
-        self.outputs: list[dict[str, Any]] = entry["outputs"]
-        self.device: str = entry.get("device", "")
+    def __init__(self, entry: PartEntry, module: fx.GraphModule) -> None:
+        self.entry = entry
+        self.name = entry.name
         self.module = module
 
     def spec(self) -> PartSpec:
-        return PartSpec(self.name, [i["name"] for i in self.inputs], [o["name"] for o in self.outputs], self.device)
+        return self.entry.spec()
 
     def to(self, device: str | torch.device) -> ExportedPart:
         """Move the part's weights to `device`; returns the part. A graph that makes tensors on a fixed
@@ -332,30 +335,31 @@ class ExportedPart:
         return self
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if len(inputs) != len(self.inputs):
-            names = ", ".join(i["name"] for i in self.inputs)
-            raise InputShapeError(f"part {self.name} takes {len(self.inputs)} input(s) ({names}), got {len(inputs)}")
-        for value, info in zip(inputs, self.inputs, strict=True):
+        expected = self.entry.inputs
+        if len(inputs) != len(expected):
+            names = ", ".join(i.name for i in expected)
+            raise InputShapeError(f"part {self.name} takes {len(expected)} input(s) ({names}), got {len(inputs)}")
+        for value, info in zip(inputs, expected, strict=True):
             _check_input(self.name, value, info)
         return as_tuple(self.module(*inputs))
 
 
-def _check_input(part: str, value: Any, info: dict[str, Any]) -> None:
-    expected = info["shape"]
+def _check_input(part: str, value: Any, info: TensorInfo) -> None:
+    expected = info.shape
     if not isinstance(value, torch.Tensor):
-        raise InputShapeError(f"part {part} input {info['name']!r} must be a tensor, got {type(value).__name__}")
-    shape = list(value.shape)
-    free = info.get("batch_dim")
+        raise InputShapeError(f"part {part} input {info.name!r} must be a tensor, got {type(value).__name__}")
+    shape = tuple(value.shape)
+    free = info.batch_dim
     fits = len(shape) == len(expected) and all(
         a == b or i == free for i, (a, b) in enumerate(zip(shape, expected, strict=True))
     )
     if not fits:
         text = ", ".join("B" if i == free else str(d) for i, d in enumerate(expected))
         hint = " (B: any batch size)" if free is not None else " (this part was exported for this batch size only)"
-        raise InputShapeError(f"part {part} input {info['name']!r} has shape {tuple(shape)}, expected ({text}){hint}")
+        raise InputShapeError(f"part {part} input {info.name!r} has shape {shape}, expected ({text}){hint}")
     dtype = _dtype(value)
-    if dtype != info["dtype"]:
-        raise InputShapeError(f"part {part} input {info['name']!r} has dtype {dtype}, expected {info['dtype']}")
+    if dtype != info.dtype:
+        raise InputShapeError(f"part {part} input {info.name!r} has dtype {dtype}, expected {info.dtype}")
 
 
 @dataclass
@@ -363,7 +367,7 @@ class LoadedExport:
     """An export folder loaded in this process: `modules[i]` runs `layout.parts[i]`."""
 
     folder: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     layout: PartsLayout
     modules: list[ExportedPart]
 
@@ -372,41 +376,9 @@ class LoadedExport:
         return run_local(self.layout, self.modules, *inputs)
 
 
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """The folder's manifest, after checking that this decomp reads its format."""
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise ExportError(f"{Path(folder)} has no {MANIFEST}; give a folder written by decomp's export_split")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ExportError(f"{path} is not readable JSON ({err}); re-export the model") from None
-    fmt = manifest.get("format") if isinstance(manifest, dict) else None
-    name, _, version = str(fmt).partition("/")
-    if name != FORMAT_NAME or not version.isdigit():
-        raise ExportError(f"{path} has format {fmt!r}, not {FORMAT}; give a folder written by export_split")
-    if int(version) > FORMAT_VERSION:
-        raise ExportError(f"{path} is format {fmt}, newer than this decomp reads ({FORMAT}); upgrade decomp to load it")
-    missing = [
-        key for key in ("inputs", "outputs", "parts", "files") if not isinstance(manifest.get(key), (list, dict))
-    ]
-    if missing:
-        raise ExportError(f"{path} lacks {', '.join(missing)}; it is damaged, re-export the model")
-    return manifest
-
-
-def manifest_layout(manifest: dict[str, Any]) -> PartsLayout:
-    """The parts layout an export manifest records (names of inputs, outputs and every part's tensors)."""
-    parts = [
-        PartSpec(p["name"], [i["name"] for i in p["inputs"]], [o["name"] for o in p["outputs"]], p.get("device", ""))
-        for p in manifest["parts"]
-    ]
-    return PartsLayout([i["name"] for i in manifest["inputs"]], [o["name"] for o in manifest["outputs"]], parts)
-
-
-def _verified(folder: Path, manifest: dict[str, Any], file: str) -> Path:
+def _verified(folder: Path, manifest: Manifest, file: str) -> Path:
     """The path of `file` after checking it is the file the manifest lists, byte for byte."""
-    digest = manifest.get("files", {}).get(file)
+    digest = manifest.files.get(file)
     if Path(file).name != file or file in ("", ".", "..") or digest is None:
         raise ExportError(f"{folder / MANIFEST} names file {file!r} without a checksum; re-export the model")
     path = folder / file
@@ -445,15 +417,14 @@ def _check_archive(path: Path) -> None:
         )
 
 
-def _load(folder: Path, manifest: dict[str, Any], entry: dict[str, Any], verify: bool = True) -> ExportedPart:
-    path = _verified(folder, manifest, entry["file"]) if verify else folder / entry["file"]
+def _load(folder: Path, manifest: Manifest, entry: PartEntry, verify: bool = True) -> ExportedPart:
+    path = _verified(folder, manifest, entry.file) if verify else folder / entry.file
     _check_archive(path)
     try:
         program = torch.export.load(path)
     except Exception as err:
         raise ExportError(
-            f"torch {torch.__version__} cannot load {path} (written by torch {manifest.get('torch')}): "
-            f"{_first_line(err)}"
+            f"torch {torch.__version__} cannot load {path} (written by torch {manifest.torch}): {_first_line(err)}"
         ) from err
     return ExportedPart(entry, program.module())
 
@@ -462,9 +433,9 @@ def load_export(folder: str | Path) -> LoadedExport:
     """Load every part of an export folder, checking each file's checksum first."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    for file in manifest.get("files", {}):
+    for file in manifest.files:
         _verified(folder, manifest, file)
-    modules = [_load(folder, manifest, entry, verify=False) for entry in manifest["parts"]]
+    modules = [_load(folder, manifest, entry, verify=False) for entry in manifest.parts]
     return LoadedExport(folder, manifest, manifest_layout(manifest), modules)
 
 
@@ -473,7 +444,7 @@ def load_part(folder: str | Path, index: int) -> ExportedPart:
     one file, so each worker of a distributed runtime pays for its own part only."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    parts = manifest["parts"]
+    parts = manifest.parts
     if not 0 <= index < len(parts):
         raise ExportError(f"{folder} has {len(parts)} parts (0..{len(parts) - 1}), no part {index}")
     return _load(folder, manifest, parts[index])

@@ -19,14 +19,14 @@ from decomp.build import build_graph
 from decomp.errors import DecompError, ExportError, InvalidPlanError
 from decomp.partition.baselines import METHODS, StageCost, graph_partition, optimal_pipeline, pipeline_stage_times
 from decomp.partition.export import export_split, verify_export
-from decomp.partition.metrics import partition_metrics
+from decomp.partition.metrics import PartitionMetrics, partition_metrics
 from decomp.partition.plan import MODES, PartitionPlan
 from decomp.partition.split import SplitModel, split_model
 from decomp.partition.tune import tune_pipeline
 from decomp.specs import load_model
 from decomp.timing import annotate_op_times, op_times
 
-__all__ = ["BALANCES", "SplitRequest", "run_split"]
+__all__ = ["BALANCES", "SplitRequest", "SplitSummary", "TuningRun", "export_verified", "run_split"]
 
 BALANCES = ("macs", "time", "run")
 RunStages = Callable[[SplitModel], Sequence[float]]
@@ -72,6 +72,49 @@ class SplitRequest:
             )
         if self.threads < 1 or self.tune_steps < 1:
             raise DecompError(f"--threads and tune steps must be >= 1, got {self.threads} and {self.tune_steps}")
+
+
+@dataclass(frozen=True)
+class TuningRun:
+    """A candidate split run while tuning (`balance='run'`): its cut points (op positions where a stage
+    starts), each stage's seconds per call, and whether it is the split kept."""
+
+    cuts: tuple[int, ...]
+    stage_seconds: tuple[float, ...]
+    kept: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cuts": list(self.cuts), "stage_seconds": list(self.stage_seconds), "kept": self.kept}
+
+
+@dataclass(frozen=True)
+class SplitSummary:
+    """What a `decomp split` job did (`to_json()` for `--json`): the request, the export folder `out`, the
+    partition plan and its metrics, how many parts the export holds, each pipeline stage's estimated
+    seconds (pipeline plans; under the stage cost the split balanced), the candidate splits run while
+    tuning (in the order they ran; `balance='run'` only), and the export's largest difference from the
+    unpartitioned model."""
+
+    request: SplitRequest
+    out: Path
+    plan: PartitionPlan
+    parts_in_export: int
+    metrics: PartitionMetrics
+    stage_seconds: tuple[float, ...] | None
+    tuning_runs: tuple[TuningRun, ...] | None
+    max_abs_diff: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "request": asdict(self.request),
+            "out": str(self.out),
+            "plan": self.plan.to_json(),
+            "parts_in_export": self.parts_in_export,
+            "metrics": self.metrics.to_json(),
+            "stage_seconds": list(self.stage_seconds) if self.stage_seconds is not None else None,
+            "tuning_runs": [t.to_json() for t in self.tuning_runs] if self.tuning_runs is not None else None,
+            "max_abs_diff": self.max_abs_diff,
+        }
 
 
 def _model(request: SplitRequest):
@@ -120,9 +163,10 @@ def export_verified(split, out, module, **export_options) -> tuple[Path, float]:
 
 def run_split(
     request: SplitRequest, out: str | Path, overwrite: bool = False, run_stages: RunStages | None = None
-) -> dict[str, Any]:
-    """Split, export to `out` (written atomically) and verify; returns the summary (also in the manifest's
-    expected costs). `run_stages` runs a candidate split for `balance='run'` (see the module docstring)."""
+) -> SplitSummary:
+    """Split, export to `out` (written atomically) and verify; returns the summary (its metrics, stage
+    seconds and tuning runs are also the manifest's expected costs). `run_stages` runs a candidate split
+    for `balance='run'` (see the module docstring)."""
     if request.balance == "run" and run_stages is None:
         raise DecompError("balance 'run' runs candidate splits: pass run_stages (the decomp CLI runs them on Ray)")
     loaded, pruning_plan = _model(request)
@@ -143,10 +187,10 @@ def run_split(
 
             trials = tune_pipeline(graph, request.parts, run, cost, steps=request.tune_steps)
             plan = trials[0].plan
-            tuning = [  # in the order they ran; the kept split is the best balanced
-                {"cuts": t.plan.cuts(graph), "stage_seconds": list(t.stage_seconds), "kept": t is trials[0]}
+            tuning = tuple(  # in the order they ran; the kept split is the best balanced
+                TuningRun(tuple(t.plan.cuts(graph)), tuple(t.stage_seconds), t is trials[0])
                 for t in sorted(trials, key=lambda t: t.step)
-            ]
+            )
     metrics = partition_metrics(graph, plan)
     stage_times = pipeline_stage_times(graph, plan, cost) if plan.mode == "pipeline" else None
     split = split_model(module, inputs, plan, tracer=loaded.tracer)
@@ -154,7 +198,7 @@ def run_split(
         "metrics": metrics.to_json(),
         "stage_cost_model": asdict(cost),
         "stage_seconds": stage_times,
-        "tuning_runs": tuning,
+        "tuning_runs": [t.to_json() for t in tuning] if tuning is not None else None,
     }
     folder, diff = export_verified(
         split,
@@ -166,13 +210,13 @@ def run_split(
         expected_costs=costs,
         overwrite=overwrite,
     )
-    return {
-        "request": asdict(request),
-        "out": str(folder),
-        "plan": plan.to_json(),
-        "parts_in_export": len(split.layout.parts),
-        "metrics": metrics.to_json(),
-        "stage_seconds": stage_times,
-        "tuning_runs": tuning,
-        "max_abs_diff": diff,
-    }
+    return SplitSummary(
+        request=request,
+        out=folder,
+        plan=plan,
+        parts_in_export=len(split.layout.parts),
+        metrics=metrics,
+        stage_seconds=tuple(stage_times) if stage_times is not None else None,
+        tuning_runs=tuning,
+        max_abs_diff=diff,
+    )

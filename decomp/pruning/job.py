@@ -31,7 +31,7 @@ from decomp.pruning.train import TrainConfig, evaluate, train
 from decomp.pruning.unstructured import global_magnitude_plan, prunable_layers, sparse_size
 from decomp.specs import LoadedModel, load_model
 
-__all__ = ["PruneRequest", "METHODS", "run_prune", "load_pruned", "open_pruned"]
+__all__ = ["METHODS", "ModelFigures", "PruneRequest", "PruneSummary", "load_pruned", "open_pruned", "run_prune"]
 
 METHODS = (*CRITERIA, "magnitude", "han", "nm")
 _NEEDS_DATA = ("taylor", "han")
@@ -75,17 +75,66 @@ class PruneRequest:
             parse_pattern(self.pattern)
 
 
-def _measure(module: nn.Module, loaded: LoadedModel, data: DataSplits | None, loader) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ModelFigures:
+    """A model measured before or after pruning: parameters and MACs of the traced model, the weights of
+    its prunable layers (all, and nonzero) and their sparse storage bytes, and test accuracy (None
+    without data)."""
+
+    params: int
+    macs: int
+    nonzero_weights: int
+    weights: int
+    sparse_bytes: int
+    accuracy: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelFigures:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class PruneSummary:
+    """What a `decomp prune` job did (`summary.json` in its folder, `to_json()`): the request, the model
+    before and after, and the files it wrote beside the summary."""
+
+    request: PruneRequest
+    before: ModelFigures
+    after: ModelFigures
+    files: tuple[str, ...] = ("weights.safetensors", "plan.json")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "request": asdict(self.request),
+            "before": self.before.to_json(),
+            "after": self.after.to_json(),
+            "files": list(self.files),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PruneSummary:
+        return cls(
+            PruneRequest(**data["request"]),
+            ModelFigures.from_json(data["before"]),
+            ModelFigures.from_json(data["after"]),
+            tuple(data["files"]),
+        )
+
+
+def _measure(module: nn.Module, loaded: LoadedModel, data: DataSplits | None, loader) -> ModelFigures:
     graph = build_graph(module, loaded.example_inputs, tracer=loaded.tracer)
     size = sparse_size(module)
-    return {
-        "params": graph.totals.params,
-        "macs": graph.totals.macs,
-        "nonzero_weights": size.nonzeros,
-        "weights": size.weights,
-        "sparse_bytes": size.sparse_bytes,
-        "accuracy": evaluate(module, loader) if data is not None else None,
-    }
+    return ModelFigures(
+        params=graph.totals.params,
+        macs=graph.totals.macs,
+        nonzero_weights=size.nonzeros,
+        weights=size.weights,
+        sparse_bytes=size.sparse_bytes,
+        accuracy=evaluate(module, loader) if data is not None else None,
+    )
 
 
 def _nm_plan(model: nn.Module, pattern: str) -> PruningPlan:
@@ -126,7 +175,7 @@ def _prune(
     return make_permanent(model), plan
 
 
-def run_prune(request: PruneRequest, out: str | Path) -> dict[str, Any]:
+def run_prune(request: PruneRequest, out: str | Path) -> PruneSummary:
     """Run the job, write `weights.safetensors`, `plan.json` and `summary.json` to `out`; return the summary."""
     data = load_data(request.data) if request.data else None
     shapes = [(1, *data.input_shape)] if data is not None else None
@@ -135,16 +184,11 @@ def run_prune(request: PruneRequest, out: str | Path) -> dict[str, Any]:
     before = _measure(loaded.module, loaded, data, loaders[1])
     module, plan = _prune(request, loaded, data, loaders)
     after = _measure(module, loaded, data, loaders[1])
-    summary = {
-        "request": asdict(request),
-        "before": before,
-        "after": after,
-        "files": ["weights.safetensors", "plan.json"],
-    }
+    summary = PruneSummary(request, before, after)
     with staged_folder(out) as staging:
         save_model(module, str(staging / "weights.safetensors"))
         (staging / "plan.json").write_text(plan.dumps())
-        (staging / "summary.json").write_text(json.dumps(summary, indent=1))
+        (staging / "summary.json").write_text(json.dumps(summary.to_json(), indent=1))
     return summary
 
 
@@ -155,13 +199,13 @@ def open_pruned(folder: str | Path) -> tuple[LoadedModel, PruningPlan]:
     try:
         summary = json.loads((folder / "summary.json").read_text())
         plan = PruningPlan.loads((folder / "plan.json").read_text())
-        request = summary["request"]
+        request = PruneSummary.from_json(summary).request
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
         raise DecompError(
             f"{folder} is not a decomp prune folder ({err}); give the --out folder of decomp prune"
         ) from None
-    shapes = [(1, *load_data(request["data"]).input_shape)] if request.get("data") else None
-    loaded = load_model(request["model"], weights=request.get("weights"), input_shapes=shapes)
+    shapes = [(1, *load_data(request.data).input_shape)] if request.data else None
+    loaded = load_model(request.model, weights=request.weights, input_shapes=shapes)
     module = apply_plan(loaded.module, PruningPlan(groups=plan.groups), loaded.example_inputs).module
     load_safetensors(module, str(folder / "weights.safetensors"))
     return replace(loaded, module=module.eval()), plan

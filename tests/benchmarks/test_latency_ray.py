@@ -49,7 +49,7 @@ def test_two_stage_throughput_predictions_match_ray_measurements(tmp_path):
         out=str(tmp_path / "calibration.json"),
     )
     load_before = os.getloadavg()[0]
-    summary = run_calibration(request)
+    summary = run_calibration(request).to_json()
     load = f"1-min load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     rows = summary["candidates"]
     held = [r for r in rows if r["held_out"]]

@@ -99,7 +99,7 @@ def test_resnet50_two_stage_pipeline_throughput(tmp_path):
     shape = (BATCH // MICRO_BATCHES, 3, 224, 224)  # the parts are exported for (and tuned on) one micro-batch
     request = SplitRequest(SPEC, 2, input_shapes=(shape,), balance="run", threads=1, tune_steps=TUNE_STEPS)
     run_stages = functools.partial(stage_seconds, threads=1, batches=TUNE_CALLS)
-    summary = run_split(request, tmp_path / "two", run_stages=run_stages)
+    summary = run_split(request, tmp_path / "two", run_stages=run_stages).to_json()
     run_split(SplitRequest(SPEC, 1, input_shapes=(shape,)), tmp_path / "whole")
     folders = {"whole": tmp_path / "whole", "2 stages": tmp_path / "two"}
     loaded = load_model(SPEC, input_shapes=[shape])  # the weights run_split exported (seeded)

@@ -159,9 +159,9 @@ def test_calibrate_on_ray_predicts_two_stage_candidates(tmp_path):
         out=str(tmp_path / "c.json"),
     )
     summary = run_calibration(request)
-    two = [row for row in summary["candidates"] if row["candidate"].endswith("K=2")]
-    assert len(two) == 3 and all(row["predicted"] > 0 and row["measured"] > 0 for row in two)
-    assert summary["holdout_mape"] is not None
+    two = [row for row in summary.candidates if row.candidate.endswith("K=2")]
+    assert len(two) == 3 and all(row.predicted > 0 and row.measured > 0 for row in two)
+    assert summary.holdout_mape is not None
 
 
 def test_split_balanced_by_running_candidates_on_ray(tmp_path):
@@ -179,5 +179,5 @@ def test_split_balanced_by_running_candidates_on_ray(tmp_path):
     summary = json.loads(js.read_text())
     runs = summary["tuning_runs"]
     assert 1 <= len(runs) <= 2 and all(len(r["stage_seconds"]) == 2 and min(r["stage_seconds"]) > 0 for r in runs)
-    assert summary["max_abs_diff"] <= 1e-5 and read_manifest(out)["expected_costs"]["tuning_runs"] == runs
+    assert summary["max_abs_diff"] <= 1e-5 and read_manifest(out).expected_costs["tuning_runs"] == runs
     assert "(kept)" in result.output

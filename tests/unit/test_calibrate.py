@@ -50,11 +50,11 @@ def test_held_out_ratios_are_measured_and_predicted_but_not_fitted(tmp_path):
         out=str(tmp_path / "c.json"),
     )
     summary = run_calibration(request)
-    held = [row for row in summary["candidates"] if row["held_out"]]
-    assert [row["candidate"] for row in held] == [f"{TINY} x0.60 K=1"]
-    assert summary["holdout_mape"] == pytest.approx(abs(held[0]["error"]))
-    fitted = [row for row in summary["candidates"] if not row["held_out"]]
-    assert len(fitted) == 3 and summary["mape"] == pytest.approx(sum(abs(r["error"]) for r in fitted) / 3)
+    held = [row for row in summary.candidates if row.held_out]
+    assert [row.candidate for row in held] == [f"{TINY} x0.60 K=1"]
+    assert summary.holdout_mape == pytest.approx(abs(held[0].error))
+    fitted = [row for row in summary.candidates if not row.held_out]
+    assert len(fitted) == 3 and summary.mape == pytest.approx(sum(abs(r.error) for r in fitted) / 3)
     # the held-out run is saved with the others, marked, for offline analysis
     runs = json.loads((tmp_path / "c.json").read_text())
     assert "held_out" in json.dumps(runs)

@@ -19,10 +19,11 @@ from torch import nn
 
 from decomp import build_graph
 from decomp.errors import ExportError, InputShapeError
-from decomp.partition.export import FORMAT, export_split, load_export, load_part, read_manifest, verify_export
+from decomp.partition.export import export_split, load_export, load_part, verify_export
+from decomp.partition.manifest import FORMAT, Manifest, read_manifest
 from decomp.partition.plan import PartitionPlan, repair
 from decomp.partition.split import flat_outputs, split_model
-from decomp.pruning import PruningPlan, apply_plan, find_groups, plan_for_ratio
+from decomp.pruning import apply_plan, find_groups, plan_for_ratio
 
 
 class Branches(nn.Module):
@@ -144,25 +145,27 @@ def test_pruned_model_exports_with_its_pruning_plan(tmp_path):
     split = split_model(pruned.module, inputs, _plan(build_graph(pruned.module, inputs), 2, "pipeline"))
     folder = export_split(split, tmp_path / "out", pruning_plan=pruned.plan)
     assert verify_export(folder, pruned.module, inputs) <= 1e-5
-    assert PruningPlan.from_json(read_manifest(folder)["pruning_plan"]) == pruned.plan
+    assert read_manifest(folder).pruning_plan == pruned.plan
 
 
 def test_manifest_describes_parts_edges_and_files(exported):
     _, split, folder = exported
     manifest = read_manifest(folder)
-    assert manifest["format"] == FORMAT and manifest["source"] == "python:tests:branches"
-    assert PartitionPlan.from_json(manifest["partition_plan"]) == split.plan
-    assert manifest["expected_costs"] == {"macs": 123} and manifest["batch"] == "dynamic"
-    assert [p["name"] for p in manifest["parts"]] == [p.name for p in split.layout.parts]
-    assert all(p["device"] == "cpu" and p["file"] == f"{p['name']}.pt2" for p in manifest["parts"])
-    first = manifest["parts"][0]
+    assert manifest.format == FORMAT and manifest.source == "python:tests:branches"
+    assert manifest.partition_plan == split.plan
+    assert manifest.expected_costs == {"macs": 123} and manifest.batch == "dynamic"
+    assert [p.name for p in manifest.parts] == [p.name for p in split.layout.parts]
+    assert all(p.device == "cpu" and p.file == f"{p.name}.pt2" for p in manifest.parts)
+    first = manifest.to_json()["parts"][0]
     assert first["inputs"] == [{"name": "x", "shape": [2, 3, 8, 8], "dtype": "float32", "batch_dim": 0}]
-    edges = {(e["from"], e["to"], e["tensor"]) for e in manifest["edges"]}
+    edges = {(e.source, e.target, e.tensor) for e in manifest.edges}
     assert {(None, "part_0", "x"), ("part_0", "part_1", "relu"), ("part_0", "part_2", "relu")} <= edges
     assert ("part_1", "part_2", "left") not in edges  # the branches run side by side
-    for name, digest in manifest["files"].items():
+    for name, digest in manifest.files.items():
         assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest
-    assert set(manifest["files"]) == {f"part_{k}.pt2" for k in range(4)}
+    assert set(manifest.files) == {f"part_{k}.pt2" for k in range(4)}
+    text = (folder / "manifest.json").read_text()  # the record writes the file it was read from, byte for byte
+    assert json.dumps(Manifest.from_json(json.loads(text)).to_json(), indent=1) == text
 
 
 def test_loaded_parts_take_any_batch_size(exported):
@@ -201,7 +204,7 @@ def test_a_graph_that_fixes_the_batch_exports_static_and_says_so(tmp_path):
     split = split_model(model, inputs, _plan(build_graph(model, inputs), 2, "pipeline"))
     folder = export_split(split, tmp_path / "out")
     manifest = read_manifest(folder)
-    assert manifest["batch"] == "static" and "fixes the batch size" in manifest["parts"][0]["note"]
+    assert manifest.batch == "static" and "fixes the batch size" in manifest.parts[0].note
     assert verify_export(folder, model, inputs) <= 1e-5
     with pytest.raises(InputShapeError, match="exported for this batch size only"):
         load_export(folder)(*_image(batch=2))
@@ -215,8 +218,8 @@ def test_a_part_that_reads_no_batched_input_does_not_fix_the_batch(tmp_path):
     plan = PartitionPlan.from_assignment(assignment, "dag", graph=graph)
     split = split_model(model, inputs, plan, tracer="export")
     manifest = read_manifest(export_split(split, tmp_path / "out"))
-    assert [p["inputs"] for p in manifest["parts"]][0] == []
-    assert [p["batch"] for p in manifest["parts"]] == ["none", "dynamic"] and manifest["batch"] == "dynamic"
+    assert manifest.parts[0].inputs == ()
+    assert [p.batch for p in manifest.parts] == ["none", "dynamic"] and manifest.batch == "dynamic"
     batch5 = torch.randn(5, 4)
     with torch.no_grad():
         assert _max_diff(load_export(tmp_path / "out")(batch5), [model(batch5)]) <= 1e-5
@@ -228,7 +231,7 @@ def test_a_missing_file_is_named(copy_of):
         load_export(copy_of)
     load_part(copy_of, 0)  # the other parts still load one by one
     with pytest.raises(ExportError, match=r"part_2\.pt2 is missing"):
-        load_part(copy_of, [p["name"] for p in read_manifest(copy_of)["parts"]].index("part_2"))
+        load_part(copy_of, [p.name for p in read_manifest(copy_of).parts].index("part_2"))
 
 
 def test_a_changed_byte_is_caught(copy_of):
@@ -247,6 +250,18 @@ def test_a_newer_format_names_both_versions(copy_of):
     with pytest.raises(ExportError, match=r"decomp\.export/2, newer than this decomp reads \(decomp\.export/1\)"):
         load_export(copy_of)
     with pytest.raises(ExportError, match="upgrade decomp"):
+        load_part(copy_of, 0)
+
+
+def test_a_manifest_with_unknown_or_missing_keys_is_damaged(copy_of):
+    manifest = json.loads((copy_of / "manifest.json").read_text())
+    manifest["parts"][0]["colour"] = "red"
+    (copy_of / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match=r"damaged \(unknown key\(s\) colour in a part entry; valid keys: name, file"):
+        load_export(copy_of)
+    del manifest["parts"][0]["colour"], manifest["tracer"]
+    (copy_of / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="manifest.json is damaged .*; re-export the model"):
         load_part(copy_of, 0)
 
 
@@ -308,11 +323,11 @@ def test_onnx_is_written_or_skipped_with_a_note(tmp_path):
     if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxscript") is None:
         with pytest.warns(UserWarning, match="ONNX skipped"):
             folder = export_split(split, tmp_path / "out", onnx=True)
-        assert read_manifest(folder)["onnx"].startswith("ONNX skipped")
-        assert all(p["onnx"] is None for p in read_manifest(folder)["parts"])
+        assert read_manifest(folder).onnx.startswith("ONNX skipped")
+        assert all(p.onnx is None for p in read_manifest(folder).parts)
     else:
         folder = export_split(split, tmp_path / "out", onnx=True)
-        assert any(p["onnx"] for p in read_manifest(folder)["parts"])
+        assert any(p.onnx for p in read_manifest(folder).parts)
 
 
 def test_loads_in_a_fresh_process_without_model_code_or_pickle(exported, tmp_path):

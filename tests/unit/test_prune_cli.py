@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from cluster.cli import app
 from decomp import DecompError, InvalidPlanError, load_data, load_model
-from decomp.pruning.job import PruneRequest, load_pruned, run_prune
+from decomp.pruning.job import PruneRequest, PruneSummary, load_pruned, run_prune
 
 TINY = "python:tests.tiny_models:tiny_net"
 DATA = "synthetic?shape=[3,8,8]&classes=10&size=256&train=192&test=64"
@@ -23,12 +23,12 @@ def test_structured_job_writes_a_folder_that_reloads(tmp_path):
     out = tmp_path / "pruned"
     summary = run_prune(PruneRequest(TINY, "l2", ratio=0.5, data=DATA, finetune_epochs=1, distill=0.5), out)
     assert sorted(p.name for p in out.iterdir()) == ["plan.json", "summary.json", "weights.safetensors"]
-    assert summary["after"]["params"] < 0.5 * summary["before"]["params"]
-    assert 0.0 <= summary["after"]["accuracy"] <= 1.0
+    assert summary.after.params < 0.5 * summary.before.params
+    assert 0.0 <= summary.after.accuracy <= 1.0
     x = torch.randn(2, 3, 8, 8)
     rebuilt = load_pruned(out)
     assert rebuilt.stem.out_channels == 4
-    assert json.loads((out / "summary.json").read_text())["after"] == summary["after"]
+    assert PruneSummary.from_json(json.loads((out / "summary.json").read_text())) == summary
     again = load_pruned(out)
     torch.testing.assert_close(_outputs(rebuilt, x), _outputs(again, x))
 
@@ -37,9 +37,9 @@ def test_magnitude_iterations_reach_the_ratio_and_keep_zeros(tmp_path):
     summary = run_prune(
         PruneRequest(TINY, "magnitude", ratio=0.8, iterations=2, data=DATA, finetune_epochs=1), tmp_path / "m"
     )
-    after = summary["after"]
-    assert after["nonzero_weights"] == pytest.approx(0.2 * after["weights"], rel=0.02)
-    assert after["params"] == summary["before"]["params"] and after["sparse_bytes"] < summary["before"]["sparse_bytes"]
+    after = summary.after
+    assert after.nonzero_weights == pytest.approx(0.2 * after.weights, rel=0.02)
+    assert after.params == summary.before.params and after.sparse_bytes < summary.before.sparse_bytes
     rebuilt = load_pruned(tmp_path / "m")
     assert int((rebuilt.fc.weight == 0).sum()) > 0
 
@@ -48,7 +48,7 @@ def test_nm_and_han_methods(tmp_path):
     nm = run_prune(PruneRequest(TINY, "nm", pattern="2:4"), tmp_path / "nm")
     model = load_model(TINY).module
     fitting = [m.weight.numel() for m in (model.branches.left, model.branches.right, model.fuse, model.fc)]
-    assert nm["after"]["nonzero_weights"] == nm["before"]["nonzero_weights"] - sum(fitting) // 2  # 27, 9 inputs: no 2:4
+    assert nm.after.nonzero_weights == nm.before.nonzero_weights - sum(fitting) // 2  # 27, 9 inputs: no 2:4
     han = run_prune(
         PruneRequest(
             "python:decomp.zoo:lenet_300_100",
@@ -60,7 +60,7 @@ def test_nm_and_han_methods(tmp_path):
         ),
         tmp_path / "han",
     )
-    assert han["after"]["nonzero_weights"] < han["before"]["nonzero_weights"]
+    assert han.after.nonzero_weights < han.before.nonzero_weights
     assert load_pruned(tmp_path / "han")(torch.randn(1, 1, 28, 28)).shape == (1, 10)
 
 

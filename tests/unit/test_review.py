@@ -193,8 +193,8 @@ def test_export_prunes_splits_verifies_and_runs(run, tiny, tmp_path):
     assert summary["max_abs_diff"] <= 1e-5 and summary["parts"] == 2
     assert summary["params_after"] < summary["params_before"]
     manifest = read_manifest(out)
-    assert manifest["partition_plan"] == chosen.partition.to_json() and manifest["source"] == TINY
-    assert manifest["expected_costs"]["search"]["candidate_id"] == chosen.id
+    assert manifest.partition_plan.to_json() == chosen.partition.to_json() and manifest.source == TINY
+    assert manifest.expected_costs["search"]["candidate_id"] == chosen.id
     loaded = load_model(TINY)
     pruned = apply_plan(loaded.module, chosen.pruning, loaded.example_inputs).module
     x = torch.randn(3, *loaded.example_inputs[0].shape[1:])

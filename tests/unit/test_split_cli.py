@@ -2,6 +2,7 @@
 verified and run; bad plans and tampered folders give clear errors."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,9 +11,9 @@ from typer.testing import CliRunner
 from cluster.cli import app
 from cluster.runtime import LocalRunner, export_inputs, export_loaders, measure, run_export
 from decomp import DecompError, ExportError, InputShapeError, InvalidPlanError, build_graph, load_model
-from decomp.partition import PartitionPlan, load_export, optimal_pipeline, read_manifest
-from decomp.partition.export import manifest_layout
+from decomp.partition import PartitionPlan, load_export, manifest_layout, optimal_pipeline, read_manifest
 from decomp.partition.job import SplitRequest, run_split
+from decomp.pruning import PruningPlan
 from decomp.pruning.job import PruneRequest, load_pruned, run_prune
 
 TINY = "python:tests.tiny_models:tiny_net"
@@ -27,35 +28,35 @@ def _reference(model, inputs):
 def test_split_exports_parts_that_reproduce_the_model(tmp_path, mode, parts):
     summary = run_split(SplitRequest(TINY, parts, mode), tmp_path / "out")
     loaded = load_model(TINY)
-    assert summary["max_abs_diff"] <= 1e-5
-    assert len(summary["metrics"]["parts"]) == parts and summary["plan"]["mode"] == mode
+    assert summary.max_abs_diff <= 1e-5
+    assert len(summary.metrics.parts) == parts and summary.plan.mode == mode
     export = load_export(tmp_path / "out")
     x = torch.randn(3, *loaded.example_inputs[0].shape[1:])  # another batch size: the export is dynamic
     (got,) = export(x)
     torch.testing.assert_close(got, _reference(loaded.module, (x,)), rtol=0, atol=1e-5)
     manifest = read_manifest(tmp_path / "out")
-    assert manifest["source"] == TINY and manifest["partition_plan"] == summary["plan"]
-    assert manifest["expected_costs"]["metrics"]["macs"] == summary["metrics"]["macs"]
+    assert manifest.source == TINY and manifest.partition_plan == summary.plan
+    assert manifest.expected_costs["metrics"]["macs"] == summary.metrics.macs
 
 
 def test_pipeline_split_is_the_dp_optimum(tmp_path):
     summary = run_split(SplitRequest(TINY, 2, "pipeline"), tmp_path / "out")
     loaded = load_model(TINY)
     graph = build_graph(loaded.module, loaded.example_inputs, loaded.tracer)
-    assert summary["plan"] == optimal_pipeline(graph, 2).to_json()
+    assert summary.plan.to_json() == optimal_pipeline(graph, 2).to_json()
 
 
 def test_split_of_a_pruned_folder_records_the_pruning_plan(tmp_path):
     run_prune(PruneRequest(TINY, "l1", ratio=0.5), tmp_path / "pruned")
     summary = run_split(SplitRequest("", 2, "pipeline", pruned=str(tmp_path / "pruned")), tmp_path / "out")
     manifest = read_manifest(tmp_path / "out")
-    assert manifest["pruning_plan"] == json.loads((tmp_path / "pruned" / "plan.json").read_text())
+    assert manifest.pruning_plan == PruningPlan.loads((tmp_path / "pruned" / "plan.json").read_text())
     pruned = load_pruned(tmp_path / "pruned")
     x = torch.randn(2, *load_model(TINY).example_inputs[0].shape[1:])
     (got,) = load_export(tmp_path / "out")(x)
     torch.testing.assert_close(got, _reference(pruned, (x,)), rtol=0, atol=1e-5)
     dense = load_model(TINY)
-    assert summary["metrics"]["macs"] < build_graph(dense.module, dense.example_inputs).totals.macs
+    assert summary.metrics.macs < build_graph(dense.module, dense.example_inputs).totals.macs
     with pytest.raises(DecompError, match="holds a pruned .*tiny_net, not torchvision:resnet18"):
         run_split(SplitRequest("torchvision:resnet18", 2, pruned=str(tmp_path / "pruned")), tmp_path / "other")
 
@@ -66,7 +67,7 @@ def test_split_with_a_plan_file_and_plans_that_do_not_fit(tmp_path):
     plan = PartitionPlan.pipeline(graph, [2])
     (tmp_path / "plan.json").write_text(plan.dumps())
     summary = run_split(SplitRequest(TINY, plan=str(tmp_path / "plan.json")), tmp_path / "out")
-    assert summary["plan"] == plan.to_json()
+    assert summary.plan.to_json() == plan.to_json()
     wrong = PartitionPlan.from_assignment({"no_such_op": 0, **dict(plan.assignment)}, "pipeline")
     (tmp_path / "wrong.json").write_text(wrong.dumps())
     with pytest.raises(InvalidPlanError, match="no_such_op"):
@@ -87,8 +88,9 @@ def test_run_local_reports_and_checks_batch_sizes(tmp_path):
     assert report.throughput == pytest.approx(12 / report.seconds)
     assert all(b > 0 for b in report.busy_s)
     manifest = read_manifest(tmp_path / "out")
-    assert [tuple(t.shape) for t in export_inputs(manifest, 5)] == [(5, *manifest["inputs"][0]["shape"][1:])]
-    manifest["inputs"][0]["batch_dim"] = None  # as an export whose graph fixes the batch size records it
+    assert [tuple(t.shape) for t in export_inputs(manifest, 5)] == [(5, *manifest.inputs[0].shape[1:])]
+    # as an export whose graph fixes the batch size records it
+    manifest = replace(manifest, inputs=(replace(manifest.inputs[0], batch_dim=None),))
     with pytest.raises(InputShapeError, match="with batch size 1 only"):
         export_inputs(manifest, 5)
 
@@ -132,10 +134,10 @@ def test_run_refuses_a_tampered_export(tmp_path):
 
 def test_split_balanced_by_profiled_op_times(tmp_path):
     summary = run_split(SplitRequest(TINY, 2, "pipeline", balance="time"), tmp_path / "out")
-    assert summary["max_abs_diff"] <= 1e-5 and summary["tuning_runs"] is None
-    costs = read_manifest(tmp_path / "out")["expected_costs"]
-    assert costs["stage_cost_model"]["measured"] is True
-    assert len(summary["stage_seconds"]) == 2 and all(s > 0 for s in summary["stage_seconds"])
+    assert summary.max_abs_diff <= 1e-5 and summary.tuning_runs is None
+    costs = read_manifest(tmp_path / "out").expected_costs
+    assert costs["stage_cost_model"]["measured"] is True and costs["stage_seconds"] == list(summary.stage_seconds)
+    assert len(summary.stage_seconds) == 2 and all(s > 0 for s in summary.stage_seconds)
 
 
 def test_split_balanced_by_running_candidates(tmp_path):
@@ -148,17 +150,18 @@ def test_split_balanced_by_running_candidates(tmp_path):
 
     request = SplitRequest(TINY, 2, "pipeline", balance="run", tune_steps=3)
     summary = run_split(request, tmp_path / "out", run_stages=run_stages)
-    runs = summary["tuning_runs"]
+    runs = summary.tuning_runs
     assert 1 <= len(runs) == len(ran) <= 3 and len(set(ran)) == len(ran)
     loaded = load_model(TINY)
     graph = build_graph(loaded.module, loaded.example_inputs, loaded.tracer)
-    assert [r["cuts"] for r in runs] == [p.cuts(graph) for p in ran]  # in the order they ran
-    (kept,) = [r for r in runs if r["kept"]]
-    assert max(kept["stage_seconds"]) / sum(kept["stage_seconds"]) == min(
-        max(r["stage_seconds"]) / sum(r["stage_seconds"]) for r in runs
+    assert [list(r.cuts) for r in runs] == [p.cuts(graph) for p in ran]  # in the order they ran
+    (kept,) = [r for r in runs if r.kept]
+    assert max(kept.stage_seconds) / sum(kept.stage_seconds) == min(
+        max(r.stage_seconds) / sum(r.stage_seconds) for r in runs
     )
-    assert PartitionPlan.from_json(summary["plan"]).cuts(graph) == kept["cuts"] and summary["max_abs_diff"] <= 1e-5
-    assert read_manifest(tmp_path / "out")["expected_costs"]["tuning_runs"] == runs
+    assert summary.plan.cuts(graph) == list(kept.cuts) and summary.max_abs_diff <= 1e-5
+    assert read_manifest(tmp_path / "out").expected_costs["tuning_runs"] == [r.to_json() for r in runs]
+    assert json.loads(json.dumps(summary.to_json()))["tuning_runs"] == [r.to_json() for r in runs]
 
 
 def test_split_balance_options_that_do_not_fit():
