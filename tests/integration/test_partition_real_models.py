@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from decomp import build_graph, load_model
-from decomp.partition.export import export_split, load_export, read_manifest, verify_export
+from decomp.partition.export import export_split, load_export, verify_export
+from decomp.partition.manifest import read_manifest
 from decomp.partition.plan import PartitionPlan, quotient
 from decomp.partition.split import flat_outputs, split_model
 from decomp.pruning import apply_plan, find_groups, plan_for_ratio
@@ -139,11 +140,11 @@ def test_exported_parts_reproduce_the_model(tmp_path, spec, parts, kind, pruned)
     folder = export_split(split, tmp_path / "export", source=spec, pruning_plan=pruning_plan)
     assert verify_export(folder, model, inputs) <= 1e-5
     manifest = read_manifest(folder)
-    assert len(manifest["parts"]) == parts and (manifest["pruning_plan"] is not None) == pruned
+    assert len(manifest.parts) == parts and (manifest.pruning_plan is not None) == pruned
     if tracer == "export":  # torch.export traces at a fixed batch size; the parts inherit it
-        assert manifest["batch"] == "static"
+        assert manifest.batch == "static"
         return
-    assert manifest["batch"] == "dynamic"
+    assert manifest.batch == "dynamic"
     doubled = tuple(torch.cat([x, x]) for x in inputs)
     with torch.no_grad():
         got, expected = load_export(folder)(*doubled), flat_outputs(model(*doubled))
@@ -160,7 +161,7 @@ def test_baseline_split_jobs_on_real_models(tmp_path, spec, parts, mode):
 
     shape = SHAPES.get(spec, (1, 3, 64, 64))
     summary = run_split(SplitRequest(spec, parts, mode, input_shapes=(shape,)), tmp_path / "out")
-    assert summary["max_abs_diff"] <= 1e-5 and len(summary["metrics"]["parts"]) == parts
-    assert summary["metrics"]["balance"] < 2.0  # the baselines balance MACs
+    assert summary.max_abs_diff <= 1e-5 and len(summary.metrics.parts) == parts
+    assert summary.metrics.balance < 2.0  # the baselines balance MACs
     manifest = read_manifest(tmp_path / "out")
-    assert manifest["partition_plan"]["mode"] == mode and len(manifest["parts"]) == summary["parts_in_export"]
+    assert manifest.partition_plan.mode == mode and len(manifest.parts) == summary.parts_in_export
