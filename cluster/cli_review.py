@@ -24,6 +24,7 @@ from rich.table import Table
 
 from cluster import review as rv
 from cluster.cli import app, console
+from cluster.units import format_value, unit_scale
 from decomp.coarsen import coarsen
 from decomp.errors import SpecError
 
@@ -111,7 +112,7 @@ def export_command(
     table.add_column("value", justify="right")
     table.add_row("params", f"{summary['params_before']:,} -> {summary['params_after']:,}")
     for name, value in summary["values"].items():
-        table.add_row(name, rv.format_value(name, value))
+        table.add_row(name, format_value(name, value))
     console.print(table)
     console.print(f"wrote {summary['out']} (verified: max abs diff {summary['max_abs_diff']:.3g}); run it with")
     console.print(f"  decomp run {summary['out']} --local")
@@ -174,12 +175,10 @@ def _candidate_tables(review: rv.Review, view: rv.CandidateView) -> list[Tab]:
         ["front", place],
     ]
     for o, v in zip(review.objectives, e.values, strict=False):
-        summary.append([f"{o.name} ({'max' if o.direction == 'maximize' else 'min'})", rv.format_value(o.name, v)])
+        summary.append([f"{o.name} ({'max' if o.direction == 'maximize' else 'min'})", format_value(o.name, v)])
     for c, v in zip(review.constraints, e.constraints, strict=False):
-        status = "ok" if c.violation(v) == 0 else f"violated by {rv.format_value(c.name, c.violation(v))}"
-        summary.append(
-            [f"{c.name} {c.sense} {rv.format_value(c.name, c.bound)}", f"{rv.format_value(c.name, v)} {status}"]
-        )
+        status = "ok" if c.violation(v) == 0 else f"violated by {format_value(c.name, c.violation(v))}"
+        summary.append([f"{c.name} {c.sense} {format_value(c.name, c.bound)}", f"{format_value(c.name, v)} {status}"])
     groups = [
         [
             g["group"],
@@ -199,7 +198,7 @@ def _candidate_tables(review: rv.Review, view: rv.CandidateView) -> list[Tab]:
         layers = [[s["layer"], _sparsity(s["sparsity"]), s["pattern"] or "-"] for s in view.layers]
         tabs.append(("sparsity per layer", ["layer", "sparsity", "N:M"], layers))
     parts = [
-        [str(p["part"]), str(p["ops"]), rv.format_value("macs", p["macs"]), f"{100 * p['macs_share']:.1f}"]
+        [str(p["part"]), str(p["ops"]), format_value("macs", p["macs"]), f"{100 * p['macs_share']:.1f}"]
         for p in view.parts
     ]
     tabs.append((f"partition ({view.plan.mode})", ["part", "ops", "MACs (pruned)", "MACs %"], parts))
@@ -232,9 +231,7 @@ def front_figure(review: rv.Review):
         "infeasible": ([r for r in complete if not r.feasible], "#fc9272", "x"),
         "front": (review.front, "#08519c", "o"),
     }
-    scales = [
-        rv.unit_scale(o.name, [r.evaluation.values[i] for r in complete]) for i, o in enumerate(review.objectives)
-    ]
+    scales = [unit_scale(o.name, [r.evaluation.values[i] for r in complete]) for i, o in enumerate(review.objectives)]
     panels: list = ["trial"] if m == 1 else ["3d"] if m == 3 else list(combinations(range(m), 2))
     cols = min(len(panels) + 1, 3)
     rows = math.ceil((len(panels) + 1) / cols)

@@ -2,9 +2,9 @@
 
 A job file is YAML (or JSON) validated by pydantic models with unknown keys forbidden; every error names
 the bad key by its path (e.g. `searcher.setings`) and lists the valid keys there. Names that other
-registries own are checked against them too: objectives (`search.objectives.OBJECTIVES`), searchers
-(`search.base.SEARCHERS`), the space's keys (`search.joint.JointConfig`'s fields), the cluster (a preset
-name, a file, or an inline mapping: `decomp.latency.load_cluster`).
+registries own are checked against them too: objectives (`search.objectives.OBJECTIVES`), searchers and
+their settings (`search.registry.check_searcher`), the space's keys (`search.joint.JointConfig`'s fields),
+the cluster (a preset name, a file, or an inline mapping: `decomp.latency.load_cluster`).
 
 Top-level keys:
 
@@ -141,6 +141,7 @@ class JobConfig(_Strict):
 
     def constraint_records(self):
         """`search.records.Constraint`s, bounds read with their units."""
+        from decomp.latency.cluster import parse_any_quantity
         from search.objectives import OBJECTIVES
         from search.records import Constraint
 
@@ -149,7 +150,7 @@ class JobConfig(_Strict):
             if c.name not in OBJECTIVES:
                 raise SpecError(f"constraints: unknown quantity {c.name!r}; valid: {', '.join(OBJECTIVES)}")
             bound, sense = (c.max, "<=") if c.max is not None else (c.min, ">=")
-            out.append(Constraint(c.name, _quantity(bound, f"constraints.{c.name}"), sense))
+            out.append(Constraint(c.name, parse_any_quantity(bound, f"constraints.{c.name}"), sense))
         return tuple(out)
 
     def joint_config(self):
@@ -177,7 +178,7 @@ class JobConfig(_Strict):
 
     def check(self, base: Path | None = None) -> JobConfig:
         """Resolve every name against its registry now, so a typo fails before any work starts."""
-        from search.base import SEARCHERS, _load_builtin
+        from search.registry import check_searcher
 
         self.objective_records()
         self.constraint_records()
@@ -188,28 +189,8 @@ class JobConfig(_Strict):
                 f"space.max_parts is {joint.max_parts} but cluster {cluster.name!r} has {len(cluster.devices)} "
                 "devices; lower max_parts or use a larger cluster"
             )
-        _load_builtin()
-        if self.searcher.name not in SEARCHERS:
-            raise SpecError(
-                f"searcher.name: unknown searcher {self.searcher.name!r}; valid: {', '.join(sorted(SEARCHERS))}"
-            )
+        check_searcher(self.searcher.name, self.searcher.settings)
         return self
-
-
-def _quantity(value: float | str, where: str) -> float:
-    if isinstance(value, (int, float)):
-        return float(value)
-    from decomp.latency.cluster import _UNITS, parse_quantity
-
-    for dimension in sorted({d for d, _ in _UNITS.values()}):
-        try:
-            return parse_quantity(value, dimension, where)
-        except SpecError:
-            continue
-    try:
-        return float(value)
-    except ValueError:
-        raise SpecError(f"{where}: cannot read {value!r} as a number or a quantity such as '2 GiB' or '5 ms'") from None
 
 
 def parse_config(data: Any, source: str = "config", base: Path | None = None) -> JobConfig:

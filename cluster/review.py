@@ -11,23 +11,23 @@ without one gets a normaliser fixed from all its complete trials, and `Review.no
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from optuna.trial import TrialState
 
 from cluster.config import JobConfig
-from cluster.render import human
 from cluster.runs import NORMALIZER_ATTR, open_study, storage_of
+from cluster.task import job_model, load_job_model
+from cluster.units import format_value
 from decomp.errors import DecompError, SpecError
 from decomp.graph import ModelGraph
 from decomp.partition.plan import PartitionPlan
-from search.pareto import Normalizer, hypervolume, minimized, non_dominated
-from search.records import Candidate, Constraint, Evaluation, Objective
+from search.front import FrontTracker
+from search.pareto import Normalizer, minimized, non_dominated
+from search.records import Candidate, Constraint, Evaluation, Objective, json_float
 from search.study import constraint_key, trials_to_records
 
 __all__ = [
@@ -38,16 +38,11 @@ __all__ = [
     "candidate_view",
     "dashboard_app",
     "export_candidate",
-    "format_value",
     "front_rows",
     "review_json",
     "review_run",
-    "run_model",
     "serve",
-    "unit_scale",
 ]
-
-SHARES = ("accuracy", "agreement", "accuracy_proxy")  # objectives that are fractions, shown as percent
 
 
 @dataclass(frozen=True)
@@ -136,7 +131,7 @@ def review_run(folder: str | Path) -> Review:
         front,
         normalizer,
         source,
-        _history(rows, objectives, normalizer),
+        _history(rows, objectives, constraints, normalizer),
     )
 
 
@@ -166,76 +161,18 @@ def _normalizer(stored: Any, rows: list[Row], objectives: Sequence[Objective]) -
 
 
 def _history(
-    rows: list[Row], objectives: Sequence[Objective], normalizer: Normalizer | None
+    rows: list[Row], objectives: Sequence[Objective], constraints: Sequence[Constraint], normalizer: Normalizer | None
 ) -> list[tuple[int, float]]:
-    """Hypervolume of the feasible front after each trial, in trial order."""
-    front = np.empty((0, len(objectives)))
-    value, out = 0.0, []
+    """Hypervolume of the feasible front after each trial, in trial order (0 while there is no normaliser)."""
+    tracker = FrontTracker(objectives, constraints, normalizer)
+    out = []
     for row in sorted(rows, key=lambda r: r.trial):
-        if row.feasible and normalizer is not None:
-            front = np.vstack([front, minimized([row.evaluation.values], objectives)])
-            keep = non_dominated(front)
-            if keep[-1]:  # the new point joined the front: the volume may have grown
-                value = hypervolume(front[keep], normalizer)
-            front = front[keep]
-        out.append((row.trial, value))
+        tracker.add(row.evaluation)
+        out.append((row.trial, tracker.hypervolume or 0.0))
     return out
 
 
 # -- presentation data ------------------------------------------------------------------------------
-def _kind(name: str) -> str:
-    if name in SHARES:
-        return "share"
-    if name.endswith("bytes") or name == "peak_memory":
-        return "bytes"
-    if name.endswith("_s"):
-        return "seconds"
-    return "rate" if name == "throughput" else "count"
-
-
-def format_value(name: str, value: float) -> str:
-    """`value` of quantity `name` in its natural unit: 12.3 ms, 1.50MiB, 91.20%, 4.10M."""
-    if not math.isfinite(value):
-        return str(value)
-    kind = _kind(name)
-    if kind == "share":
-        return f"{100 * value:.2f}%"
-    if kind == "bytes":
-        return human(value, "B")
-    if kind == "seconds":
-        factor, unit = _seconds(abs(value))
-        return f"{value * factor:.3g} {unit}"
-    if kind == "rate":
-        return f"{value:.4g} samples/s"
-    return human(value) if abs(value) >= 1000 or value == int(value) else f"{value:.4g}"
-
-
-def _seconds(top: float) -> tuple[float, str]:
-    for factor, unit in ((1.0, "s"), (1e3, "ms"), (1e6, "µs")):
-        if top >= 1.0 / factor:
-            return factor, unit
-    return 1e9, "ns"
-
-
-def unit_scale(name: str, values: Sequence[float]) -> tuple[float, str]:
-    """(factor, axis label) that shows `values` of quantity `name` in a readable unit."""
-    top = max((abs(v) for v in values if math.isfinite(v)), default=0.0)
-    kind = _kind(name)
-    if kind == "share":
-        return 100.0, f"{name} (%)"
-    if kind == "seconds":
-        factor, unit = _seconds(top)
-        return factor, f"{name} ({unit})"
-    if kind == "rate":
-        return 1.0, f"{name} (samples/s)"
-    base, prefixes = (1024.0, ("B", "KiB", "MiB", "GiB", "TiB")) if kind == "bytes" else (1000.0, ("", "K", "M", "G"))
-    power = 0
-    while top >= base and power < len(prefixes) - 1:
-        top, power = top / base, power + 1
-    unit = prefixes[power]
-    return base**-power, f"{name} ({unit})" if unit else name
-
-
 def front_rows(review: Review) -> tuple[list[str], list[list[str]]]:
     """Columns and rows of the front table: id, trial, searcher, parts, objective values, constraints."""
     columns = ["id", "trial", "searcher", "parts"]
@@ -266,7 +203,7 @@ def _row_json(review: Review, row: Row) -> dict[str, Any]:
             constraint_key(c): {"value": v, "violation": c.violation(v)}
             for c, v in zip(review.constraints, e.constraints, strict=False)
         },
-        "metrics": {k: v if math.isfinite(v) else str(v) for k, v in e.metrics.items()},
+        "metrics": {k: json_float(v) for k, v in e.metrics.items()},
         "parts": row.candidate.partition.parts if row.candidate.partition is not None else 1,
     }
     if not e.ok:
@@ -290,15 +227,6 @@ def review_json(review: Review) -> dict[str, Any]:
 
 
 # -- one candidate ----------------------------------------------------------------------------------
-def run_model(config: JobConfig):
-    """The model the run's config names (its weights loaded), with its example inputs: what the search
-    traced and what an export prunes."""
-    from decomp.specs import load_model
-
-    shapes = [tuple(config.input_shape)] if config.input_shape else None
-    return load_model(config.model, weights=config.weights, input_shapes=shapes)
-
-
 @dataclass(frozen=True)
 class CandidateView:
     """One candidate's plans, read against the run's model graph: per-group keep ratios (`groups`),
@@ -314,13 +242,10 @@ class CandidateView:
 
 
 def candidate_view(review: Review, candidate_id: int) -> CandidateView:
-    from decomp.build import build_graph
-    from decomp.pruning import Estimator, PruningPlan, annotate_graph, find_groups
+    from decomp.pruning import Estimator, PruningPlan
 
     row = review.find(candidate_id)
-    loaded = run_model(review.config)
-    graph = build_graph(loaded.module, loaded.example_inputs, loaded.tracer, name=review.config.model)
-    annotate_graph(graph, find_groups(loaded.module, loaded.example_inputs))
+    graph = job_model(review.config).graph
     pruning = row.candidate.pruning or PruningPlan()
     plan = row.candidate.partition or PartitionPlan.from_assignment(
         dict.fromkeys(graph.compute_nodes(), 0), "pipeline", graph=graph
@@ -395,7 +320,7 @@ def export_candidate(folder: str | Path, candidate_id: int, out: str | Path, ove
             f"candidate {candidate_id} (trial {row.trial}) failed: {row.evaluation.message}; export a complete "
             f"one{', e.g. ' + ', '.join(map(str, ok[:8])) if ok else ''}"
         )
-    loaded = run_model(review.config)
+    loaded = load_job_model(review.config)
     inputs = loaded.example_inputs
     pruned = apply_plan(loaded.module, row.candidate.pruning, inputs) if row.candidate.pruning is not None else None
     module = pruned.module if pruned is not None else loaded.module

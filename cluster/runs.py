@@ -17,9 +17,11 @@ Trial attributes are those of `search.study.record_trial`.
 
 from __future__ import annotations
 
-import json
+import fcntl
 import os
 import tempfile
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,23 +30,33 @@ import yaml
 
 from cluster.config import JobConfig, load_config
 from decomp.errors import SpecError
+from search.records import Constraint, Objective
+from search.study import create_study
 
 __all__ = [
     "CHECKPOINT",
     "CONFIG",
     "JOURNAL",
+    "LOCK",
     "LOG",
+    "CONSTRAINTS_ATTR",
     "NORMALIZER_ATTR",
+    "OBJECTIVES_ATTR",
+    "RunLock",
+    "RunLog",
+    "abandon_run",
+    "open_run",
     "open_study",
-    "read_checkpoint",
     "read_run_config",
+    "run_study",
     "storage_of",
     "write_atomically",
     "write_run_config",
 ]
 
-CONFIG, JOURNAL, CHECKPOINT, LOG = "config.yaml", "study.journal", "checkpoint.json", "log.txt"
+CONFIG, JOURNAL, CHECKPOINT, LOG, LOCK = "config.yaml", "study.journal", "checkpoint.json", "log.txt", ".driver.lock"
 NORMALIZER_ATTR = "decomp:normalizer"
+OBJECTIVES_ATTR, CONSTRAINTS_ATTR = "decomp:objectives", "decomp:constraints"
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -98,11 +110,130 @@ def open_study(folder: str | Path) -> tuple[JobConfig, optuna.Study]:
     return config, study
 
 
-def read_checkpoint(folder: Path) -> dict[str, Any] | None:
-    path = folder / CHECKPOINT
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise SpecError(f"checkpoint {path} is not valid JSON ({err}); it was changed by hand?") from None
+class RunLog:
+    """log.txt: one line per event, flushed as written."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "a", buffering=1)  # noqa: SIM115 - held open for the run, closed in close()
+
+    def __call__(self, line: str) -> str:
+        self.file.write(f"{datetime.now().isoformat(timespec='seconds')} {line}\n")
+        return line
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class RunLock:
+    """Holds an exclusive lock on the run folder while a driver runs (the kernel frees it if the driver dies)."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.file = open(folder / LOCK, "a+")  # noqa: SIM115 - held for the run
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "?"
+            self.file.close()
+            raise SpecError(
+                f"run {folder} is being driven by another process (pid {holder}); wait for it or stop it"
+            ) from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+
+    def release(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+
+
+def open_run(config_or_run: JobConfig | str | Path, resume: bool = False) -> tuple[JobConfig, Path]:
+    """The job config (relative file names made absolute) and its run folder, checked against what is on disk:
+    a fresh start may not overwrite a run, a resume needs a run with the same config."""
+    if isinstance(config_or_run, JobConfig):
+        config, folder, base = config_or_run, config_or_run.run_folder(), Path.cwd()
+    else:
+        path = Path(config_or_run)
+        if path.is_dir():
+            if not resume:
+                raise SpecError(f"{path} is a run folder; continue it with --resume (resume=True)")
+            return read_run_config(path), path
+        if not path.is_file():
+            raise SpecError(f"no job file or run folder at {path}")
+        config = load_config(path)
+        folder, base = config.run_folder(), path.parent
+    config = _absolute(config, base)
+    if resume:
+        stored = read_run_config(folder) if folder.is_dir() else None
+        if stored is None:
+            raise SpecError(f"nothing to resume at {folder}; start the search without --resume")
+        changed = _changed(stored, config)
+        if changed:
+            raise SpecError(
+                f"the job config differs from the run's ({folder / CONFIG}) in: {', '.join(changed)}; resume with the "
+                "run folder to continue it as it was, or give the changed job another name or run.folder"
+            )
+        return stored, folder
+    if (folder / CONFIG).is_file():
+        raise SpecError(
+            f"{folder} already holds a run; continue it with --resume, or set another name or run.folder to start anew"
+        )
+    if folder.is_dir() and any(folder.iterdir()):
+        raise SpecError(f"{folder} exists and is not a run folder; choose another run.folder or empty it")
+    return config, folder
+
+
+def _absolute(config: JobConfig, base: Path) -> JobConfig:
+    """Files the job names (weights, op table, calibration, cluster file) as absolute paths, so the run folder's
+    config means the same wherever the run is resumed from."""
+
+    def fix(name: str | None) -> str | None:
+        if name is None or Path(name).expanduser().is_absolute():
+            return name
+        return str((base / name).resolve())
+
+    latency = config.latency.model_copy(
+        update={"table": fix(config.latency.table), "calibration": fix(config.latency.calibration)}
+    )
+    update: dict[str, Any] = {"weights": fix(config.weights), "latency": latency}
+    if isinstance(config.cluster, str) and (base / config.cluster).is_file():
+        update["cluster"] = fix(config.cluster)
+    return config.model_copy(update=update)
+
+
+def _changed(a: JobConfig, b: JobConfig) -> list[str]:
+    da, db = a.model_dump(mode="json"), b.model_dump(mode="json")
+    return [k for k in da if da[k] != db.get(k)]
+
+
+def run_study(
+    folder: Path, config: JobConfig, objectives: Sequence[Objective], constraints: Sequence[Constraint], fresh: bool
+) -> optuna.Study:
+    """The run's study, created on a fresh start; a study recorded with other objectives or constraints (or,
+    on a fresh start, one that already holds trials) is refused."""
+    study = create_study(objectives, storage_of(folder, config), study_name=config.name, load_if_exists=True)
+    wanted = ([o.to_json() for o in objectives], [c.to_json() for c in constraints])
+    attrs = study.user_attrs
+    if OBJECTIVES_ATTR not in attrs:
+        if fresh and study.get_trials(deepcopy=False):
+            raise SpecError(f"the storage already holds a study {config.name!r} with trials; give the job another name")
+        study.set_user_attr(OBJECTIVES_ATTR, wanted[0])
+        study.set_user_attr(CONSTRAINTS_ATTR, wanted[1])
+    elif (attrs[OBJECTIVES_ATTR], attrs.get(CONSTRAINTS_ATTR)) != wanted:
+        raise SpecError(
+            f"study {config.name!r} was recorded with objectives {attrs[OBJECTIVES_ATTR]} and constraints "
+            f"{attrs.get(CONSTRAINTS_ATTR)}, not these; give the job another name"
+        )
+    return study
+
+
+def abandon_run(folder: Path, before: set[str] | None) -> None:
+    """Undo a fresh start that failed before recording anything: remove the run files it wrote (those not
+    among `before`, the folder's names before the start; None: the start made the folder, which goes too), so
+    the same job can simply be run again."""
+    for name in {CONFIG, LOG, JOURNAL, CHECKPOINT, LOCK} - (before or set()):
+        (folder / name).unlink(missing_ok=True)
+    if before is None and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()

@@ -14,25 +14,16 @@ import os
 import statistics
 
 import pytest
-import ray
 
 from cluster.calibrate import CalibrateRequest, run_calibration
-from cluster.connect import connect
 from tests.benchmarks.record import record
 
-pytestmark = pytest.mark.benchmark
+pytestmark = [pytest.mark.benchmark, pytest.mark.usefixtures("local_ray")]
 
 MODELS = ("torchvision:resnet18", "torchvision:mobilenet_v2", "python:tests.benchmarks.models:mlp")
 FITTED, HELD_OUT = (0.0, 0.4, 0.7), (0.2, 0.55, 0.8)
 TARGET = 0.15  # issue 5: 2-stage throughput within 15% MAPE
 FLOOR = 0.30  # fails the run: the model (not the machine's noise) is broken
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_cluster():
-    connect(num_cpus=2)
-    yield
-    ray.shutdown()
 
 
 def test_two_stage_throughput_predictions_match_ray_measurements(tmp_path):

@@ -20,11 +20,9 @@ import statistics
 import time
 
 import pytest
-import ray
 import torch
 from torch import nn
 
-from cluster.connect import connect
 from cluster.runtime import LocalRunner, RayRunner, export_loaders, loaders_for, measure, stage_seconds
 from decomp import build_graph, load_model
 from decomp.partition import (
@@ -39,7 +37,9 @@ from decomp.partition import (
 from decomp.partition.job import SplitRequest, run_split
 from tests.benchmarks.record import record
 
-pytestmark = pytest.mark.benchmark
+pytestmark = [pytest.mark.benchmark, pytest.mark.usefixtures("local_ray")]
+# 5 logical CPUs so the 1-actor, 2-stage and 2-copy runners' actors all stay up; one runner works at a time
+RAY_CPUS = 5
 
 BATCH, MICRO_BATCHES = 8, 4  # micro-batches of 2 images
 BATCHES = 16  # per runner per round: 64 micro-batches, so filling and draining the pipeline costs ~1.5%
@@ -50,14 +50,6 @@ ROUNDS = 5  # alternated rounds, so a burst of load from the VM's neighbours hit
 TARGET = 1.6  # the issue's target, reported; on this shared VM runs land between 1.5x and 1.8x
 FLOOR = 0.75  # asserted: the pipeline's speedup over the machine's capacity in the same rounds (~0.9 measured)
 OVERHEAD_CALLS = 200
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_cluster():
-    # 5 logical CPUs so the 1-actor, 2-stage and 2-copy runners' actors all stay up; one runner works at a time
-    connect(num_cpus=5)
-    yield
-    ray.shutdown()
 
 
 def _round_trip_ms(runner, calls: int) -> float:

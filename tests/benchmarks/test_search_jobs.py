@@ -23,12 +23,12 @@ import ray
 import torch
 
 from cluster.config import EvaluatorSpec, parse_config
-from cluster.connect import connect
-from cluster.evaluator import EvaluatorPool, ModelTask
+from cluster.pool import EvaluatorPool
 from cluster.runs import open_study
 from cluster.search_job import run_search
-from search.base import make_searcher
+from cluster.task import ModelTask
 from search.records import Candidate, Evaluation, Objective
+from search.registry import make_searcher
 from search.space import BoxSpace
 from search.study import trials_to_records
 from tests.benchmarks.record import record
@@ -97,13 +97,6 @@ def timed_search(config, task, workers: int):
 def iterations() -> int:
     """Matmuls for ~50 ms, measured before Ray starts (its start-up would slow the measurement)."""
     return _calibrated_iterations()
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    connect(num_cpus=2)
-    yield
-    ray.shutdown()
 
 
 def _calibrated_iterations(target_s: float = 0.05) -> int:

@@ -7,23 +7,14 @@ import os
 from pathlib import Path
 
 import pytest
-import ray
 import torch
 from torch import nn
 
-from cluster.connect import connect
 from cluster.runtime import LocalRunner, RayRunner, RuntimeFailure, loaders_for, measure, split_batch
 from decomp.errors import InputShapeError
 from decomp.partition import PartsLayout, PartSpec, run_local
 
-pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_cluster():
-    connect(num_cpus=2)
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 
 
 class Twice(nn.Module):

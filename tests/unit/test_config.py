@@ -46,7 +46,7 @@ def base():
         ({"constraints": [{"name": "peak_memory"}]}, "exactly one of max or min"),
         ({"constraints": [{"name": "memory", "max": 1}]}, "unknown quantity 'memory'"),
         ({"constraints": [{"name": "peak_memory", "max": "lots"}]}, "cannot read 'lots'"),
-        ({"searcher": {"name": "annealing"}}, "unknown searcher 'annealing'; valid: .*nsga2"),
+        ({"searcher": {"name": "annealing"}}, "unknown searcher 'annealing'; valid searchers: .*nsga2"),
         ({"cluster": "moon-base"}, "neither a preset"),
         ({"evaluators": {"count": 0}}, "evaluators.count"),
         ({"space": {"max_parts": 3}}, "max_parts is 3 but cluster 'cpu-host-x2' has 2 devices"),

@@ -17,13 +17,16 @@ import pytest
 import ray
 from typer.testing import CliRunner
 
-from cluster.config import parse_config
-from cluster.evaluator import EvaluationError, Evaluator, Finished, ModelTask
-from cluster.runs import CHECKPOINT, CONFIG, JOURNAL, LOG, NORMALIZER_ATTR, open_study
-from cluster.search_job import Checkpoint, Pending, SearchDriver, open_run, reconcile
+from cluster.checkpoint import Checkpoint, Pending, reconcile
+from cluster.config import JobConfig, parse_config
+from cluster.driver import Finished, SearchDriver
+from cluster.pool import Evaluator
+from cluster.runs import CHECKPOINT, CONFIG, JOURNAL, LOG, NORMALIZER_ATTR, open_run, open_study
+from cluster.search_job import run_search
+from cluster.task import EvaluationError, ModelTask
 from decomp.errors import DecompError, SpecError
-from search.base import make_searcher
 from search.records import Candidate, Evaluation, Objective
+from search.registry import make_searcher
 from search.space import BoxSpace
 from search.study import trials_to_records
 
@@ -266,6 +269,32 @@ def test_bad_starts_and_resumes_are_named(tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(SpecError, match="exists and is not a run folder"):
         open_run(parse_config({**config, "run": {"folder": str(tmp_path / "other")}}))
+
+
+def test_a_misspelt_searcher_setting_writes_nothing(tmp_path):
+    bad = job(tmp_path, searcher={"name": "nsga2", "settings": {"populaton": 6}})
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(SpecError, match="populaton.*population"):  # when the job file is read
+        run_search(path)
+    # a config that skipped the job-file check still fails before the driver writes anything
+    unchecked = JobConfig.model_validate(bad)
+    with pytest.raises(DecompError, match="populaton"):
+        SearchDriver(unchecked, tmp_path / "run", BoxTask())
+    assert not (tmp_path / "run").exists()
+    summary = drive(tmp_path, job(tmp_path))  # the corrected job runs in the same folder, no clean-up needed
+    assert summary.trials == 13
+
+
+def test_a_failed_fresh_start_leaves_the_folder_as_it_was(tmp_path):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    optuna.create_study(storage=url, study_name="box", directions=["maximize"])
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    config = parse_config(job(tmp_path, run={"folder": str(tmp_path / "run"), "storage": url}))
+    with pytest.raises(DecompError, match="already exists with objectives"):
+        SearchDriver(config, tmp_path / "run", BoxTask())
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["notes.txt"]
 
 
 def test_a_study_with_other_objectives_is_refused(tmp_path):

@@ -1,16 +1,15 @@
-"""Evaluators: what evaluates a candidate (a `Task`), the Ray actor that runs one, and a pool of actors.
+"""What evaluates a candidate: the `Task` protocol and the task of a job file (`ModelTask`). Ray-free.
 
 A `Task` is a picklable recipe. The driver calls `space()` once for the search space; every evaluator
 receives a copy of the task, calls `setup()` once before its first candidate (load the model and data,
 build the costed graph) and then `evaluate(candidate)` per candidate. `ModelTask(config)` is the task of a
-job file: cheap metrics from `search.objectives.CostEvaluator`, and where an objective or constraint is
-measured (`accuracy`, `agreement`) the plan applied physically, an optional short fine-tune, and a test.
+job file: cheap metrics from the candidate cost model, and where an objective or constraint is measured
+(`accuracy`, `agreement`) the plan applied physically, an optional short fine-tune, and a test.
 
-An evaluation that raises comes back as an `EvaluationError` (the driver retries it, then records it as
-failed); a plan that does not fit the model comes back as a failed `Evaluation` at once (retrying would
-fail the same way). `EvaluatorPool` keeps `count` actors busy: Ray restarts an actor whose process dies
-(`max_restarts`) and runs its lost call once more; an actor that is dead for good (killed, restarts used up)
-is replaced by a fresh one; calls that still fail come back to the driver as `died`, to resubmit.
+An evaluation that raises comes back from the evaluator as an `EvaluationError` (the driver retries it, then
+records it as failed); a plan that does not fit the model comes back as a failed `Evaluation` at once
+(retrying would fail the same way). `job_model` is the one way a job's model becomes its costed,
+group-annotated graph: the search, the review and the export all build it with it.
 """
 
 from __future__ import annotations
@@ -18,37 +17,26 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-import os
 import time
-import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import ray
 import torch
-from ray.exceptions import ActorDiedError, RayActorError, RayError
 
-from cluster.config import EvaluatorSpec, JobConfig
+from cluster.config import JobConfig
 from decomp.errors import DecompError, SpecError
+from decomp.graph import ModelGraph
+from decomp.pruning import GroupIndex
+from decomp.specs import LoadedModel
 from search.records import Candidate, Evaluation
 from search.space import Space
 
-__all__ = [
-    "MEASURED",
-    "EvaluationError",
-    "Evaluator",
-    "EvaluatorActor",
-    "EvaluatorPool",
-    "Finished",
-    "ModelTask",
-    "Task",
-]
+__all__ = ["MEASURED", "EvaluationError", "JobModel", "ModelTask", "Task", "job_model", "load_job_model"]
 
 MEASURED = ("accuracy", "agreement")  # quantities only a run of the pruned model gives
-AGREEMENT_SAMPLES = 256
-MAX_LINGER_S = 0.05  # random inputs for `agreement` when the job has no data and no max_samples
+AGREEMENT_SAMPLES = 256  # random inputs for `agreement` when the job has no data and no max_samples
 
 
 @runtime_checkable
@@ -74,6 +62,40 @@ class EvaluationError:
     message: str
     traceback: str = ""
     fatal: bool = False
+
+
+@dataclass
+class JobModel:
+    """A job's model as the search sees it: the loaded model, the inputs the graph was built at, and the
+    costed op graph annotated with the coupling groups of `index`."""
+
+    loaded: LoadedModel
+    inputs: tuple[torch.Tensor, ...]
+    graph: ModelGraph
+    index: GroupIndex
+
+
+def load_job_model(config: JobConfig, base: Path | None = None) -> LoadedModel:
+    """The model the job names, its weights loaded (relative paths read against `base`), with its example
+    inputs: what the search traces and what an export prunes."""
+    from decomp.specs import load_model
+
+    shapes = [tuple(config.input_shape)] if config.input_shape is not None else None
+    return load_model(config.model, weights=_resolve(config.weights, base), input_shapes=shapes)
+
+
+def job_model(config: JobConfig, base: Path | None = None, batch: int | None = None) -> JobModel:
+    """Load the job's model (its weights too; relative paths read against `base`) and build its costed graph,
+    at `batch` samples per input (copies of the first) or at the model's example batch."""
+    from decomp.build import build_graph
+    from decomp.pruning import annotate_graph, find_groups
+
+    loaded = load_job_model(config, base)
+    inputs = loaded.example_inputs if batch is None else _at_batch(loaded.example_inputs, batch)
+    graph = build_graph(loaded.module, inputs, loaded.tracer, name=config.model)
+    index = find_groups(loaded.module, inputs)
+    annotate_graph(graph, index)
+    return JobModel(loaded, inputs, graph, index)
 
 
 class ModelTask:
@@ -159,19 +181,12 @@ class _Problem:
 
     @classmethod
     def build(cls, config: JobConfig, base: Path | None) -> _Problem:
-        from decomp.build import build_graph
-        from decomp.pruning import annotate_graph, find_groups
-        from decomp.specs import load_model
         from search.joint import JointSpace
 
         self = cls()
         self.config, self.base = config, base
-        shapes = [tuple(config.input_shape)] if config.input_shape is not None else None
-        loaded = load_model(config.model, weights=self._path(config.weights), input_shapes=shapes)
-        self.model, self.inputs = loaded.module, _at_batch(loaded.example_inputs, config.latency.batch_size)
-        self.graph = build_graph(self.model, self.inputs, loaded.tracer, name=config.model)
-        self.index = find_groups(self.model, self.inputs)
-        annotate_graph(self.graph, self.index)
+        built = job_model(config, base, config.latency.batch_size)
+        self.model, self.inputs, self.graph, self.index = built.loaded.module, built.inputs, built.graph, built.index
         self.cluster = config.cluster_spec(base)
         self.space = JointSpace(self.graph, len(self.cluster.devices), config.joint_config())
         return self
@@ -346,168 +361,3 @@ def _agreement(reference: torch.nn.Module, pruned: torch.nn.Module, batches) -> 
         same += int((a.argmax(-1) == b.argmax(-1)).sum())
         seen += a.argmax(-1).numel()
     return same / seen if seen else 0.0
-
-
-class Evaluator:
-    """Runs a task where it lives (a Ray actor, or this process in tests): torch threads set once, the
-    task set up lazily before the first candidate, every exception turned into an `EvaluationError`."""
-
-    def __init__(self, task: Task, threads: int = 1) -> None:
-        torch.set_num_threads(max(1, threads))
-        self.task = task
-        self.ready = False
-        self.evaluations, self.busy_s = 0, 0.0
-
-    def evaluate(self, candidate: Candidate) -> Evaluation | EvaluationError:
-        start = time.perf_counter()
-        try:
-            return self._evaluate(candidate)
-        finally:
-            self.busy_s += time.perf_counter() - start
-
-    def _evaluate(self, candidate: Candidate) -> Evaluation | EvaluationError:
-        if not self.ready:
-            try:
-                self.task.setup()
-            except DecompError as err:
-                return EvaluationError(
-                    candidate.id, f"evaluator setup failed: {type(err).__name__}: {err}", traceback.format_exc(), True
-                )
-            except Exception as err:  # noqa: BLE001 - a transient failure (memory, I/O): the driver retries
-                return EvaluationError(candidate.id, f"evaluator setup failed: {_text(err)}", traceback.format_exc())
-            self.ready = True
-        try:
-            evaluation = self.task.evaluate(candidate)
-        except Exception as err:  # noqa: BLE001 - any failure of one evaluation is the driver's to retry
-            return EvaluationError(candidate.id, _text(err), traceback.format_exc())
-        self.evaluations += 1
-        return evaluation
-
-    def stats(self) -> dict[str, Any]:
-        """Evaluations done, seconds spent in them (setup included), process id and torch threads."""
-        return {
-            "evaluations": self.evaluations,
-            "busy_s": self.busy_s,
-            "pid": os.getpid(),
-            "threads": torch.get_num_threads(),
-        }
-
-
-def _text(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}"
-
-
-EvaluatorActor = ray.remote(Evaluator)
-
-
-@dataclass
-class Finished:
-    """One result from the pool: an `Evaluation`, an `EvaluationError`, or `died` with the message when the
-    evaluator died before answering (the candidate should be resubmitted)."""
-
-    candidate: Candidate
-    result: Evaluation | EvaluationError | None
-    died: str = ""
-
-
-class EvaluatorPool:
-    """`count` evaluator actors with the resources of `spec` (fewer when the cluster cannot hold that many at
-    once: `note` says so); candidates go to the least busy one."""
-
-    def __init__(self, task: Task, spec: EvaluatorSpec, count: int | None = None, max_restarts: int = 3) -> None:
-        self.task, self.spec, self.max_restarts = task, spec, max_restarts
-        wanted = count or spec.count
-        self.count = _fitting(spec, wanted)
-        self.note = (
-            f"only {self.count} of {wanted} evaluators fit the Ray cluster's resources "
-            f"({spec.cpus:g} CPUs{f', {spec.gpus:g} GPUs' if spec.gpus else ''} each); running {self.count}"
-            if self.count < wanted
-            else ""
-        )
-        self.actors = [self._start() for _ in range(self.count)]
-        self.busy = [0] * self.count
-        self.running: dict[ray.ObjectRef, tuple[int, Any, Candidate]] = {}
-        self.replaced = 0
-        self.typical_s = 0.0  # moving average of evaluation wall times
-
-    def _start(self):
-        # Ray restarts a crashed actor and runs the call it lost once more on the new one (max_task_retries=1,
-        # which also holds calls sent while it restarts); what still fails comes back to the driver as died
-        options: dict[str, Any] = {"num_cpus": self.spec.cpus, "max_restarts": self.max_restarts, "max_task_retries": 1}
-        if self.spec.gpus:
-            options["num_gpus"] = self.spec.gpus
-        # the task travels by value (small: a config), so Ray can rebuild the actor on a restart from the spec alone
-        return EvaluatorActor.options(**options).remote(self.task, self.spec.threads)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self.running)
-
-    def submit(self, candidate: Candidate) -> None:
-        slot = min(range(self.count), key=self.busy.__getitem__)
-        actor = self.actors[slot]
-        self.running[actor.evaluate.remote(candidate)] = (slot, actor, candidate)
-        self.busy[slot] += 1
-
-    def wait(self, timeout: float | None = None) -> list[Finished]:
-        """Results ready now, waiting up to `timeout` seconds (None: until one is) for the first. Once one is in,
-        it lingers a quarter of a typical evaluation (at most `MAX_LINGER_S`) for one result per evaluator, so the
-        driver's per-wake work (checkpoint, ask) serves several results; every evaluator still has queued work
-        when there are 2 in flight per evaluator."""
-        if not self.running:
-            return []
-        ready, _ = ray.wait(list(self.running), num_returns=1, timeout=timeout)
-        if ready and len(self.running) > 1:
-            want = min(len(self.running), self.count)
-            linger = min(MAX_LINGER_S, 0.25 * self.typical_s) if want > 1 else 0.0
-            ready, _ = ray.wait(list(self.running), num_returns=want, timeout=linger)
-            ready, _ = ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
-        return [self._collect(ref) for ref in ready]
-
-    def _collect(self, ref: ray.ObjectRef) -> Finished:
-        slot, actor, candidate = self.running.pop(ref)
-        self.busy[slot] -= 1
-        try:
-            result = ray.get(ref)
-            if isinstance(result, Evaluation) and result.wall_time > 0:
-                self.typical_s = 0.8 * self.typical_s + 0.2 * result.wall_time if self.typical_s else result.wall_time
-            return Finished(candidate, result)
-        except RayActorError as err:
-            if isinstance(err, ActorDiedError) and self.actors[slot] is actor:  # dead for good: a new one
-                ray.kill(actor)
-                self.actors[slot] = self._start()
-                self.replaced += 1
-            return Finished(candidate, None, died=_first_line(err))
-        except RayError as err:  # the call failed outside the task (e.g. its result could not be stored)
-            return Finished(candidate, EvaluationError(candidate.id, _first_line(err)))
-
-    def close(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor)
-        self.actors, self.running = [], {}
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
-
-
-def _fitting(spec: EvaluatorSpec, count: int) -> int:
-    """How many of `count` evaluators the cluster can hold at once: actors beyond that would wait forever for
-    resources the others never give back, and so would the candidates sent to them. None fitting is an error."""
-    resources = ray.cluster_resources()
-    cpus, gpus = float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))
-    if spec.gpus > 0 and gpus < spec.gpus:
-        raise SpecError(
-            f"evaluators.gpus is {spec.gpus:g} but the Ray cluster has {gpus:g} GPUs; set evaluators.gpus: 0 "
-            "to evaluate on CPUs, or join a cluster with GPUs (--address)"
-        )
-    if cpus < spec.cpus:
-        raise SpecError(
-            f"evaluators.cpus is {spec.cpus:g} but the Ray cluster has {cpus:g} CPUs; lower evaluators.cpus "
-            "or join a larger cluster (--address)"
-        )
-    fits = math.floor(cpus / spec.cpus + 1e-9)
-    if spec.gpus > 0:
-        fits = min(fits, math.floor(gpus / spec.gpus + 1e-9))
-    return max(1, min(count, fits))
