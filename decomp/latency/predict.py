@@ -15,7 +15,8 @@ parts costs its link's latency plus bytes over bandwidth (`ClusterSpec.link`), o
   micro-batch plus (M - 1) bottleneck stages;
 - pipelined throughput: samples per second with M micro-batches, each stage (compute plus what it
   receives) running one micro-batch at a time: M x micro-batch / ((M + K - 1) x bottleneck), where
-  (K - 1) / (M + K - 1) is the pipeline bubble;
+  (K - 1) / (M + K - 1) is the pipeline bubble (both from `decomp.latency.pipeline.pipeline_times`, the
+  formula the candidate cost model uses too);
 - memory per device: the parts' peak bytes (`partition_metrics`) summed per device.
 """
 
