@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster.runs import CHECKPOINT, write_atomically
+from cluster.runs import CHECKPOINT
 from decomp.errors import SpecError
+from decomp.files import write_atomically
 from search.base import Searcher
 from search.records import Candidate, Evaluation
 from search.space import Space

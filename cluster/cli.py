@@ -1,52 +1,35 @@
-"""The `decomp` command line."""
+"""The `decomp` command line: the entry point, and the commands on one model or export (graph, prune, split, run,
+profile, calibrate). The search and review commands live in `cluster.cli_search` and `cluster.cli_review`."""
 
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from cluster import cli_review, cli_search  # noqa: F401 - importing registers their commands on `app`
+from cluster.cli_app import InputShapes, JsonOut, ModelSpec, Weights, app, console, err_console, write_json
 from decomp.errors import DecompError, SpecError
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(
-    help="decomp: prune and partition neural networks, searched jointly, run in parallel.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)
-
-
-@app.callback()
-def _root() -> None:
-    """decomp: prune and partition neural networks, searched jointly, run in parallel."""
-
 
 @app.command()
 def graph(
-    model: Annotated[str, typer.Argument(help="torchvision:NAME, hf:MODEL_TYPE or python:pkg.module:factory")],
-    input_shape: Annotated[
-        Optional[list[str]], typer.Option("--input-shape", help="e.g. 1,3,224,224; repeat for several inputs")
-    ] = None,
+    model: ModelSpec,
+    input_shape: InputShapes = None,
     depth: Annotated[Optional[int], typer.Option(help="group ops into blocks by this module depth")] = None,
     blocks: Annotated[Optional[int], typer.Option(help="group ops into about this many blocks")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="a .safetensors file or a saved state dict")] = None,
+    weights: Weights = None,
     tracer: Annotated[Optional[str], typer.Option(help="fx or export (default: what suits the spec)")] = None,
     leaf_module: Annotated[
         Optional[list[str]], typer.Option("--leaf-module", help="module class or path to keep whole (fx tracer)")
     ] = None,
-    json_path: Annotated[
-        Optional[Path], typer.Option("--json", help="write the costed op graph as node-link JSON")
-    ] = None,
+    json_path: JsonOut = None,
     png: Annotated[Optional[Path], typer.Option(help="draw the block graph to this PNG")] = None,
     groups: Annotated[bool, typer.Option(help="find the coupling groups structured pruning can remove")] = True,
 ) -> None:
@@ -69,9 +52,7 @@ def graph(
                 console.print(f"[yellow]no coupling groups:[/] {err}")
         block_graph = auto_blocks(op_graph) if depth is None and blocks is None else coarsen(op_graph, depth, blocks)
     console.print(block_table(op_graph, block_graph))
-    if json_path is not None:
-        json_path.write_text(json.dumps(op_graph.to_json(), indent=1))
-        console.print(f"wrote {json_path}")
+    write_json(json_path, op_graph.to_json())
     if png is not None:
         draw_blocks(block_graph, png)
         console.print(f"wrote {png}")
@@ -79,7 +60,7 @@ def graph(
 
 @app.command()
 def prune(
-    model: Annotated[str, typer.Argument(help="torchvision:NAME, hf:MODEL_TYPE or python:pkg.module:factory")],
+    model: ModelSpec,
     out: Annotated[Path, typer.Option(help="folder for weights.safetensors, plan.json, summary.json")],
     method: Annotated[str, typer.Option(help="l1, l2, fpgm, bn_scale, taylor (channels); magnitude, han, nm")] = "l1",
     ratio: Annotated[Optional[float], typer.Option(help="share removed: channels, or weights for magnitude")] = None,
@@ -92,8 +73,8 @@ def prune(
     round_to: Annotated[int, typer.Option(help="keep channel counts multiples of this")] = 1,
     lr: Annotated[float, typer.Option(help="fine-tuning learning rate")] = 1e-3,
     distill: Annotated[float, typer.Option(help="weight of distillation from the unpruned model, 0..1")] = 0.0,
-    weights: Annotated[Optional[Path], typer.Option(help="a .safetensors file or a saved state dict")] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="also write the summary here")] = None,
+    weights: Weights = None,
+    json_path: JsonOut = None,
 ) -> None:
     """Prune MODEL once (or iteratively) without a search, and write the result to --out."""
     from cluster.render import prune_table
@@ -118,8 +99,7 @@ def prune(
         summary = run_prune(request, out)
     console.print(prune_table(summary))
     console.print(f"wrote {out}/weights.safetensors, plan.json, summary.json")
-    if json_path is not None:
-        json_path.write_text(json.dumps(summary.to_json(), indent=1))
+    write_json(json_path, summary.to_json())
 
 
 @app.command()
@@ -133,10 +113,8 @@ def split(
     plan: Annotated[Optional[Path], typer.Option(help="a partition plan JSON to use instead of a baseline")] = None,
     pruned: Annotated[Optional[Path], typer.Option(help="a decomp prune --out folder: split its pruned model")] = None,
     method: Annotated[str, typer.Option(help="dag mode: auto, metis or kl")] = "auto",
-    input_shape: Annotated[
-        Optional[list[str]], typer.Option("--input-shape", help="e.g. 1,3,224,224; repeat for several inputs")
-    ] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="a .safetensors file or a saved state dict")] = None,
+    input_shape: InputShapes = None,
+    weights: Weights = None,
     onnx: Annotated[bool, typer.Option(help="also write part_K.onnx (needs the onnx package)")] = False,
     balance: Annotated[
         str,
@@ -148,7 +126,7 @@ def split(
     threads: Annotated[int, typer.Option(help="torch threads per stage, for --balance time / run")] = 1,
     tune_steps: Annotated[int, typer.Option(help="--balance run: candidate splits to run at most")] = 4,
     overwrite: Annotated[bool, typer.Option(help="replace an existing export folder")] = False,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="also write the summary here")] = None,
+    json_path: JsonOut = None,
 ) -> None:
     """Split MODEL into parts with a baseline plan (or --plan), export them to --out and verify the export."""
     from cluster.render import split_table
@@ -178,8 +156,7 @@ def split(
         summary = run_split(request, out, overwrite=overwrite, run_stages=run_stages)
     console.print(split_table(summary))
     console.print(f"wrote {summary.out} (verified: max abs diff {summary.max_abs_diff:.3g})")
-    if json_path is not None:
-        json_path.write_text(json.dumps(summary.to_json(), indent=1))
+    write_json(json_path, summary.to_json())
 
 
 @app.command()
@@ -190,7 +167,7 @@ def run(
     batches: Annotated[int, typer.Option(help="batches to measure (after one warm-up batch)")] = 10,
     threads: Annotated[int, typer.Option(help="torch threads per part")] = 1,
     local: Annotated[bool, typer.Option(help="run the parts in this process instead of Ray actors")] = False,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="also write the report here")] = None,
+    json_path: JsonOut = None,
 ) -> None:
     """Run an export on random inputs, one Ray actor per part, and report throughput, latency and busy time."""
     from cluster.render import run_table
@@ -200,24 +177,21 @@ def run(
     with console.status(f"running {export} {where} ..."):
         report = run_export(export, batch_size, micro_batches, batches, threads, local)
     console.print(run_table(report))
-    if json_path is not None:
-        json_path.write_text(json.dumps(report.to_json(), indent=1))
+    write_json(json_path, report.to_json())
 
 
 @app.command()
 def profile(
-    model: Annotated[str, typer.Argument(help="model spec (as for graph)")],
+    model: ModelSpec,
     device: Annotated[str, typer.Option(help="cpu, or cuda / cuda:N where torch sees a GPU")] = "cpu",
     threads: Annotated[int, typer.Option(help="torch threads to profile and measure with")] = 1,
     table: Annotated[
         Optional[Path], typer.Option(help="op table file (default: per device under ~/.cache/decomp)")
     ] = None,
-    input_shape: Annotated[
-        Optional[list[str]], typer.Option("--input-shape", help="e.g. 1,3,224,224; repeat for several inputs")
-    ] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="a .safetensors file or a saved state dict")] = None,
+    input_shape: InputShapes = None,
+    weights: Weights = None,
     repeats: Annotated[int, typer.Option(help="timed forward passes of the whole model")] = 20,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="also write the summary here")] = None,
+    json_path: JsonOut = None,
 ) -> None:
     """Profile MODEL's ops into this device's latency table, then print predicted vs measured latency."""
     from decomp.latency.job import ProfileRequest, run_profile
@@ -242,8 +216,7 @@ def profile(
         f"predicted {1000 * summary.predicted_s:.2f} ms | measured {1000 * summary.measured_s:.2f} ms "
         f"| error {100 * summary.error:+.1f}% (sum of the table's op times)"
     )
-    if json_path is not None:
-        json_path.write_text(json.dumps(summary.to_json(), indent=1))
+    write_json(json_path, summary.to_json())
 
 
 @app.command()
@@ -266,7 +239,7 @@ def calibrate(
     table: Annotated[Optional[Path], typer.Option(help="op table file (default: this device's)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="calibration file (default: beside the op table)")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: a local Ray)")] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="also write the summary here")] = None,
+    json_path: JsonOut = None,
 ) -> None:
     """Run candidates of MODELS through the runtime and fit this device's latency calibration."""
     from cluster.calibrate import CalibrateRequest, run_calibration
@@ -318,8 +291,7 @@ def calibrate(
     console.print(
         f"fitted {terms}; in-sample MAPE {100 * summary.mape:.1f}%{held_text}; saved {summary.calibration_file}"
     )
-    if json_path is not None:
-        json_path.write_text(json.dumps(summary.to_json(), indent=1))
+    write_json(json_path, summary.to_json())
 
 
 def main() -> None:
@@ -329,7 +301,3 @@ def main() -> None:
     except DecompError as err:
         err_console.print(f"[bold red]error:[/] {type(err).__name__}: {err}", markup=True, highlight=False)
         sys.exit(2)
-
-
-# commands defined in their own modules register themselves on `app` when imported
-from cluster import cli_review, cli_search  # noqa: E402,F401

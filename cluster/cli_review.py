@@ -10,7 +10,6 @@ import base64
 import html
 import io
 import ipaddress
-import json
 import math
 from collections import Counter
 from itertools import combinations
@@ -23,7 +22,7 @@ import typer
 from rich.table import Table
 
 from cluster import review as rv
-from cluster.cli import app, console
+from cluster.cli_app import JsonOut, app, console, write_json
 from cluster.units import format_value, unit_scale
 from decomp.coarsen import coarsen
 from decomp.errors import SpecError
@@ -38,7 +37,7 @@ Tab = tuple[str, list[str], list[list[str]]]  # title, columns, rows
 @app.command()
 def pareto(
     run: Annotated[Path, typer.Argument(help="a run folder written by decomp search, e.g. runs/quickstart")],
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the front (or the candidate) here")] = None,
+    json_path: JsonOut = None,
     plot: Annotated[
         Optional[Path], typer.Option(help="picture: the front and hypervolume (or the candidate's partition)")
     ] = None,
@@ -66,9 +65,7 @@ def pareto(
             f"{counts['infeasible']} infeasible; {counts['front']} on the front; hypervolume {final:.6g} "
             f"(normaliser: {review.normalizer_source})"
         )
-    if json_path is not None:
-        json_path.write_text(json.dumps(data, indent=1))
-        console.print(f"wrote {json_path}")
+    write_json(json_path, data)
     if plot is not None:
         figure = front_figure(review) if candidate is None else partition_figure(view)
         title = f"{review.study_name}: " + ("Pareto front" if candidate is None else f"candidate {candidate}")
@@ -102,7 +99,7 @@ def export_command(
     candidate: Annotated[int, typer.Option(help="the candidate id to export (see decomp pareto RUN)")],
     out: Annotated[Path, typer.Option(help="export folder to write (must not exist or be empty)")],
     overwrite: Annotated[bool, typer.Option(help="replace an existing export folder")] = False,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="also write the summary here")] = None,
+    json_path: JsonOut = None,
 ) -> None:
     """Prune, split, export and verify candidate ID of RUN, ready for `decomp run OUT`."""
     with console.status(f"exporting candidate {candidate} of {run} ..."):
@@ -123,8 +120,7 @@ def export_command(
             "[yellow]note:[/] the search fine-tuned each candidate before measuring accuracy; the export holds the "
             "pruned weights without that fine-tuning, so fine-tune it before comparing accuracy"
         )
-    if json_path is not None:
-        json_path.write_text(json.dumps(summary, indent=1))
+    write_json(json_path, summary)
 
 
 def _loopback(host: str) -> bool:

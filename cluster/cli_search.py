@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
@@ -12,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from cluster.cli import app, console
+from cluster.cli_app import JsonOut, app, console, write_json
 
 __all__ = ["search"]
 
@@ -28,10 +27,14 @@ def search(
     ] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="evaluators (default: evaluators.count)")] = None,
     resume: Annotated[bool, typer.Option(help="continue the run: a run folder, or the job file's run folder")] = False,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="also write the summary here")] = None,
+    json_path: JsonOut = None,
 ) -> None:
     """Search a job's pruning x partition space on Ray; every trial lands in the run folder's study."""
+    import optuna
+
     from cluster.search_job import SearchProgress, run_search
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the bar and the summary say what Optuna's INFO lines say
 
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -46,27 +49,36 @@ def search(
 
         def show(p: SearchProgress) -> None:
             hv = f"{p.hypervolume:.4f}" if p.hypervolume is not None else "-"
+            bar.status = ""
             bar.best = "best: " + ", ".join(f"{k} {v:.4g}" for k, v in p.best.items()) if p.best else ""
             bar.update(task, completed=p.trials, total=p.budget, failed=p.failed, hv=hv)
 
+        def note(text: str) -> None:
+            bar.status = text
+            bar.refresh()
+
         try:
-            summary = run_search(target, address=address, workers=workers, resume=resume, progress=show)
+            summary = run_search(target, address=address, workers=workers, resume=resume, progress=show, note=note)
         except KeyboardInterrupt:
             bar.stop()
             console.print(f"interrupted; every recorded trial is kept: continue with decomp search --resume {target}")
             raise typer.Exit(130) from None
     console.print(_summary_table(summary))
     console.print(f"review the front: decomp pareto {summary.folder}")
-    if json_path is not None:
-        json_path.write_text(json.dumps(asdict(summary), indent=1))
+    write_json(json_path, asdict(summary))
 
 
 class _SearchBar(Progress):
-    """The progress bar with a second line: the best value of every objective so far."""
+    """The progress bar with a second line: the best value of every objective so far. Before the first trial
+    event it shows what is being done instead (the model built, Ray started, evaluators started)."""
 
     best = ""
+    status = "reading the job ..."
 
     def get_renderables(self):
+        if self.status:
+            yield Text(self.status)
+            return
         yield self.make_tasks_table(self.tasks)
         if self.best:
             yield Text(self.best, overflow="fold")

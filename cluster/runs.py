@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import tempfile
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +29,7 @@ import yaml
 
 from cluster.config import JobConfig, load_config
 from decomp.errors import SpecError
+from decomp.files import write_atomically
 from search.records import Constraint, Objective
 from search.study import create_study
 
@@ -50,29 +50,12 @@ __all__ = [
     "read_run_config",
     "run_study",
     "storage_of",
-    "write_atomically",
     "write_run_config",
 ]
 
 CONFIG, JOURNAL, CHECKPOINT, LOG, LOCK = "config.yaml", "study.journal", "checkpoint.json", "log.txt", ".driver.lock"
 NORMALIZER_ATTR = "decomp:normalizer"
 OBJECTIVES_ATTR, CONSTRAINTS_ATTR = "decomp:objectives", "decomp:constraints"
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file renamed into place: a reader (or a resumed run)
-    sees the old content or the new, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_run_config(folder: Path, config: JobConfig) -> None:

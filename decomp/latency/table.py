@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.utils import benchmark
 
 from decomp.build import graph_from_module
 from decomp.errors import GraphError
@@ -236,6 +235,8 @@ def profile_ops(
         for sig, nodes in todo.items():
             table.entries[sig] = float(sum(times[n] for n in nodes) / len(nodes))
         return graph, len(todo)
+    from torch.utils import benchmark  # here, not at the top: importing it warns about CUDA_HOME on CPU machines
+
     capture = _Capture(gm, {nodes[0] for nodes in todo.values()})
     with torch.inference_mode():
         capture.run(*inputs)
