@@ -34,7 +34,8 @@ from typing import Any
 
 import torch
 
-from cluster.runtime import LocalRunner, RayRunner, loaders_for, measure
+from cluster.runners import LocalRunner, RayRunner, loaders_for
+from cluster.runtime import measure
 from decomp.errors import SpecError
 from decomp.latency.calibration import RUNTIMES, default_calibration_path, fit_runtime, save_calibration
 from decomp.latency.job import this_device

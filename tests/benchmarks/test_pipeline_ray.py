@@ -23,7 +23,8 @@ import pytest
 import torch
 from torch import nn
 
-from cluster.runtime import LocalRunner, RayRunner, export_loaders, loaders_for, measure, stage_seconds
+from cluster.runners import LocalRunner, RayRunner, export_loaders, loaders_for
+from cluster.runtime import measure, stage_seconds
 from decomp import build_graph, load_model
 from decomp.partition import (
     PartitionPlan,

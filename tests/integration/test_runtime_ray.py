@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from cluster.runtime import LocalRunner, RayRunner, RuntimeFailure, loaders_for, measure, split_batch
+from cluster.runners import LocalRunner, RayRunner, RuntimeFailure, loaders_for
+from cluster.runtime import measure, split_batch
 from decomp.errors import InputShapeError
 from decomp.partition import PartsLayout, PartSpec, run_local
 
@@ -120,7 +121,8 @@ def test_split_batch_rejects_more_micro_batches_than_samples():
 
 
 def test_run_export_on_ray_loads_each_part_in_its_actor(tmp_path):
-    from cluster.runtime import export_inputs, export_loaders, run_export
+    from cluster.runners import export_loaders
+    from cluster.runtime import export_inputs, run_export
     from decomp.partition import load_export, manifest_layout, read_manifest
     from decomp.partition.job import SplitRequest, run_split
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.runtime import from_wire, to_wire
+from cluster.runners import from_wire, to_wire
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64, torch.int64, torch.uint8, torch.bool])

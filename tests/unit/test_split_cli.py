@@ -9,7 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from cluster.cli import app
-from cluster.runtime import LocalRunner, export_inputs, export_loaders, measure, run_export
+from cluster.runners import LocalRunner, export_loaders
+from cluster.runtime import export_inputs, measure, run_export
 from decomp import DecompError, ExportError, InputShapeError, InvalidPlanError, build_graph, load_model
 from decomp.partition import PartitionPlan, load_export, manifest_layout, optimal_pipeline, read_manifest
 from decomp.partition.job import SplitRequest, run_split
