@@ -1,10 +1,13 @@
 """The one-way rule: decomp <- search <- cluster, only cluster imports ray, and no modules import each other."""
 
 import ast
+import importlib
+import subprocess
 import sys
 from pathlib import Path
 
 import networkx as nx
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = {"decomp": {"search", "cluster", "ray"}, "search": {"cluster", "ray"}, "cluster": set()}
@@ -89,3 +92,20 @@ def test_circle_finder_sees_circles(tmp_path, monkeypatch):
     edges = _edges()
     assert ("pkg.b", "pkg.a") in edges and ("pkg.sub.c", "pkg.a") in edges
     assert _circles(edges, "module") == [["pkg.a", "pkg.b"]]
+
+
+@pytest.mark.parametrize(
+    "package",
+    ["decomp", "decomp.pruning", "decomp.partition", "decomp.latency", "search", "search.searchers", "cluster"],
+)
+def test_every_public_name_resolves(package):
+    module = importlib.import_module(package)
+    assert module.__all__, f"{package} lists no public names"
+    missing = [name for name in module.__all__ if not hasattr(module, name)]
+    assert not missing, f"{package}.__all__ names what it does not have: {missing}"
+
+
+def test_importing_cluster_starts_nothing_heavy():
+    code = "import sys, cluster; print(sorted({'ray', 'torch', 'optuna'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
