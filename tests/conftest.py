@@ -1,11 +1,16 @@
-"""Fixtures shared by the test suites."""
+"""Fixtures and options shared by the test suites."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import ray
 
 from cluster.connect import connect
+from tests.benchmarks import size
+
+_SIZE_BEFORE = pytest.StashKey[str | None]()
 
 
 @pytest.fixture(scope="module")
@@ -15,3 +20,32 @@ def local_ray(request):
     connect(num_cpus=getattr(request.module, "RAY_CPUS", 2))
     yield
     ray.shutdown()
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--benchmark-size",
+        choices=size.SIZES,
+        default=size.DEFAULT,
+        help="benchmarks (-m benchmark) at smoke size (default: each mechanism end to end, figures written to a "
+        "smoke file) or full size (the figures in BENCHMARKS.md, rewritten; targets asserted)",
+    )
+
+
+def pytest_configure(config):
+    """Set the size before test modules are imported: benchmarks pick their sizes at import time (see
+    tests/benchmarks/size.py); processes they start inherit it."""
+    config.stash[_SIZE_BEFORE] = os.environ.get(size.ENV)
+    os.environ[size.ENV] = config.getoption("benchmark_size")
+
+
+def pytest_unconfigure(config):
+    before = config.stash.get(_SIZE_BEFORE, None)
+    if before is None:
+        os.environ.pop(size.ENV, None)
+    else:
+        os.environ[size.ENV] = before
+
+
+def pytest_report_header(config):
+    return f"benchmark size: {config.getoption('benchmark_size')} (--benchmark-size)"
