@@ -1,4 +1,5 @@
-"""Building the costed graph of resnet50 costs at most 1.5x a bare symbolic_trace + ShapeProp."""
+"""Building the costed graph of resnet50 costs at most 1.5x a bare symbolic_trace + ShapeProp (target asserted at
+full size; at smoke size, fewer rounds and the figures only)."""
 
 import statistics
 import time
@@ -9,11 +10,12 @@ import torchvision.models as tvm
 from torch.fx.passes.shape_prop import ShapeProp
 
 from decomp import build_graph
+from tests.benchmarks import size
 from tests.benchmarks.record import record
 
 pytestmark = pytest.mark.benchmark
 
-ROUNDS = 9
+ROUNDS = size.pick(full=9, smoke=2)
 TARGET = 1.5
 
 
@@ -56,4 +58,5 @@ def test_resnet50_graph_build_overhead():
             f"Median of {ROUNDS} interleaved rounds' per-round ratios.",
         ],
     )
-    assert ratio <= TARGET, f"graph build is {ratio:.2f}x the bare trace, target {TARGET}x"
+    if size.is_full():
+        assert ratio <= TARGET, f"graph build is {ratio:.2f}x the bare trace, target {TARGET}x"

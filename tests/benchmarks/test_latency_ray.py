@@ -6,6 +6,9 @@ actor with 1 torch thread. The calibration is fitted on three ratios per model; 
 out: measured and predicted, never fitted on. The figure that counts is the held-out MAPE of predicted vs
 measured throughput (target <= 15%). Calibrated with `parts=(2,)`: two stages side by side on this
 2-core host share its caches and memory bandwidth, which a fit on single-stage runs does not see.
+
+The floor is asserted at full size. At smoke size (the MLP at two fitted ratios and one held out, short runs
+in one round) the same calibration runs on Ray actors and every candidate is measured and predicted.
 """
 
 from __future__ import annotations
@@ -16,12 +19,18 @@ import statistics
 import pytest
 
 from cluster.calibrate import CalibrateRequest, run_calibration
+from tests.benchmarks import size
 from tests.benchmarks.record import record
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.usefixtures("local_ray")]
 
-MODELS = ("torchvision:resnet18", "torchvision:mobilenet_v2", "python:tests.benchmarks.models:mlp")
-FITTED, HELD_OUT = (0.0, 0.4, 0.7), (0.2, 0.55, 0.8)
+MODELS = size.pick(
+    full=("torchvision:resnet18", "torchvision:mobilenet_v2", "python:tests.benchmarks.models:mlp"),
+    smoke=("python:tests.benchmarks.models:mlp",),
+)
+FITTED, HELD_OUT = size.pick(full=((0.0, 0.4, 0.7), (0.2, 0.55, 0.8)), smoke=((0.0, 0.7), (0.4,)))
+# per run: batches streamed, at least this many seconds; interleaved rounds (op profiling too)
+BATCHES, MIN_SECONDS, ROUNDS = size.pick(full=(12, 1.0, 3), smoke=(2, 0.0, 1))
 TARGET = 0.15  # issue 5: 2-stage throughput within 15% MAPE
 FLOOR = 0.30  # fails the run: the model (not the machine's noise) is broken
 
@@ -34,8 +43,9 @@ def test_two_stage_throughput_predictions_match_ray_measurements(tmp_path):
         parts=(2,),
         batch_size=8,
         micro_batches=4,
-        batches=12,
-        rounds=3,
+        batches=BATCHES,
+        rounds=ROUNDS,
+        min_seconds=MIN_SECONDS,
         table=str(tmp_path / "table.json"),
         out=str(tmp_path / "calibration.json"),
     )
@@ -75,4 +85,5 @@ def test_two_stage_throughput_predictions_match_ray_measurements(tmp_path):
     record("latency-ray", lines)
     print("\n".join(lines))
     assert all(r["predicted"] > 0 for r in rows)
-    assert held_mape <= FLOOR, f"held-out MAPE {100 * held_mape:.1f}% ({load}); floor {100 * FLOOR:.0f}%"
+    if size.is_full():
+        assert held_mape <= FLOOR, f"held-out MAPE {100 * held_mape:.1f}% ({load}); floor {100 * FLOOR:.0f}%"

@@ -12,6 +12,9 @@ Both sides run what `decomp split` and `decomp run` run: the model is split (2 s
 the DP optimum over op times profiled on this machine with 1 thread, tuned by short runs of candidate splits
 on Ray actors; the whole model a 1-part plan), exported, verified, and every actor loads its part from the
 export folder. They stream the same micro-batches, alternated in rounds so machine noise hits both.
+
+The floor is asserted at full size. At smoke size resnet18 goes the same way (split, tuned by short runs,
+exported, loaded by actors, outputs checked against the model), in one short round and fewer overhead calls.
 """
 
 import functools
@@ -36,6 +39,7 @@ from decomp.partition import (
     read_manifest,
 )
 from decomp.partition.job import SplitRequest, run_split
+from tests.benchmarks import size
 from tests.benchmarks.record import record
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.usefixtures("local_ray")]
@@ -43,14 +47,16 @@ pytestmark = [pytest.mark.benchmark, pytest.mark.usefixtures("local_ray")]
 RAY_CPUS = 5
 
 BATCH, MICRO_BATCHES = 8, 4  # micro-batches of 2 images
-BATCHES = 16  # per runner per round: 64 micro-batches, so filling and draining the pipeline costs ~1.5%
-SPEC = "torchvision:resnet50"
-TUNE_CALLS = 32  # micro-batches per tuning run
-TUNE_STEPS = 5  # splits run at most while tuning
-ROUNDS = 5  # alternated rounds, so a burst of load from the VM's neighbours hits both runners alike
+# per runner per round: 64 micro-batches, so filling and draining the pipeline costs ~1.5%
+BATCHES = size.pick(full=16, smoke=2)
+MODEL = size.pick(full="resnet50", smoke="resnet18")
+SPEC = f"torchvision:{MODEL}"
+TUNE_CALLS = size.pick(full=32, smoke=8)  # micro-batches per tuning run
+TUNE_STEPS = size.pick(full=5, smoke=2)  # splits run at most while tuning
+ROUNDS = size.pick(full=5, smoke=1)  # alternated rounds, so a burst of load from the VM's neighbours hits both
 TARGET = 1.6  # the issue's target, reported; on this shared VM runs land between 1.5x and 1.8x
 FLOOR = 0.75  # asserted: the pipeline's speedup over the machine's capacity in the same rounds (~0.9 measured)
-OVERHEAD_CALLS = 200
+OVERHEAD_CALLS = size.pick(full=200, smoke=20)
 
 
 def _round_trip_ms(runner, calls: int) -> float:
@@ -149,7 +155,7 @@ def test_resnet50_two_stage_pipeline_throughput(tmp_path):
 
     runs = summary["tuning_runs"]
     lines = [
-        f"## Pipeline on Ray actors (resnet50, batches of {BATCH}x3x224x224 in {MICRO_BATCHES} micro-batches, CPU)",
+        f"## Pipeline on Ray actors ({MODEL}, batches of {BATCH}x3x224x224 in {MICRO_BATCHES} micro-batches, CPU)",
         "",
         f"Split: `decomp split --balance run` (DP `optimal_pipeline` over {len(nodes)} ops; balancing MACs would cut "
         f"{at(by_macs.cuts(graph))}). On op times profiled here with 1 thread it cuts {at(runs[0]['cuts'])}. "
@@ -192,7 +198,8 @@ def test_resnet50_two_stage_pipeline_throughput(tmp_path):
     ]
     record("pipeline-ray", lines)
     print("\n".join(lines))
-    assert share >= FLOOR, (
-        f"2-stage pipeline is {speedup:.2f}x the whole model's throughput, {share:.2f} of the {capacity:.2f}x two "
-        f"copies reached side by side ({load}); floor {FLOOR}"
-    )
+    if size.is_full():
+        assert share >= FLOOR, (
+            f"2-stage pipeline is {speedup:.2f}x the whole model's throughput, {share:.2f} of the {capacity:.2f}x "
+            f"two copies reached side by side ({load}); floor {FLOOR}"
+        )

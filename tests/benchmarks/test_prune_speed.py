@@ -1,4 +1,7 @@
-"""resnet50 structurally pruned to ~2x fewer MACs runs at least 1.6x faster than the dense model (batch 8, CPU)."""
+"""resnet50 structurally pruned to ~2x fewer MACs runs at least 1.6x faster than the dense model (batch 8, CPU).
+
+The target is asserted at full size; at smoke size resnet18 at batch 2 goes through the same pruning to half the
+MACs and the same interleaved race, in fewer rounds."""
 
 import copy
 import math
@@ -12,13 +15,15 @@ import torchvision.models as tvm
 
 from decomp import build_graph
 from decomp.pruning import apply_plan, find_groups, plan_for_ratio
+from tests.benchmarks import size
 from tests.benchmarks.record import record
 
 pytestmark = pytest.mark.benchmark
 
-ROUNDS = 7
+MODEL = size.pick(full="resnet50", smoke="resnet18")
+ROUNDS = size.pick(full=7, smoke=2)
 FORWARDS = 2  # per model per round, alternated dense/pruned
-BATCH = 8
+BATCH = size.pick(full=8, smoke=2)
 ROUND_TO = 8  # kept channel counts multiples of 8, the widths fast conv kernels like
 MAC_BAND = (0.48, 0.52)  # pruned MACs / dense MACs
 TARGET = 1.6
@@ -68,7 +73,7 @@ def _race(dense, pruned, x) -> tuple[list[float], list[float], list[float]]:
 
 def test_resnet50_half_macs_speedup():
     torch.manual_seed(0)
-    model = tvm.resnet50().eval()
+    model = getattr(tvm, MODEL)().eval()
     x1 = torch.randn(1, 3, 224, 224)
     ratio, pruned = _prune_to_half_macs(model, x1)
     dense_cost, pruned_cost = build_graph(model, x1).totals, build_graph(pruned, x1).totals
@@ -93,7 +98,7 @@ def test_resnet50_half_macs_speedup():
     record(
         "prune-speed",
         [
-            f"## Structured pruning speedup (resnet50, {BATCH}x3x224x224, CPU, inference_mode)",
+            f"## Structured pruning speedup ({MODEL}, {BATCH}x3x224x224, CPU, inference_mode)",
             "",
             f"Uniform local L1 pruning ratio {ratio:.4f}, kept channels rounded to multiples of {ROUND_TO}.",
             "",
@@ -118,7 +123,8 @@ def test_resnet50_half_macs_speedup():
             f"The target is judged on channels_last (the same layout for both models). {load} while timing.",
         ],
     )
-    assert speedup >= TARGET, (
-        f"resnet50 pruned to x{mac_share:.3f} MACs is only {speedup:.2f}x faster than dense at batch {BATCH} "
-        f"(channels_last, median of {ROUNDS} rounds, {load}); target {TARGET}x"
-    )
+    if size.is_full():
+        assert speedup >= TARGET, (
+            f"{MODEL} pruned to x{mac_share:.3f} MACs is only {speedup:.2f}x faster than dense at batch {BATCH} "
+            f"(channels_last, median of {ROUNDS} rounds, {load}); target {TARGET}x"
+        )

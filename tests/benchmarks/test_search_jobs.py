@@ -9,6 +9,9 @@
   evaluator: target >= 200; beside it, the end-to-end rate of a whole search with one evaluator.
 
 Rates are steady-state rates (see `timed_search`): actor start-up is not counted.
+
+At smoke size the same searches run short (the ~50 ms evaluations only, one round, tens of trials; the cost-only
+evaluations on resnet18): every search completes its budget and every figure is produced.
 """
 
 from __future__ import annotations
@@ -31,12 +34,19 @@ from search.records import Candidate, Evaluation, Objective
 from search.registry import make_searcher
 from search.space import BoxSpace
 from search.study import trials_to_records
+from tests.benchmarks import size
 from tests.benchmarks.record import record
 
 pytestmark = pytest.mark.benchmark
 
-ROUNDS = 3
+ROUNDS = size.pick(full=3, smoke=1)
 SCALING_ROUNDS = 7  # the scaling ratio is the noisiest figure on a shared 2-core machine
+# (x ~50 ms matmuls per evaluation, evaluations, rounds)
+SCALINGS = size.pick(full=((1, 240, SCALING_ROUNDS), (4, 100, 5)), smoke=((1, 16, 1),))
+OVERHEAD_TRIALS = size.pick(full=500, smoke=40)
+COST_MODEL = size.pick(full="resnet50", smoke="resnet18")
+COST_CHUNK = size.pick(full=100, smoke=10)  # candidates submitted at once, per round
+COST_BUDGET = size.pick(full=300, smoke=20)  # evaluations of the whole cost-only search
 
 
 class Burn:
@@ -87,6 +97,7 @@ def timed_search(config, task, workers: int):
             stamps.append(time.perf_counter())
 
     summary = run_search(config, workers=workers, task=task, progress=note)
+    assert (summary.complete, summary.failed) == (config.budget.evaluations, 0), f"{config.name}: {summary}"
     pids = [e.metrics.get("pid") for _, e in trials_to_records(open_study(summary.folder)[1])]
     every = next(k for k in range(len(pids)) if len(set(pids[: k + 1])) >= min(workers, len(set(pids))))
     first = max(every, len(stamps) // 3)
@@ -122,7 +133,7 @@ def test_search_jobs(iterations, local_ray, tmp_path):
 
 def _scaling(tmp_path, iterations: int) -> list[str]:
     rows = []
-    for scale, n, rounds in ((1, 240, SCALING_ROUNDS), (4, 100, 5)):  # ~50 ms evaluations, then ~200 ms
+    for scale, n, rounds in SCALINGS:  # ~50 ms evaluations, then ~200 ms
         task = Burn(iterations * scale)
         rates: dict[int, list[float]] = {1: [], 2: []}
         for r in range(rounds):
@@ -165,7 +176,7 @@ def _eval_seconds(task: Burn) -> float:
 
 
 def _overhead(tmp_path) -> list[str]:
-    n, workers = 500, 2
+    n, workers = OVERHEAD_TRIALS, 2
     rows = []
     for searcher in ("random", "nsga2"):
         per_trial, bare, driver, spent = [], [], [], []
@@ -225,24 +236,24 @@ def _bare_loop(n: int, workers: int) -> float:
 def _cost_only(tmp_path) -> list[str]:
     config = parse_config(
         {
-            "name": "resnet50-costs",
-            "model": "torchvision:resnet50",
+            "name": f"{COST_MODEL}-costs",
+            "model": f"torchvision:{COST_MODEL}",
             "input_shape": [1, 3, 224, 224],
             "objectives": ["macs", "latency_s", "comm_bytes", "accuracy_proxy"],
             "constraints": [{"name": "peak_memory", "max": "8 GiB"}],
             "space": {"mode": "pipeline", "max_parts": 4},
             "searcher": {"name": "random", "seed": 0},
-            "budget": {"evaluations": 300},
+            "budget": {"evaluations": COST_BUDGET},
             "cluster": "cpu-host-x4",
             "latency": {"micro_batches": 4, "batch_size": 1},
             "evaluators": {"count": 1, "cpus": 1, "threads": 1},
-            "run": {"folder": str(tmp_path / "resnet50-costs")},
+            "run": {"folder": str(tmp_path / f"{COST_MODEL}-costs")},
         }
     )
     task = ModelTask(config)
     space = task.space()
     searcher = make_searcher("random", space, config.objective_records(), config.constraint_records())
-    candidates = searcher.ask(401)
+    candidates = searcher.ask(1 + ROUNDS * COST_CHUNK)
     evaluator_rates, pipeline_rates = [], []
     pool = EvaluatorPool(task, config.evaluators, 1)
     try:
@@ -250,7 +261,7 @@ def _cost_only(tmp_path) -> list[str]:
         pool.wait()  # set up: model, graph, groups, importances
         for r in range(ROUNDS):
             before = ray.get(pool.actors[0].stats.remote())
-            chunk = candidates[1 + 100 * r : 1 + 100 * (r + 1)]
+            chunk = candidates[1 + COST_CHUNK * r : 1 + COST_CHUNK * (r + 1)]
             start = time.perf_counter()
             for c in chunk:
                 pool.submit(c)
@@ -265,20 +276,21 @@ def _cost_only(tmp_path) -> list[str]:
     search_rate, summary = timed_search(config, task, 1)
     rate = statistics.median(evaluator_rates)
     driver_ms = 1000 * summary.driver_s / summary.trials
-    print(f"resnet50 costs: evaluator {evaluator_rates}, through ray {pipeline_rates}, search {search_rate}")
+    print(f"{COST_MODEL} costs: evaluator {evaluator_rates}, through ray {pipeline_rates}, search {search_rate}")
     return [
-        f"### Cost-only evaluation of a resnet50 candidate ({len(space.genes)} genes: keep levels per coupling "
+        f"### Cost-only evaluation of a {COST_MODEL} candidate ({len(space.genes)} genes: keep levels per coupling "
         "group x a 4-stage pipeline on cpu-host-x4)",
         "",
         "| measured | candidates / s | ratio to target 200 |",
         "|---|---|---|",
         f"| one evaluator, time inside `evaluate` | **{rate:.0f}** | {rate / 200:.2f} |",
-        f"| one evaluator through Ray (100 submitted at once) | {statistics.median(pipeline_rates):.0f} | "
+        f"| one evaluator through Ray ({COST_CHUNK} submitted at once) | {statistics.median(pipeline_rates):.0f} | "
         f"{statistics.median(pipeline_rates) / 200:.2f} |",
         f"| a whole search, one evaluator ({summary.trials} trials; driver {driver_ms:.1f} ms / trial) | "
         f"{search_rate:.0f} | {search_rate / 200:.2f} |",
         "",
         "Objectives macs, latency_s, comm_bytes, accuracy_proxy and a peak_memory constraint, all from "
-        f"`CostEvaluator` (no model run); median of {ROUNDS} rounds of 100 candidates. The whole search is bound "
-        "by the driver (asking decodes each genome, each trial stores both plans in the study), not the evaluator.",
+        f"`CostEvaluator` (no model run); median of {ROUNDS} rounds of {COST_CHUNK} candidates. The whole search "
+        "is bound by the driver (asking decodes each genome, each trial stores both plans in the study), not the "
+        "evaluator.",
     ]

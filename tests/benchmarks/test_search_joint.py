@@ -8,6 +8,10 @@ analytic pruning estimate), bytes sent between parts, and the accuracy proxy (sh
 importance kept). Each searcher gets 300 evaluations per seed, asked 4 at a time (as 4 evaluators
 would), 3 seeds. Hypervolume of every told point, normalised by bounds fixed per study from 1,000
 random genomes of a separate seed (reference point 1.1 per objective).
+
+The targets are asserted at full size. At smoke size every searcher runs the same loop on the same problem
+for 40 evaluations and one seed (bounds from 100 random genomes, NSGA-II with populations of 8), and every
+searcher's front must have a hypervolume above zero.
 """
 
 import statistics
@@ -28,18 +32,20 @@ from search.objectives import CostEvaluator, objectives_for
 from search.pareto import Normalizer, hypervolume, minimized
 from search.records import Candidate
 from search.registry import make_searcher, searcher_names
+from tests.benchmarks import size
 from tests.benchmarks.record import record
 
 pytestmark = pytest.mark.benchmark
 
-BUDGET, BATCH, SEEDS = 300, 4, (0, 1, 2)
+BUDGET, BATCH, SEEDS = size.pick(full=300, smoke=40), 4, size.pick(full=(0, 1, 2), smoke=(0,))
+BOUNDS_SAMPLE = size.pick(full=1000, smoke=100)  # random genomes whose values bound the normalisation
 OBJECTIVES = ("macs", "latency_s", "comm_bytes", "accuracy_proxy")
 # greedy: 8 sampled moves per step (all ~40 per step would leave 300 evaluations only ~7 steps from the start)
 # rl: hypervolume-gain reward (its Chebyshev default ends below random here); skopt: a lighter GP refit
 # (60 points, no optimiser restarts: ~10 s per run instead of ~50 at about the same hypervolume)
 SETTINGS = {
     "greedy": {"resource": "latency_s", "moves_per_step": 8},
-    "nsga2": {"population": 40},
+    "nsga2": {"population": size.pick(full=40, smoke=8)},
     "rl": {"reward": "hypervolume"},
     "skopt": {"max_points": 60, "n_restarts_optimizer": 0},
 }
@@ -80,7 +86,7 @@ def test_every_searcher_beats_random(problem, mode):
     space = JointSpace(graph, 4, JointConfig(mode=mode, blocks=12))
     objectives = objectives_for(OBJECTIVES)
     rng = np.random.default_rng(12345)
-    sample = [space.sample(rng) for _ in range(1000)]
+    sample = [space.sample(rng) for _ in range(BOUNDS_SAMPLE)]
     reference = [evaluator.evaluate(Candidate(i, "ref", g, *space.decode(g)), objectives) for i, g in enumerate(sample)]
     normalizer = Normalizer.from_points(minimized([e.values for e in reference if e.ok], objectives))
     names = sorted(searcher_names(), key=lambda n: (n != "random", n))
@@ -97,8 +103,8 @@ def test_every_searcher_beats_random(problem, mode):
         f"## Joint search, resnet18, {mode} partition over 4 devices ({len(space.genes)} genes)",
         "",
         f"Objectives {', '.join(OBJECTIVES)}; {BUDGET} evaluations per run, asked {BATCH} at a time, seeds "
-        f"{', '.join(map(str, SEEDS))}. Hypervolume of all told points, normalised by bounds from 1,000 random "
-        "genomes (reference 1.1 per objective).",
+        f"{', '.join(map(str, SEEDS))}. Hypervolume of all told points, normalised by bounds from "
+        f"{BOUNDS_SAMPLE:,} random genomes (reference 1.1 per objective).",
         "",
         "| searcher | settings | hypervolume (mean) | per seed | vs random | search seconds per run |",
         "|---|---|---|---|---|---|",
@@ -111,6 +117,10 @@ def test_every_searcher_beats_random(problem, mode):
     ]
     record(f"search-joint-{mode}", lines)
     print("\n".join(lines))
+    empty = [n for n in names if not all(0 < v < float("inf") for v in volumes[n])]
+    assert not empty, f"no front with a finite hypervolume above zero for {', '.join(empty)}: {volumes}"
+    if not size.is_full():
+        return
     losers = [n for n in names if n != "random" and means[n] <= base]
     assert not losers, f"mean hypervolume not above random's for {', '.join(losers)}"
     best = max(means[n] for n in names if n != "random")
