@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.benchmarks import record, size
 
@@ -21,6 +22,15 @@ def smoke_figures(request, tmp_path_factory):
     path = request.config.stash[SMOKE_FILE] = tmp_path_factory.getbasetemp() / "BENCHMARKS.smoke.md"
     with record.smoke_file(path):
         yield path
+
+
+@pytest.fixture(autouse=True)
+def torch_threads():
+    """Give back the torch thread count a benchmark found: several set 1 thread for themselves, and a later
+    benchmark in the same session (prune speed, graph build) would otherwise time its models with 1."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def pytest_terminal_summary(terminalreporter, config):
