@@ -1,7 +1,9 @@
 """Split -> export -> load -> run on real architectures equals the unpartitioned model (float32, 1e-5).
 
 Every model runs K=2 and K=4, a pipeline and a DAG plan, unpruned and pruned (30% of the channels,
-physically removed) across its two cases; small inputs keep the file to a few minutes.
+physically removed) across its two cases. The models get `lively` weights first (their own initialisation leaves
+some all but constant, which any split would match to 1e-5), and each case checks that the outputs move
+by far more than the tolerance when the input changes. Small inputs keep the file to a few minutes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from decomp.partition.manifest import read_manifest
 from decomp.partition.plan import PartitionPlan, quotient
 from decomp.partition.split import flat_outputs, split_model
 from decomp.pruning import apply_plan, find_groups, plan_for_ratio
+from tests.lively import lively, spread
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +32,8 @@ BRANCHES = {
     "torchvision:resnet50": ("layer3.0", ("layer3.0.downsample",)),
     "torchvision:googlenet": ("inception4a", ("inception4a.branch3", "inception4a.branch4")),
 }
-CASES = [  # spec, parts, plan (pipeline | branches | parallel | levels), pruned
+CASES = [  # spec, parts, plan (pipeline | branches | parallel | levels), pruned: per model both plan kinds,
+    # K=2 and K=4, unpruned and pruned across its two cases
     ("torchvision:resnet50", 4, "pipeline", False),
     ("torchvision:resnet50", 2, "branches", True),
     ("torchvision:mobilenet_v2", 4, "levels", False),  # chain-like: any valid DAG plan is contiguous
@@ -43,12 +47,13 @@ CASES = [  # spec, parts, plan (pipeline | branches | parallel | levels), pruned
     (GPT2, 4, "parallel", False),  # the attention mask apart from the queries and keys
     (GPT2, 2, "pipeline", True),
 ]
+TOLERANCE = 1e-5
 
 
 @cache
 def _model(spec: str, pruned: bool):
     loaded = load_model(spec, input_shapes=[SHAPES.get(spec, (1, 3, 64, 64))])
-    model, inputs = loaded.module, loaded.example_inputs
+    model, inputs = lively(loaded.module, loaded.example_inputs), loaded.example_inputs
     plan = None
     if pruned:
         result = apply_plan(model, plan_for_ratio(find_groups(model, inputs), 0.3), inputs, "physical")
@@ -128,6 +133,7 @@ def _contiguous(graph, plan: PartitionPlan) -> bool:
 @pytest.mark.parametrize(("spec", "parts", "kind", "pruned"), CASES)
 def test_exported_parts_reproduce_the_model(tmp_path, spec, parts, kind, pruned):
     model, inputs, tracer, pruning_plan = _model(spec, pruned)
+    assert spread(model, inputs) > 1000 * TOLERANCE  # the outputs depend on the input: the check can fail
     graph = build_graph(model, inputs, tracer=tracer)
     if kind == "branches":
         plan = _branches(graph, parts, *BRANCHES[spec])
@@ -138,7 +144,7 @@ def test_exported_parts_reproduce_the_model(tmp_path, spec, parts, kind, pruned)
         assert _side_by_side(graph, plan) if parts == 4 else not _contiguous(graph, plan)
     split = split_model(model, inputs, plan, tracer=tracer)
     folder = export_split(split, tmp_path / "export", source=spec, pruning_plan=pruning_plan)
-    assert verify_export(folder, model, inputs) <= 1e-5
+    assert verify_export(folder, model, inputs) <= TOLERANCE
     manifest = read_manifest(folder)
     assert len(manifest.parts) == parts and (manifest.pruning_plan is not None) == pruned
     if tracer == "export":  # torch.export traces at a fixed batch size; the parts inherit it
@@ -148,7 +154,7 @@ def test_exported_parts_reproduce_the_model(tmp_path, spec, parts, kind, pruned)
     doubled = tuple(torch.cat([x, x]) for x in inputs)
     with torch.no_grad():
         got, expected = load_export(folder)(*doubled), flat_outputs(model(*doubled))
-    assert max(float((a - b).abs().max()) for a, b in zip(got, expected, strict=True)) <= 1e-5
+    assert max(float((a - b).abs().max()) for a, b in zip(got, expected, strict=True)) <= TOLERANCE
 
 
 @pytest.mark.parametrize(
@@ -160,8 +166,14 @@ def test_baseline_split_jobs_on_real_models(tmp_path, spec, parts, mode):
     from decomp.partition.job import SplitRequest, run_split
 
     shape = SHAPES.get(spec, (1, 3, 64, 64))
-    summary = run_split(SplitRequest(spec, parts, mode, input_shapes=(shape,)), tmp_path / "out")
-    assert summary.max_abs_diff <= 1e-5 and len(summary.metrics.parts) == parts
+    model, inputs, _, _ = _model(spec, False)
+    torch.save(model.state_dict(), tmp_path / "weights.pt")  # lively weights, given as a user gives theirs
+    request = SplitRequest(spec, parts, mode, weights=str(tmp_path / "weights.pt"), input_shapes=(shape,))
+    summary = run_split(request, tmp_path / "out")
+    assert summary.max_abs_diff <= TOLERANCE and len(summary.metrics.parts) == parts
+    with torch.no_grad():  # the export is of these weights, not of a fresh initialisation
+        got, expected = load_export(tmp_path / "out")(*inputs), flat_outputs(model(*inputs))
+    assert max(float((a - b).abs().max()) for a, b in zip(got, expected, strict=True)) <= TOLERANCE
     assert summary.metrics.balance < 2.0  # the baselines balance MACs
     manifest = read_manifest(tmp_path / "out")
     assert manifest.partition_plan.mode == mode and len(manifest.parts) == summary.parts_in_export

@@ -6,6 +6,7 @@ import torchvision.models as tvm
 
 from decomp import build_graph
 from decomp.pruning import apply_plan, find_groups, plan_for_ratio
+from tests.lively import lively, spread
 
 pytestmark = pytest.mark.slow
 
@@ -21,15 +22,17 @@ MODELS = [
     "regnet_x_400mf",
     "vit_b_16",
 ]
-# channels normalised by LayerNorm: masking a channel changes the statistics, removing it does not
-LAYERNORM_MODELS = {"convnext_tiny"}
+# channels normalised by LayerNorm (convnext's blocks, ViT's hidden width): a masked channel still counts
+# in the mean and variance as a zero, a removed one does not, so masked and physical outputs differ
+LAYERNORM_MODELS = {"convnext_tiny", "vit_b_16"}
+ATOL = 1e-5
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_half_channels_gives_a_smaller_model_that_runs_and_retraces(name):
     torch.manual_seed(0)
-    model = tvm.get_model(name).eval()
     x = torch.randn(2, 3, 224, 224)
+    model = lively(tvm.get_model(name), (x,), batch=4)  # own init: some outputs are ~constant
     plan = plan_for_ratio(find_groups(model, (x,)), 0.5)
     pruned = apply_plan(model, plan, (x,), "physical")
     with torch.no_grad():
@@ -39,9 +42,10 @@ def test_half_channels_gives_a_smaller_model_that_runs_and_retraces(name):
     assert after.totals.params < 0.4 * before.totals.params
     assert after.totals.macs < 0.4 * before.totals.macs
     if name not in LAYERNORM_MODELS:
+        assert spread(pruned.module, (x,)) > 20 * ATOL  # outputs that move with the input: the check can fail
         masked = apply_plan(model, pruned.plan, (x,), "mask")
         with torch.no_grad():
-            torch.testing.assert_close(masked.module(x), out, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(masked.module(x), out, atol=ATOL, rtol=ATOL)
 
 
 def test_gpt2_half_heads_and_mlp_channels():
