@@ -29,18 +29,43 @@ CHECKPOINT_FORMAT = "decomp.search-checkpoint/1"
 
 @dataclass
 class Pending:
-    """An asked candidate without a trial yet, with its failed attempts so far."""
+    """An asked candidate without a trial yet: the fidelity level it is evaluated at, its results at the
+    levels below (`done`), its failed attempts at this level, and, for a candidate whose genome another
+    pending candidate is being evaluated with, that one's id (it is answered with that one's result)."""
 
     candidate: Candidate
     errors: int = 0
     deaths: int = 0
+    level: int = 0
+    done: list[Evaluation] = field(default_factory=list)
+    duplicate_of: int | None = None
+
+    def climb(self, result: Evaluation) -> None:
+        """On to the next level, `result` kept as this level's."""
+        self.done.append(result)
+        self.level += 1
+        self.errors = self.deaths = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"candidate": self.candidate.to_json(), "errors": self.errors, "deaths": self.deaths}
+        return {
+            "candidate": self.candidate.to_json(),
+            "errors": self.errors,
+            "deaths": self.deaths,
+            "level": self.level,
+            "done": [e.to_json() for e in self.done],
+            "duplicate_of": self.duplicate_of,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Pending:
-        return cls(Candidate.from_json(data["candidate"]), int(data.get("errors", 0)), int(data.get("deaths", 0)))
+        return cls(
+            Candidate.from_json(data["candidate"]),
+            int(data.get("errors", 0)),
+            int(data.get("deaths", 0)),
+            int(data.get("level", 0)),
+            [Evaluation.from_json(e) for e in data.get("done", [])],
+            None if data.get("duplicate_of") is None else int(data["duplicate_of"]),
+        )
 
 
 @dataclass

@@ -110,17 +110,47 @@ def export_command(
     table.add_row("params", f"{summary['params_before']:,} -> {summary['params_after']:,}")
     for name, value in summary["values"].items():
         table.add_row(name, format_value(name, value))
+    for name, value in summary["metrics"].items():
+        if name.startswith("test_"):
+            table.add_row(f"{name} (report)", format_value(name.removeprefix("test_"), value))
+    if summary["level"]:
+        table.add_row("measured at", f"{summary['level']} (its weights are in the export)")
     console.print(table)
     console.print(f"wrote {summary['out']} (verified: max abs diff {summary['max_abs_diff']:.3g}); run it with")
     console.print(f"  decomp run {summary['out']} --local")
     if not summary["feasible"]:
         console.print(f"[yellow]note:[/] candidate {candidate} breaks a constraint of the run (see decomp pareto)")
-    if summary["finetuned_in_search"]:
-        console.print(
-            "[yellow]note:[/] the search fine-tuned each candidate before measuring accuracy; the export holds the "
-            "pruned weights without that fine-tuning, so fine-tune it before comparing accuracy"
-        )
     write_json(json_path, summary)
+
+
+@app.command("eval")
+def eval_command(
+    export: Annotated[Path, typer.Argument(help="an export folder written by decomp export or decomp split")],
+    data: Annotated[str, typer.Option(help="the data spec as the job gives it, e.g. mnist?train=4000&test=1000")],
+    split: Annotated[str, typer.Option(help="test (what the search reported), validation or train")] = "test",
+    local: Annotated[bool, typer.Option(help="run the parts in this process instead of Ray actors")] = False,
+    batch_size: Annotated[int, typer.Option(help="samples per batch (fixed-batch exports use their own)")] = 128,
+    threads: Annotated[int, typer.Option(help="torch threads per part")] = 1,
+    validation: Annotated[float, typer.Option(help="the job's accuracy.validation (carves the same split)")] = 0.1,
+    seed: Annotated[int, typer.Option(help="the job's searcher.seed (carves the same split)")] = 0,
+    json_path: JsonOut = None,
+) -> None:
+    """Run EXPORT on real data and report its accuracy beside the figure the search recorded for it."""
+    from cluster.scoring import score_export
+
+    where = "in this process" if local else "on Ray"
+    with console.status(f"evaluating {export} on {data} ({split}) {where} ..."):
+        score = score_export(export, data, split, local, batch_size, threads, validation, seed)
+    table = Table(title=f"{export} on {data} ({split} split, {score.samples} samples, {score.runner})")
+    table.add_column("")
+    table.add_column("accuracy", justify="right")
+    table.add_row("measured now", format_value("accuracy", score.accuracy))
+    if score.recorded is not None:
+        level = f" ({score.level})" if score.level else ""
+        table.add_row(f"recorded by the search{level}", format_value("accuracy", score.recorded))
+        table.add_row("difference (points)", f"{100 * score.difference:+.2f}")
+    console.print(table)
+    write_json(json_path, score.to_json())
 
 
 def _loopback(host: str) -> bool:

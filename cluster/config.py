@@ -22,7 +22,8 @@ Top-level keys:
 - `cluster`: where the candidates will run (the latency model's cluster): preset, file or mapping.
 - `latency`: `{micro_batches, batch_size, table, calibration}` for predicted latency and throughput.
 - `evaluators`: `{count, cpus, gpus, threads, retries, in_flight}` (Ray actors that evaluate).
-- `accuracy`: `{finetune_epochs, lr, batch_size, max_samples}` (short fine-tune before measuring).
+- `accuracy`: `{finetune_epochs, short_epochs, bn_batches, reduction, validation, lr, batch_size,
+  max_samples}`: the fidelity levels accuracy is measured at (`AccuracySpec`).
 - `run`: `{folder, storage}` (storage: an Optuna RDB URL for shared clusters; default a journal file
   in the run folder).
 """
@@ -97,10 +98,33 @@ class EvaluatorSpec(_Strict):
 
 
 class AccuracySpec(_Strict):
-    finetune_epochs: float = Field(default=0.0, ge=0)
+    """How `accuracy` / `agreement` are measured, at rising fidelity levels (`levels()`): `bn` (the pruned
+    model with its BatchNorm statistics re-estimated on `bn_batches` training batches; no gradient step),
+    then `short` (`short_epochs` of fine-tuning) and `full` (`finetune_epochs`) where asked for. About
+    1 / `reduction` of the candidates climb to each next level (`search.fidelity.Ladder`). Selection uses
+    a `validation` share of the training data; the test split is measured for the report only."""
+
+    finetune_epochs: float = Field(default=0.0, ge=0)  # the top level's fine-tune (0: no fine-tune level)
+    short_epochs: float | None = Field(default=None, gt=0)  # a cheaper fine-tune level before it
+    bn_batches: int = Field(default=8, ge=0)  # 0: score the pruned weights as they are
+    reduction: int = Field(default=3, ge=2)
+    validation: float = Field(default=0.1, gt=0, lt=1)
     lr: float = Field(default=1e-3, gt=0)
     batch_size: int = Field(default=128, ge=1)
     max_samples: int | None = Field(default=None, ge=1)  # evaluate on at most this many test samples
+
+    @model_validator(mode="after")
+    def _short_before_full(self) -> AccuracySpec:
+        if self.short_epochs is not None and not self.short_epochs < self.finetune_epochs:
+            raise ValueError(
+                f"short_epochs ({self.short_epochs:g}) must be less than finetune_epochs ({self.finetune_epochs:g}): "
+                "the short fine-tune is the cheaper level before the full one"
+            )
+        return self
+
+    def levels(self) -> tuple[str, ...]:
+        """The measured levels, cheapest first."""
+        return ("bn",) + (("short",) if self.short_epochs else ()) + (("full",) if self.finetune_epochs else ())
 
 
 class RunSpec(_Strict):

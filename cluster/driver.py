@@ -26,14 +26,13 @@ from typing import Protocol
 
 from cluster.checkpoint import Checkpoint, CheckpointWriter, Pending, reconcile
 from cluster.config import JobConfig
-from cluster.runs import CONFIG, LOG, NORMALIZER_ATTR, RunLock, RunLog, abandon_run, run_study, write_run_config
-from cluster.task import EvaluationError, Task
-from decomp.errors import DecompError, SearchError
-from search.front import NORMALIZER_POINTS, FrontTracker
-from search.pareto import Normalizer
+from cluster.results import RunResults
+from cluster.runs import CONFIG, LOG, RunLock, RunLog, abandon_run, run_study, write_run_config
+from cluster.task import EvaluationError, Measured, Task
+from decomp.errors import DecompError
+from search.front import NORMALIZER_POINTS
 from search.records import Candidate, Evaluation
 from search.registry import make_searcher
-from search.study import record_trial, trials_to_records
 
 __all__ = ["Finished", "Pool", "SearchDriver", "SearchProgress", "SearchSummary"]
 
@@ -83,12 +82,21 @@ class SearchSummary:
 
 @dataclass
 class Finished:
-    """One result from a pool: an `Evaluation`, an `EvaluationError`, or `died` with the message when the
-    evaluator died before answering (the candidate should be resubmitted)."""
+    """One result from a pool: an `Evaluation` (with the measured model's weights, where there were any), an
+    `EvaluationError`, or `died` with the message when the evaluator died before answering (the candidate
+    should be resubmitted)."""
 
     candidate: Candidate
     result: Evaluation | EvaluationError | None
     died: str = ""
+    weights: bytes | None = None
+
+    @classmethod
+    def of(cls, candidate: Candidate, result: Measured | EvaluationError) -> Finished:
+        """What an `Evaluator` answered for `candidate`."""
+        if isinstance(result, EvaluationError):
+            return cls(candidate, result)
+        return cls(candidate, result.evaluation, weights=result.weights)
 
 
 class Pool(Protocol):
@@ -97,7 +105,7 @@ class Pool(Protocol):
     in_flight: int  # candidates submitted and not yet returned by `wait`
     replaced: int  # evaluators started anew after dying for good
 
-    def submit(self, candidate: Candidate) -> None: ...
+    def submit(self, candidate: Candidate, level: int) -> None: ...
 
     def wait(self) -> list[Finished]: ...
 
@@ -147,16 +155,19 @@ class SearchDriver:
         self.log = RunLog(self.folder / LOG)
         self.study = run_study(self.folder, self.config, self.objectives, self.constraints, fresh=not self.resumed)
         checkpoint = Checkpoint.read(self.folder)
-        records = trials_to_records(self.study)
+        levels = len(self.task.levels)
+        self.results = RunResults(
+            self.folder, self.study, self.objectives, self.constraints, self.space, levels,
+            self.config.accuracy.reduction, self.budget or NORMALIZER_POINTS,
+        )  # fmt: skip
+        self.tracker = self.results.tracker
+        records = self.results.records
         resubmit = reconcile(self.searcher, checkpoint, records, self.space)
         self.pending = {p.candidate.id: p for p in resubmit}
+        for p in resubmit:  # what the levels below gave, for the ladder
+            for level, result in enumerate(p.done):
+                self.results.climbs(level, result)
         self.elapsed_before = checkpoint.elapsed_s if checkpoint else 0.0
-        self.tracker = FrontTracker(self.objectives, self.constraints)
-        for _, evaluation in records:
-            self.tracker.add(evaluation)
-        stored = self.study.user_attrs.get(NORMALIZER_ATTR)
-        if stored is not None:
-            self.tracker.normalizer = Normalizer.from_json(stored)
         self.retried = self.resubmitted = 0
         self.writer = CheckpointWriter(self.folder)
         self.spent = {"searcher": 0.0, "store": 0.0, "checkpoint": 0.0}
@@ -176,8 +187,10 @@ class SearchDriver:
         try:
             self._report("start", f"{self.tracker.complete + self.tracker.failed} trials so far")
             self._checkpoint()  # the reconciled state, before anything is submitted
+            self._answer_duplicates()
             for p in self.pending.values():
-                self.pool.submit(p.candidate)
+                if p.duplicate_of is None:
+                    self.pool.submit(p.candidate, p.level)
             self._fill(dirty=False)
             while self.pool.in_flight:
                 t = time.perf_counter()
@@ -211,17 +224,28 @@ class SearchDriver:
         return max(0, room)
 
     def _fill(self, dirty: bool) -> None:
-        """Ask for what the budget and the in-flight bound allow; checkpoint; only then submit."""
-        room = self._room()
-        t = time.perf_counter()
-        asked = self.searcher.ask(room) if room else []
-        self.spent["searcher"] += time.perf_counter() - t
-        for candidate in asked:
-            self.pending[candidate.id] = Pending(candidate)
-        if asked or dirty:
-            self._checkpoint()
-        for candidate in asked:
-            self.pool.submit(candidate)
+        """Ask for what the budget and the in-flight bound allow; checkpoint; only then submit. A candidate with
+        the genome of one recorded or in flight is not submitted: it gets that one's result."""
+        while True:
+            room = self._room()
+            t = time.perf_counter()
+            asked = self.searcher.ask(room) if room else []
+            self.spent["searcher"] += time.perf_counter() - t
+            in_flight = {tuple(p.candidate.genome): cid for cid, p in self.pending.items() if p.duplicate_of is None}
+            for candidate in asked:
+                genome = tuple(candidate.genome)
+                original = self.results.known(genome)
+                original = in_flight.get(genome) if original is None else original
+                self.pending[candidate.id] = Pending(candidate, duplicate_of=original)
+                in_flight.setdefault(genome, candidate.id)
+            if asked or dirty:
+                self._checkpoint()
+            for candidate in asked:
+                if self.pending[candidate.id].duplicate_of is None:
+                    self.pool.submit(candidate, 0)
+            if not self._answer_duplicates():
+                return
+            dirty = True  # duplicates were recorded: room for more, and a checkpoint to write
 
     def _handle(self, finished: Finished) -> bool:
         """Resubmit, or record and tell; True when a trial was recorded."""
@@ -233,7 +257,7 @@ class SearchDriver:
             if pending.deaths <= max(3, retries + 1):
                 self.resubmitted += 1
                 self.log(f"candidate {cid}: its evaluator died ({finished.died}); submitted again")
-                self.pool.submit(pending.candidate)
+                self.pool.submit(pending.candidate, pending.level)
                 return False
             result = Evaluation.failed(cid, f"its evaluator died {pending.deaths} times (last: {finished.died})")
         elif isinstance(result, EvaluationError):
@@ -246,38 +270,52 @@ class SearchDriver:
             if pending.errors <= retries:
                 self.retried += 1
                 self.log(f"candidate {cid}: {result.message}; retry {pending.errors} of {retries}")
-                self.pool.submit(pending.candidate)
+                self.pool.submit(pending.candidate, pending.level)
                 return False
             result = Evaluation.failed(cid, f"{result.message} (failed {pending.errors} times)")
-        self._record(pending.candidate, result)
+        elif result.ok and self.results.climbs(pending.level, result):
+            pending.climb(result)
+            levels = self.task.levels
+            self.log(f"candidate {cid}: {levels[pending.level - 1]} -> {levels[pending.level]}")
+            self.pool.submit(pending.candidate, pending.level)
+            return True  # its new level goes into the next checkpoint
+        self._record(pending, result, finished.weights)
         return True
 
-    def _record(self, candidate: Candidate, evaluation: Evaluation) -> None:
-        args = (self.objectives, self.constraints, self.space)
+    def _record(self, pending: Pending, evaluation: Evaluation | None = None, weights: bytes | None = None) -> None:
+        """Record a candidate's final result (a duplicate's is its original's), tell the searcher, report."""
+        candidate = pending.candidate
         t = time.perf_counter()
-        try:
-            record_trial(self.study, candidate, evaluation, *args)
-        except SearchError as err:  # the task gave values that do not fit the job: a failed trial, say why
-            evaluation = Evaluation.failed(candidate.id, f"the evaluation does not fit the job: {err}")
-            record_trial(self.study, candidate, evaluation, *args)
+        if pending.duplicate_of is None:
+            evaluation = self.results.record(candidate, evaluation, pending.done, weights)
+        else:
+            evaluation = self.results.duplicate(candidate, pending.duplicate_of)
         del self.pending[candidate.id]
         t2 = time.perf_counter()
         self.searcher.tell(candidate, evaluation)
         self.spent["store"] += t2 - t
         self.spent["searcher"] += time.perf_counter() - t2
-        self.tracker.add(evaluation)
-        self._maybe_fix_normalizer(min(NORMALIZER_POINTS, self.budget or NORMALIZER_POINTS))
-        if evaluation.ok:
-            values = ", ".join(f"{o.name}={v:.4g}" for o, v in zip(self.objectives, evaluation.values, strict=True))
-            line = f"candidate {candidate.id} complete: {values} ({evaluation.wall_time:.2f} s)"
-        else:
+        if not evaluation.ok:
             line = f"candidate {candidate.id} failed: {evaluation.message}"
+        else:
+            values = ", ".join(f"{o.name}={v:.4g}" for o, v in zip(self.objectives, evaluation.values, strict=True))
+            if pending.duplicate_of is not None:
+                line = (
+                    f"candidate {candidate.id} repeats the genome of {pending.duplicate_of}: {values} (not evaluated)"
+                )
+            else:
+                level = f" at {self.task.levels[pending.level]}" if len(self.task.levels) > 1 else ""
+                line = f"candidate {candidate.id} complete{level}: {values} ({evaluation.wall_time:.2f} s)"
         self._report("trial", line)
 
-    def _maybe_fix_normalizer(self, at_least: int) -> None:
-        normalizer = self.tracker.fix_normalizer(at_least)
-        if normalizer is not None:
-            self.study.set_user_attr(NORMALIZER_ATTR, normalizer.to_json())
+    def _answer_duplicates(self) -> bool:
+        """Record every pending duplicate whose original is recorded; True when there were any."""
+        ready = [
+            p for p in self.pending.values() if p.duplicate_of is not None and p.duplicate_of in self.results.final
+        ]
+        for p in ready:
+            self._record(p)
+        return bool(ready)
 
     def _checkpoint(self) -> None:
         t = time.perf_counter()
@@ -285,7 +323,7 @@ class SearchDriver:
         self.spent["checkpoint"] += time.perf_counter() - t
 
     def _finish(self) -> None:
-        self._maybe_fix_normalizer(1)
+        self.results.finish()
         self._checkpoint()
         t = self.tracker
         if self.budget is not None and t.complete + t.failed >= self.budget:

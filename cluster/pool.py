@@ -20,7 +20,7 @@ from ray.exceptions import ActorDiedError, RayActorError, RayError
 
 from cluster.config import EvaluatorSpec
 from cluster.driver import Finished
-from cluster.task import EvaluationError, Task
+from cluster.task import EvaluationError, Measured, Task
 from decomp.errors import DecompError, SpecError
 from search.records import Candidate, Evaluation
 
@@ -39,14 +39,16 @@ class Evaluator:
         self.ready = False
         self.evaluations, self.busy_s = 0, 0.0
 
-    def evaluate(self, candidate: Candidate) -> Evaluation | EvaluationError:
+    def evaluate(self, candidate: Candidate, level: int = 0) -> Measured | EvaluationError:
+        """The task's result for `candidate` at fidelity `level`, always as `Measured` (or the error)."""
         start = time.perf_counter()
         try:
-            return self._evaluate(candidate)
+            result = self._evaluate(candidate, level)
+            return Measured(result) if isinstance(result, Evaluation) else result
         finally:
             self.busy_s += time.perf_counter() - start
 
-    def _evaluate(self, candidate: Candidate) -> Evaluation | EvaluationError:
+    def _evaluate(self, candidate: Candidate, level: int) -> Evaluation | Measured | EvaluationError:
         if not self.ready:
             try:
                 self.task.setup()
@@ -58,7 +60,7 @@ class Evaluator:
                 return EvaluationError(candidate.id, f"evaluator setup failed: {_text(err)}", traceback.format_exc())
             self.ready = True
         try:
-            evaluation = self.task.evaluate(candidate)
+            evaluation = self.task.evaluate(candidate, level)
         except Exception as err:  # noqa: BLE001 - any failure of one evaluation is the driver's to retry
             return EvaluationError(candidate.id, _text(err), traceback.format_exc())
         self.evaluations += 1
@@ -107,10 +109,10 @@ class EvaluatorPool:
     def in_flight(self) -> int:
         return len(self.running)
 
-    def submit(self, candidate: Candidate) -> None:
+    def submit(self, candidate: Candidate, level: int = 0) -> None:
         slot = min(range(self.count), key=self.busy.__getitem__)
         actor = self.actors[slot]
-        self.running[actor.evaluate.remote(candidate)] = (slot, actor, candidate)
+        self.running[actor.evaluate.remote(candidate, level)] = (slot, actor, candidate)
         self.busy[slot] += 1
 
     def wait(self, timeout: float | None = None) -> list[Finished]:
@@ -132,10 +134,11 @@ class EvaluatorPool:
         slot, actor, candidate = self.running.pop(ref)
         self.busy[slot] -= 1
         try:
-            result = ray.get(ref)
-            if isinstance(result, Evaluation) and result.wall_time > 0:
-                self.typical_s = 0.8 * self.typical_s + 0.2 * result.wall_time if self.typical_s else result.wall_time
-            return Finished(candidate, result)
+            finished = Finished.of(candidate, ray.get(ref))
+            wall = finished.result.wall_time if isinstance(finished.result, Evaluation) else 0.0
+            if wall > 0:
+                self.typical_s = 0.8 * self.typical_s + 0.2 * wall if self.typical_s else wall
+            return finished
         except RayActorError as err:
             if isinstance(err, ActorDiedError) and self.actors[slot] is actor:  # dead for good: a new one
                 ray.kill(actor)

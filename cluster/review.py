@@ -19,8 +19,9 @@ from typing import Any
 from optuna.trial import TrialState
 
 from cluster.config import JobConfig
+from cluster.results import weights_path
 from cluster.runs import NORMALIZER_ATTR, open_study, storage_of
-from cluster.task import job_model, load_job_model
+from cluster.task import MEASURED, job_model
 from cluster.units import format_value
 from decomp.errors import DecompError, SpecError
 from decomp.graph import ModelGraph
@@ -118,7 +119,12 @@ def review_run(folder: str | Path) -> Review:
             rows.append(Row(numbers[candidate.id], candidate, evaluation, _feasible(evaluation, constraints, folder)))
     points = minimized([r.evaluation.values for r in rows if r.feasible], objectives)
     feasible = [r for r in rows if r.feasible]
-    front = [r for r, keep in zip(feasible, non_dominated(points), strict=True) if keep]
+    # a repeated genome's trial (`duplicate_of`) copies its original's result: the front lists the original once
+    front = [
+        r
+        for r, keep in zip(feasible, non_dominated(points), strict=True)
+        if keep and "duplicate_of" not in r.evaluation.metrics
+    ]
     front.sort(key=lambda r: (tuple(minimized([r.evaluation.values], objectives)[0]), r.trial))
     normalizer, source = _normalizer(study.user_attrs.get(NORMALIZER_ATTR), rows, objectives)
     return Review(
@@ -206,6 +212,8 @@ def _row_json(review: Review, row: Row) -> dict[str, Any]:
         "metrics": {k: json_float(v) for k, v in e.metrics.items()},
         "parts": row.candidate.partition.parts if row.candidate.partition is not None else 1,
     }
+    if "level" in e.metrics:
+        out["level"] = review.config.accuracy.levels()[int(e.metrics["level"])]
     if not e.ok:
         out["message"] = e.message
     return out
@@ -245,7 +253,7 @@ def candidate_view(review: Review, candidate_id: int) -> CandidateView:
     from decomp.pruning import Estimator, PruningPlan
 
     row = review.find(candidate_id)
-    graph = job_model(review.config).graph
+    graph = job_model(review.config, batch=review.config.latency.batch_size).graph  # the graph the plans name
     pruning = row.candidate.pruning or PruningPlan()
     plan = row.candidate.partition or PartitionPlan.from_assignment(
         dict.fromkeys(graph.compute_nodes(), 0), "pipeline", graph=graph
@@ -304,9 +312,14 @@ def _group_order(graph: ModelGraph) -> list[str]:
 
 # -- export -----------------------------------------------------------------------------------------
 def export_candidate(folder: str | Path, candidate_id: int, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
-    """Physically prune the run's model with the candidate's pruning plan, split it with its partition plan,
-    export the parts to `out` (the `decomp split` format) and verify them against the unpartitioned pruned
-    model; returns a summary. A failed candidate or a difference above the tolerance is an error."""
+    """Physically prune the run's model with the candidate's pruning plan, load the weights its accuracy was
+    measured with (where the run measured accuracy), split it with its partition plan, export the parts to
+    `out` (the `decomp split` format) and verify them against the unpartitioned pruned model; returns a
+    summary. A failed candidate, one whose measured weights were not kept, or a difference above the
+    tolerance is an error. The model is built at the batch the search costed it at, so the partition plan
+    names the ops the export traces."""
+    from safetensors.torch import load_model
+
     from decomp.build import build_graph
     from decomp.partition import partition_metrics, split_model
     from decomp.partition.job import export_verified
@@ -315,23 +328,25 @@ def export_candidate(folder: str | Path, candidate_id: int, out: str | Path, ove
     review = review_run(folder)
     row = review.find(candidate_id)
     if not row.evaluation.ok:
-        ok = [r.candidate.id for r in review.front] or [r.candidate.id for r in review.rows if r.evaluation.ok]
         raise SpecError(
             f"candidate {candidate_id} (trial {row.trial}) failed: {row.evaluation.message}; export a complete "
-            f"one{', e.g. ' + ', '.join(map(str, ok[:8])) if ok else ''}"
+            f"one{_suggest(review.front or [r for r in review.rows if r.evaluation.ok])}"
         )
-    loaded = load_job_model(review.config)
-    inputs = loaded.example_inputs
-    pruned = apply_plan(loaded.module, row.candidate.pruning, inputs) if row.candidate.pruning is not None else None
-    module = pruned.module if pruned is not None else loaded.module
-    graph = build_graph(module, inputs, loaded.tracer, name=review.config.model)
+    weights = _kept_weights(review, row)
+    built = job_model(review.config, batch=review.config.latency.batch_size)
+    inputs = built.inputs
+    pruned = apply_plan(built.loaded.module, row.candidate.pruning, inputs) if row.candidate.pruning else None
+    module = pruned.module if pruned is not None else built.loaded.module
+    if weights is not None:
+        load_model(module, str(weights))
+    graph = build_graph(module, inputs, built.loaded.tracer, name=review.config.model)
     plan = row.candidate.partition or PartitionPlan.from_assignment(
         dict.fromkeys(graph.compute_nodes(), 0), "pipeline", graph=graph
     )
     metrics = partition_metrics(graph, plan.validate(graph))
     search = _row_json(review, row) | {"run": str(review.folder), "study": review.study_name}
     target, diff = export_verified(
-        split_model(module, inputs, plan, tracer=loaded.tracer),
+        split_model(module, inputs, plan, tracer=built.loaded.tracer),
         out,
         module,
         source=review.config.model,
@@ -339,7 +354,7 @@ def export_candidate(folder: str | Path, candidate_id: int, out: str | Path, ove
         expected_costs={"metrics": metrics.to_json(), "search": search},
         overwrite=overwrite,
     )
-    params = sum(p.numel() for p in loaded.module.parameters())
+    params = sum(p.numel() for p in built.loaded.module.parameters())
     return {
         "run": str(review.folder),
         "candidate": candidate_id,
@@ -349,10 +364,36 @@ def export_candidate(folder: str | Path, candidate_id: int, out: str | Path, ove
         "params_before": params,
         "params_after": sum(p.numel() for p in module.parameters()),
         "values": search["values"],
+        "metrics": search["metrics"],
         "max_abs_diff": diff,
         "feasible": row.feasible,
-        "finetuned_in_search": review.config.accuracy.finetune_epochs > 0,
+        "level": search.get("level"),
+        "weights": None if weights is None else str(weights),
     }
+
+
+def _kept_weights(review: Review, row: Row) -> Path | None:
+    """The weights the candidate's measured objectives were measured with (None where the run measured
+    nothing, so the pruned weights are what it costed); an error when they were not kept."""
+    if not any(o.name in MEASURED for o in review.objectives) and not any(
+        c.name in MEASURED for c in review.constraints
+    ):
+        return None
+    original = int(row.evaluation.metrics.get("duplicate_of", row.candidate.id))
+    path = weights_path(review.folder, original)
+    if not path.is_file():
+        kept = [r for r in review.rows if r.evaluation.ok and weights_path(review.folder, r.candidate.id).is_file()]
+        raise SpecError(
+            f"candidate {row.candidate.id}'s measured weights were not kept (a run keeps those of candidates at the "
+            f"top fidelity level or on the front when they were recorded); without them the export would not "
+            f"compute what the run measured. Export one that has them{_suggest(kept)}"
+        )
+    return path
+
+
+def _suggest(rows: list[Row]) -> str:
+    ids = [r.candidate.id for r in rows]
+    return f", e.g. {', '.join(map(str, ids[:8]))}" if ids else ""
 
 
 # -- dashboard --------------------------------------------------------------------------------------

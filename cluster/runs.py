@@ -7,6 +7,8 @@
       checkpoint.json   the searcher's state and the driver's (asked candidates not yet recorded, counters),
                         written atomically after every ask and every tell
       log.txt           what the driver did, one line per event
+      weights/ID.safetensors  the weights a measured candidate's accuracy was measured with, kept for the
+                        candidates that reached the top fidelity level or joined the front (what export loads)
       .driver.lock      held (flock) by the driver working on the folder: one driver per run at a time;
                         the kernel releases it when the driver dies
 
@@ -42,6 +44,7 @@ __all__ = [
     "CONSTRAINTS_ATTR",
     "NORMALIZER_ATTR",
     "OBJECTIVES_ATTR",
+    "WEIGHTS",
     "RunLock",
     "RunLog",
     "abandon_run",
@@ -54,6 +57,7 @@ __all__ = [
 ]
 
 CONFIG, JOURNAL, CHECKPOINT, LOG, LOCK = "config.yaml", "study.journal", "checkpoint.json", "log.txt", ".driver.lock"
+WEIGHTS = "weights"  # weights/<candidate id>.safetensors: a measured candidate's weights, where kept
 NORMALIZER_ATTR = "decomp:normalizer"
 OBJECTIVES_ATTR, CONSTRAINTS_ATTR = "decomp:objectives", "decomp:constraints"
 

@@ -2,9 +2,10 @@
 
 A `Task` is a picklable recipe. The driver calls `space()` once for the search space; every evaluator
 receives a copy of the task, calls `setup()` once before its first candidate (load the model and data,
-build the costed graph) and then `evaluate(candidate)` per candidate. `ModelTask(config)` is the task of a
-job file: cheap metrics from the candidate cost model, and where an objective or constraint is measured
-(`accuracy`, `agreement`) the plan applied physically, an optional short fine-tune, and a test.
+build the costed graph) and then `evaluate(candidate, level)` per candidate and fidelity level (the driver
+decides which candidates climb, `search.fidelity`). `ModelTask(config)` is the task of a job file: cheap
+metrics from the candidate cost model, and where an objective or constraint is measured (`accuracy`,
+`agreement`) the plan applied physically and measured at the level (`cluster.measure`), with the weights.
 
 An evaluation that raises comes back from the evaluator as an `EvaluationError` (the driver retries it, then
 records it as failed); a plan that does not fit the model comes back as a failed `Evaluation` at once
@@ -14,9 +15,6 @@ group-annotated graph: the search, the review and the export all build it with i
 
 from __future__ import annotations
 
-import copy
-import itertools
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from cluster.config import JobConfig
+from cluster.measure import Measurer, check_measurable, module_bytes
 from decomp.errors import DecompError, SpecError
 from decomp.graph import ModelGraph
 from decomp.pruning import GroupIndex
@@ -33,10 +32,9 @@ from decomp.specs import LoadedModel
 from search.records import Candidate, Evaluation
 from search.space import Space
 
-__all__ = ["MEASURED", "EvaluationError", "JobModel", "ModelTask", "Task", "job_model", "load_job_model"]
+__all__ = ["MEASURED", "EvaluationError", "JobModel", "Measured", "ModelTask", "Task", "job_model", "load_job_model"]
 
 MEASURED = ("accuracy", "agreement")  # quantities only a run of the pruned model gives
-AGREEMENT_SAMPLES = 256  # random inputs for `agreement` when the job has no data and no max_samples
 
 
 @runtime_checkable
@@ -49,8 +47,20 @@ class Task(Protocol):
     def setup(self) -> None:
         """Load what evaluations need; called once per evaluator, before its first `evaluate`."""
 
-    def evaluate(self, candidate: Candidate) -> Evaluation:
-        """The candidate's objective and constraint values, in the job's order."""
+    levels: tuple[str, ...]  # the fidelity levels `evaluate` takes, cheapest first (one name: no levels)
+
+    def evaluate(self, candidate: Candidate, level: int) -> Evaluation | Measured:
+        """The candidate's objective and constraint values at `levels[level]`, in the job's order (with the
+        weights that gave them, where the task measured a model)."""
+
+
+@dataclass(frozen=True)
+class Measured:
+    """An evaluation and the weights of the pruned model it measured (safetensors bytes), for the driver to
+    keep where the candidate earns it (the top level, or the front)."""
+
+    evaluation: Evaluation
+    weights: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -111,11 +121,8 @@ class ModelTask:
         self.constraints = config.constraint_records()
         names = [o.name for o in self.objectives] + [c.name for c in self.constraints]
         self.measured = tuple(n for n in MEASURED if n in names)
-        if "accuracy" in self.measured and not config.data:
-            raise SpecError(
-                "objective or constraint 'accuracy' needs labelled data: give `data` (e.g. mnist, digits or "
-                "python:pkg.module:factory), or use 'agreement' (agreement with the unpruned model)"
-            )
+        check_measurable(config, self.measured)
+        self.levels = config.accuracy.levels() if self.measured else ("costs",)
         if config.data:
             parse_data_spec(config.data)  # a typo fails in the driver, not in every actor
         for key, name in (
@@ -143,18 +150,23 @@ class ModelTask:
             self._problem = self._built(evaluation=True)
             self._ready = True
 
-    def evaluate(self, candidate: Candidate) -> Evaluation:
+    def evaluate(self, candidate: Candidate, level: int = 0) -> Measured:
         self.setup()
         problem = self._problem
         start = time.perf_counter()
+        weights = None
         try:
             metrics = dict(problem.costs(candidate))
             if self.measured:
-                metrics.update(problem.measure(candidate, self.measured))
+                figures, pruned = problem.measurer.measure(candidate, self.levels[level])
+                metrics.update(figures, level=float(level))
+                weights = module_bytes(pruned)
         except DecompError as err:  # the plan does not fit the model: the same every time
-            return Evaluation.failed(candidate.id, f"{type(err).__name__}: {err}", time.perf_counter() - start)
+            return Measured(
+                Evaluation.failed(candidate.id, f"{type(err).__name__}: {err}", time.perf_counter() - start)
+            )
         names = [o.name for o in self.objectives] + [c.name for c in self.constraints]
-        return Evaluation.of(
+        evaluation = Evaluation.of(
             candidate.id,
             [metrics[o.name] for o in self.objectives],
             [metrics[c.name] for c in self.constraints],
@@ -162,6 +174,7 @@ class ModelTask:
             wall_time=time.perf_counter() - start,
             names=names,
         )
+        return Measured(evaluation, weights)
 
     def _built(self, evaluation: bool) -> _Problem:
         if self._problem is None:
@@ -176,8 +189,7 @@ class _Problem:
 
     def __init__(self) -> None:
         self.costs = None
-        self.data = None
-        self.probe: tuple[torch.Tensor, ...] | None = None
+        self.measurer: Measurer | None = None
 
     @classmethod
     def build(cls, config: JobConfig, base: Path | None) -> _Problem:
@@ -212,7 +224,7 @@ class _Problem:
             CostModel(self.graph, self._latency_model(self.cluster), latency.micro_batches, importances=importances)
         )
         if measured:
-            self._prepare_measurement()
+            self.measurer = Measurer(self.config, self.model, self.inputs, measured)
 
     def _latency_model(self, cluster):
         from decomp.latency import LatencyModel, OpTable, default_table_path, load_calibration
@@ -233,74 +245,6 @@ class _Problem:
             device = json.loads(path.read_text()).get("device", "") if path.is_file() else ""
             calibrations[_kind_for(cluster, device, "latency.calibration")] = load_calibration(path)
         return LatencyModel(cluster, tables, calibrations)
-
-    def _prepare_measurement(self) -> None:
-        from decomp.data import load_data
-
-        accuracy = self.config.accuracy
-        self.one = tuple(x[:1] for x in self.inputs)  # apply_plan checks the pruned model on one sample
-        if self.config.data:
-            self.data = load_data(self.config.data)
-            test = self.data.test
-            if accuracy.max_samples is not None and accuracy.max_samples < len(test):
-                test = torch.utils.data.Subset(test, range(accuracy.max_samples))
-            self.test = test
-        else:
-            count = accuracy.max_samples or AGREEMENT_SAMPLES
-            gen = torch.Generator().manual_seed(self.config.searcher.seed)
-            self.probe = tuple(_random_like(x, count, gen) for x in self.inputs)
-        self.batches = self._batches()
-        self.device = torch.device("cuda" if self.config.evaluators.gpus > 0 and torch.cuda.is_available() else "cpu")
-        # plans apply to the model on the CPU; the unpruned reference runs beside the pruned one
-        self.reference = self.model if self.device.type == "cpu" else copy.deepcopy(self.model).to(self.device)
-
-    def measure(self, candidate: Candidate, measured: Sequence[str]) -> dict[str, float]:
-        """Apply the pruning plan physically, fine-tune if asked, and measure accuracy and/or agreement."""
-        from decomp.pruning.apply import apply_plan
-        from decomp.pruning.plan import PruningPlan
-
-        plan = candidate.pruning or PruningPlan()
-        accuracy = self.config.accuracy
-        tune = accuracy.finetune_epochs > 0 and self.data is not None
-        # N:M or unstructured sparsity must survive fine-tuning: keep it as masks then
-        mode = "mask" if tune and plan.layers else "physical"
-        pruned = apply_plan(self.model, plan, self.one, mode=mode).module.to(self.device)
-        if tune:
-            self._finetune(pruned)
-        out: dict[str, float] = {}
-        batches = self.batches
-        if "accuracy" in measured:
-            from decomp.pruning.train import evaluate
-
-            out["accuracy"] = evaluate(pruned, self._on_device(batches))
-        if "agreement" in measured:
-            out["agreement"] = _agreement(self.reference, pruned, self._on_device(batches))
-        return out
-
-    def _batches(self):
-        size = self.config.accuracy.batch_size
-        if self.probe is not None:
-            n = self.probe[0].shape[0]
-            return [(tuple(x[i : i + size] for x in self.probe), None) for i in range(0, n, size)]
-        loader = torch.utils.data.DataLoader(self.test, batch_size=size, shuffle=False)
-        return [((x,), y) for x, y in loader]
-
-    def _on_device(self, batches):
-        for inputs, labels in batches:
-            moved = tuple(x.to(self.device) for x in inputs)
-            yield (moved[0] if len(moved) == 1 else moved), (labels.to(self.device) if labels is not None else None)
-
-    def _finetune(self, model: torch.nn.Module) -> None:
-        """`finetune_epochs` (fractions allowed) of training, seeded by the job's searcher seed."""
-        from decomp.pruning.train import TrainConfig, train
-
-        accuracy = self.config.accuracy
-        seed = self.config.searcher.seed
-        train_loader, _ = self.data.loaders(accuracy.batch_size, seed=seed)
-        steps = max(1, math.ceil(accuracy.finetune_epochs * len(train_loader)))
-        batches = itertools.islice(itertools.chain.from_iterable(itertools.repeat(train_loader)), steps)
-        moved = ((x.to(self.device), y.to(self.device)) for x, y in batches)
-        train(model, moved, TrainConfig(epochs=1, lr=accuracy.lr, seed=seed))
 
 
 def _resolve(name: str | None, base: Path | None) -> Path | None:
@@ -326,38 +270,3 @@ def _kind_for(cluster, device: str, where: str) -> str:
         f"{where} was measured on {device!r}, and cluster {cluster.name!r} has several device kinds "
         f"({', '.join(names)}); name a kind after the device key, or use a one-kind cluster"
     )
-
-
-def _random_like(x: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tensor:
-    shape = (count, *x.shape[1:])
-    if x.dtype.is_floating_point:
-        return torch.randn(shape, generator=gen).to(x.dtype)
-    if x.dtype == torch.bool:
-        return torch.ones(shape, dtype=x.dtype)
-    high = int(x.max()) + 1 if x.numel() else 2  # token ids: stay inside what the example uses
-    return torch.randint(0, max(high, 2), shape, generator=gen, dtype=x.dtype)
-
-
-def _first_tensor(value: Any) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, dict) or hasattr(value, "values"):
-        value = list(value.values())
-    for item in value:
-        if isinstance(item, torch.Tensor):
-            return item
-    raise DecompError(f"the model returned {type(value).__name__} with no tensor; agreement needs a tensor output")
-
-
-@torch.no_grad()
-def _agreement(reference: torch.nn.Module, pruned: torch.nn.Module, batches) -> float:
-    """Share of predictions (argmax over the last dimension, every position) both models make alike."""
-    reference.eval()
-    pruned.eval()
-    same = seen = 0
-    for inputs, _ in batches:
-        args = inputs if isinstance(inputs, tuple) else (inputs,)
-        a, b = _first_tensor(reference(*args)), _first_tensor(pruned(*args))
-        same += int((a.argmax(-1) == b.argmax(-1)).sum())
-        seen += a.argmax(-1).numel()
-    return same / seen if seen else 0.0

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from decomp.errors import SpecError
 from decomp.spec_text import format_options, import_factory, parse_options
@@ -51,12 +51,29 @@ class DataSpec:
 
 @dataclass
 class DataSplits:
-    """A train and a test split, with one sample's input shape and the number of classes."""
+    """A train and a test split (and, once carved from the training data, a validation split), with one
+    sample's input shape and the number of classes."""
 
     train: Dataset
     test: Dataset
     input_shape: tuple[int, ...]
     classes: int
+    validation: Dataset | None = None
+
+    def with_validation(self, share: float, seed: int = 0) -> DataSplits:
+        """These splits with `share` of the training data (a seeded random choice, at least one sample) held
+        out as the validation split: what a search selects on, so the test split stays for the report."""
+        if not 0.0 < share < 1.0:
+            raise SpecError(f"the validation share must be in (0, 1), got {share}; e.g. 0.1 for a tenth")
+        size = len(self.train)
+        held = max(1, round(share * size))
+        if held >= size:
+            raise SpecError(
+                f"a validation share of {share} leaves no training data ({size} samples); lower it or use more data"
+            )
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+        train, validation = Subset(self.train, order[held:]), Subset(self.train, order[:held])
+        return DataSplits(train, self.test, self.input_shape, self.classes, validation)
 
     def loaders(self, batch_size: int, seed: int = 0) -> tuple[DataLoader, DataLoader]:
         """Train loader shuffled by a generator seeded with `seed`; test loader in fixed order."""

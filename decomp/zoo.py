@@ -1,6 +1,8 @@
-"""Small reference models for examples and benchmarks: LeNet-300-100 and LeNet-5 (Han et al. 2015).
+"""Small reference models for examples and benchmarks: LeNet-300-100 and LeNet-5 (Han et al. 2015), and a
+small residual CNN with BatchNorm (the kind of network adaptive-BN scoring and channel pruning are about).
 
-Use them as model specs: `python:decomp.zoo:lenet_300_100`, `python:decomp.zoo:lenet5`.
+Use them as model specs: `python:decomp.zoo:lenet_300_100`, `python:decomp.zoo:lenet5`,
+`python:decomp.zoo:residual_cnn?side=8` (scikit-learn's 8x8 digits) or `?side=28` (MNIST).
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["lenet_300_100", "lenet5"]
+__all__ = ["lenet5", "lenet_300_100", "residual_cnn"]
 
 
 def lenet_300_100(classes: int = 10, dropout: float = 0.0) -> tuple[nn.Module, torch.Tensor]:
@@ -40,3 +42,36 @@ def lenet5(classes: int = 10, dropout: float = 0.0) -> tuple[nn.Module, torch.Te
         nn.Linear(500, classes),
     )
     return model, torch.zeros(1, 1, 28, 28)
+
+
+class _Block(nn.Module):
+    """conv-BN-ReLU-conv-BN plus the input, then ReLU: a basic residual block at constant width."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + x)
+
+
+def residual_cnn(classes: int = 10, width: int = 16, side: int = 8) -> tuple[nn.Module, torch.Tensor]:
+    """Stem conv-BN-ReLU to `width` channels, two residual blocks (the second after a 2x2 max pool), a wider
+    conv-BN-ReLU, global average pool and a linear classifier, on 1x`side`x`side` images."""
+    model = nn.Sequential(
+        nn.Conv2d(1, width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        _Block(width),
+        nn.MaxPool2d(2),
+        _Block(width),
+        nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(2 * width),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2 * width, classes),
+    )
+    return model, torch.zeros(1, 1, side, side)

@@ -79,6 +79,7 @@ class Searcher(ABC):
         self.rng = np.random.default_rng(self.seed)
         self.history: list[Told] = []
         self._next_id = 0
+        self._baselines_asked = 0  # of the space's baselines, asked before any proposal
         self._signs = np.array([o.sign for o in self.objectives])
         if settings is None:
             settings = self.settings_class()
@@ -93,10 +94,16 @@ class Searcher(ABC):
     # -- the interface -------------------------------------------------------------------------------
 
     def ask(self, n: int = 1) -> list[Candidate]:
-        """`n` new candidates, each with a fresh id, a repaired genome and its decoded plans."""
+        """`n` new candidates, each with a fresh id, a repaired genome and its decoded plans: the space's
+        baselines first (once each), then the searcher's own proposals."""
         if n < 1:
             raise SearchError(f"ask needs n >= 1, got {n}")
-        return [self.candidate(genome) for genome in self._propose(n)]
+        baselines = self.space.baselines()[self._baselines_asked : self._baselines_asked + n]
+        self._baselines_asked += len(baselines)
+        out = [self.candidate(genome) for genome in baselines]
+        if len(out) < n:
+            out += [self.candidate(genome) for genome in self._propose(n - len(out))]
+        return out
 
     def tell(self, candidate: Candidate, evaluation: Evaluation) -> None:
         """Learn the result of a candidate this searcher asked (failed results are kept as failures)."""
@@ -113,6 +120,7 @@ class Searcher(ABC):
             "searcher": self.name,
             "seed": self.seed,
             "next_id": self._next_id,
+            "baselines_asked": self._baselines_asked,
             "rng": _rng_state(self.rng),
             "history": [t.to_json() for t in self.history],
             **self._state(),
@@ -126,6 +134,8 @@ class Searcher(ABC):
             )
         self.seed = int(state["seed"])
         self._next_id = int(state["next_id"])
+        # a state saved before searchers asked baselines: its run is under way, it asks none now
+        self._baselines_asked = int(state.get("baselines_asked", len(self.space.baselines())))
         self.rng.bit_generator.state = _rng_unstate(state["rng"])
         self.history = [Told.from_json(t) for t in state["history"]]
         self._load(state)

@@ -228,6 +228,10 @@ class JointSpace(Space):
                 genome[self._at[f"part:{name}"]] = sum(b >= p for p in positions) - 1
         return self.repair(genome)
 
+    def baselines(self) -> list[Genome]:
+        """The unpruned model split as `start` splits it: the reference every front should hold."""
+        return [self.start(np.random.default_rng(0))]
+
     def moves(self, genome: Genome, step: float = 0.1) -> list[Genome]:
         """Neighbours for a local search: one level more or less pruning of one group (or stage), one N:M
         switch flipped, one part more or less, one used pipeline cut shifted by one node or by `step` of

@@ -95,6 +95,11 @@ class Space:
         """The plans a (repaired) genome stands for; a plain box has none."""
         return None, None
 
+    def baselines(self) -> list[Genome]:
+        """Genomes known to be worth evaluating whatever the searcher (e.g. the unpruned model), asked before
+        any searcher's own proposals; a plain box has none."""
+        return []
+
     def start(self, rng: np.random.Generator) -> Genome:
         """Where a local search (the greedy searcher) begins a trajectory; the base space draws a uniform
         genome, spaces with a natural start (no pruning, an even split) override it."""

@@ -36,6 +36,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from decomp.errors import SearchError
 from decomp.partition.plan import PartitionPlan
 from decomp.pruning.plan import PruningPlan
+from search.objectives import OBJECTIVES
 from search.records import Candidate, Constraint, Evaluation, Gene, Objective, json_float
 from search.space import Space
 
@@ -44,11 +45,13 @@ __all__ = [
     "constraint_key",
     "create_study",
     "gene_distribution",
+    "lower_levels",
     "record_trial",
     "trials_to_records",
 ]
 
 METRIC_PREFIX = "metric:"
+LOWER_ATTR = "lower_levels"
 
 
 def gene_distribution(gene: Gene) -> BaseDistribution:
@@ -113,9 +116,11 @@ def record_trial(
     objectives: Sequence[Objective],
     constraints: Sequence[Constraint],
     space: Space,
+    lower: Sequence[Evaluation] = (),
 ) -> FrozenTrial:
     """Add the evaluated `candidate` to `study` as a finished trial (see the module docstring for what it
-    holds) and return the trial that was added (the storage gives it its number)."""
+    holds) and return the trial that was added (the storage gives it its number). `lower`: the candidate's
+    results at the fidelity levels below the one `evaluation` is from, cheapest first."""
     if evaluation.candidate_id != candidate.id:
         raise SearchError(f"evaluation of candidate {evaluation.candidate_id} recorded for candidate {candidate.id}")
     if len(study.directions) != len(objectives):
@@ -146,6 +151,8 @@ def record_trial(
         user_attrs["pruning"] = candidate.pruning.to_json()
     if candidate.partition is not None:
         user_attrs["partition"] = candidate.partition.to_json()
+    if lower:
+        user_attrs[LOWER_ATTR] = [e.to_json() for e in lower]
     for name, value in evaluation.metrics.items():
         user_attrs[METRIC_PREFIX + name] = json_float(value)
     system_attrs: dict[str, Any] = {}
@@ -173,6 +180,7 @@ def record_trial(
                 if complete and constraints
                 else None
             ),
+            intermediate_values=_intermediate([*lower, evaluation], objectives),
         )
         study.add_trial(trial)
     except ValueError as error:
@@ -214,3 +222,28 @@ def trials_to_records(study: optuna.Study) -> list[tuple[Candidate, Evaluation]]
             )
         records.append((candidate, evaluation))
     return records
+
+
+def lower_levels(study: optuna.Study) -> dict[int, list[Evaluation]]:
+    """Per recorded candidate id, its results at the fidelity levels below the one its trial holds (cheapest
+    first); candidates evaluated at one level only are left out."""
+    out = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        attrs = trial.user_attrs
+        if "candidate_id" in attrs and attrs.get(LOWER_ATTR):
+            out[int(attrs["candidate_id"])] = [Evaluation.from_json(e) for e in attrs[LOWER_ATTR]]
+    return out
+
+
+def _intermediate(results: Sequence[Evaluation], objectives: Sequence[Objective]) -> dict[int, float]:
+    """Optuna intermediate values, one per fidelity level a candidate was measured at (none for one level):
+    the first measured objective's value (accuracy, say), else the first objective's, where it is finite."""
+    if len(results) < 2:
+        return {}
+    measured = [i for i, o in enumerate(objectives) if o.name in OBJECTIVES and OBJECTIVES[o.name].measured]
+    index = measured[0] if measured else 0
+    return {
+        level: e.values[index]
+        for level, e in enumerate(results)
+        if e.ok and len(e.values) > index and math.isfinite(e.values[index])
+    }

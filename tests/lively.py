@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from decomp.partition.split import flat_outputs
+from decomp.pruning import recalibrate_batchnorm
 
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
@@ -37,19 +38,7 @@ def lively(model: nn.Module, inputs: tuple[torch.Tensor, ...], seed: int = 0, ba
                     p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
                 else:
                     p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        model.eval()
-        if norms:
-            momenta = [m.momentum for m in norms]
-            for m in norms:
-                m.reset_running_stats()
-                m.momentum = None  # a cumulative average over the calibration batches
-                m.train()
-            for _ in range(2):
-                model(*_like(inputs, batch, gen))
-            for m, momentum in zip(norms, momenta, strict=True):
-                m.momentum = momentum
-            model.eval()
+    recalibrate_batchnorm(model, [_like(inputs, batch, gen) for _ in range(2)])  # ends in eval mode
     return model
 
 

@@ -18,7 +18,7 @@ from decomp.pruning.han import HanRound, adjust_dropout, dropout_baseline, han_p
 from decomp.pruning.importance import accumulate_gradients, channel_importance, plan_for_ratio
 from decomp.pruning.plan import CRITERIA, GroupChoice, LayerSparsity, PruningPlan
 from decomp.pruning.sensitivity import sensitivity
-from decomp.pruning.train import Callback, TrainConfig, evaluate, train
+from decomp.pruning.train import Callback, TrainConfig, evaluate, recalibrate_batchnorm, train
 from decomp.pruning.unstructured import (
     SparseSize,
     effective_weights,
@@ -69,5 +69,6 @@ __all__ = [
     "find_groups",
     "plan_for_ratio",
     "prunable_layers",
+    "recalibrate_batchnorm",
     "resolve_plan",
 ]

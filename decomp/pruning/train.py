@@ -16,7 +16,7 @@ from torch import nn
 
 from decomp.errors import DecompError
 
-__all__ = ["TrainConfig", "Callback", "train", "evaluate", "weight_penalty"]
+__all__ = ["Callback", "TrainConfig", "evaluate", "recalibrate_batchnorm", "train", "weight_penalty"]
 
 _OPTIMIZERS = ("adam", "sgd")
 
@@ -135,3 +135,35 @@ def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
         correct += int((model(inputs).argmax(-1) == targets).sum())
         seen += len(targets)
     return correct / seen if seen else 0.0
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor | tuple[torch.Tensor, ...]]) -> int:
+    """Adaptive BN (Li et al., EagleEye, ECCV 2020): re-estimate every BatchNorm layer's running statistics as
+    the plain average over `batches` of training inputs, with no gradient step. Pruning shifts the statistics
+    a layer sees; scoring a pruned model with the stale ones ranks candidates badly, with fresh ones the score
+    tracks the accuracy after fine-tuning. Only the norms run in train mode (dropout stays off). Returns the
+    number of BatchNorm layers recalibrated (0: the model has none and is unchanged); the model ends in eval
+    mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    model.eval()
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+        m.train()
+    seen = 0
+    try:
+        for batch in batches:
+            inputs = batch if isinstance(batch, tuple) else (batch,)
+            model(*inputs)
+            seen += 1
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+            m.eval()
+    if not seen:
+        raise DecompError("recalibrating BatchNorm needs at least one batch of training inputs, got none")
+    return len(norms)

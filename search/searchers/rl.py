@@ -187,7 +187,8 @@ class RLSearcher(Searcher):
     def ask(self, n: int = 1) -> list[Candidate]:
         """The base's `ask`, plus a record per candidate of what the policy sampled for it."""
         candidates = super().ask(n)
-        for candidate, record in zip(candidates, self._proposed, strict=True):
+        proposed = candidates[len(candidates) - len(self._proposed) :]  # after the space's baselines
+        for candidate, record in zip(proposed, self._proposed, strict=True):
             self._pending[candidate.id] = record
         self._proposed = []
         return candidates

@@ -61,7 +61,9 @@ class Burn:
     def setup(self) -> None:
         self.a = torch.randn(256, 256)
 
-    def evaluate(self, candidate):
+    levels = ("costs",)
+
+    def evaluate(self, candidate, level=0):
         start = time.perf_counter()
         b = self.a
         for _ in range(self.iterations):

@@ -225,3 +225,14 @@ def test_bad_option_values(text, match):
 def test_python_factory_errors(text, match):
     with pytest.raises(SpecError, match=match):
         load_data(text)
+
+
+def test_a_validation_split_is_carved_from_the_training_data():
+    splits = load_data("digits?seed=0")
+    carved = splits.with_validation(0.2, seed=3)
+    train, validation = carved.train.indices, carved.validation.indices
+    assert len(validation) == round(0.2 * len(splits.train)) and len(train) + len(validation) == len(splits.train)
+    assert not set(train) & set(validation) and carved.test is splits.test  # the test split is untouched
+    assert splits.with_validation(0.2, seed=3).validation.indices == validation  # seeded: the same split again
+    with pytest.raises(SpecError, match=r"validation share must be in \(0, 1\), got 1.5"):
+        splits.with_validation(1.5)

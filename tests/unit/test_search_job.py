@@ -23,11 +23,11 @@ from cluster.driver import Finished, SearchDriver
 from cluster.pool import Evaluator
 from cluster.runs import CHECKPOINT, CONFIG, JOURNAL, LOG, NORMALIZER_ATTR, open_run, open_study
 from cluster.search_job import run_search
-from cluster.task import EvaluationError, ModelTask
+from cluster.task import EvaluationError, Measured, ModelTask
 from decomp.errors import DecompError, SpecError
-from search.records import Candidate, Evaluation, Objective
+from search.records import Candidate, Evaluation, Gene, Objective
 from search.registry import make_searcher
-from search.space import BoxSpace
+from search.space import BoxSpace, Space
 from search.study import trials_to_records
 
 
@@ -58,7 +58,9 @@ class BoxTask:
         if self.fatal:
             raise SpecError("unknown data spec 'mnsit'")
 
-    def evaluate(self, candidate: Candidate) -> Evaluation:
+    levels = ("costs",)
+
+    def evaluate(self, candidate: Candidate, level: int = 0) -> Evaluation:
         self.calls[candidate.id] = self.calls.get(candidate.id, 0) + 1
         if self.calls[candidate.id] <= self.raises.get(candidate.id, 0):
             raise RuntimeError(f"out of memory on candidate {candidate.id}")
@@ -78,7 +80,7 @@ class InlinePool:
 
     def __init__(self, task, folder: Path, die=(), stop_submit: int | None = None, stop_wait: int | None = None):
         self.evaluator, self.folder = Evaluator(task), folder
-        self.queue: list[Candidate] = []
+        self.queue: list[tuple[Candidate, int]] = []
         self.die, self.died = set(die), set()
         self.stop_submit, self.stop_wait = stop_submit, stop_wait
         self.submits = self.waits = self.replaced = 0
@@ -87,25 +89,25 @@ class InlinePool:
     def in_flight(self) -> int:
         return len(self.queue)
 
-    def submit(self, candidate: Candidate) -> None:
+    def submit(self, candidate: Candidate, level: int = 0) -> None:
         self.submits += 1
         checkpoint = json.loads((self.folder / CHECKPOINT).read_text())
         assert candidate.id in [p["candidate"]["id"] for p in checkpoint["pending"]], "submitted before checkpointed"
         if self.submits == self.stop_submit:
             raise Stop
-        self.queue.append(candidate)
+        self.queue.append((candidate, level))
 
     def wait(self) -> list[Finished]:
         self.waits += 1
         if self.waits == self.stop_wait:
             raise Stop
         out = []
-        for candidate in self.queue[:2]:
+        for candidate, level in self.queue[:2]:
             if candidate.id in self.die and candidate.id not in self.died:
                 self.died.add(candidate.id)
                 out.append(Finished(candidate, None, died="ActorDiedError: killed"))
             else:
-                out.append(Finished(candidate, self.evaluator.evaluate(candidate)))
+                out.append(Finished.of(candidate, self.evaluator.evaluate(candidate, level)))
         self.queue = self.queue[2:]
         return out
 
@@ -143,7 +145,9 @@ def test_search_records_every_trial_and_meets_the_budget_exactly(tmp_path):
     assert [e.event for e in events] == ["start"] + ["trial"] * 13 + ["end"]
     assert events[-1].hypervolume == summary.hypervolume > 0 and set(events[-1].best) == {"macs", "params"}
     log = (folder / LOG).read_text()
-    assert log.count(" complete: ") == 13 and "done (evaluations): 13 complete, 0 failed" in log
+    evaluated = log.count(" complete: ")  # NSGA-II children can repeat a parent: answered without evaluating
+    assert evaluated + log.count(" repeats the genome of ") == 13 and evaluated == len(driver.results.genomes)
+    assert "done (evaluations): 13 complete, 0 failed" in log
 
 
 def test_checkpoint_before_submit_and_record_before_tell(tmp_path):
@@ -340,8 +344,10 @@ def test_model_task_measures_the_pruned_model_and_prices_it(tmp_path):
     searcher = make_searcher("random", space, config.objective_records())
     whole = searcher.candidate(space.start(np.random.default_rng(0)))
     lowest = searcher.candidate([g.high if g.name.startswith("keep") else g.low for g in space.genes])
-    full, pruned = task.evaluate(whole), task.evaluate(lowest)
+    measured = task.evaluate(whole), task.evaluate(lowest)
+    full, pruned = (m.evaluation for m in measured)
     assert full.ok and pruned.ok and not whole.pruning.groups and lowest.pruning.groups
+    assert all(m.weights for m in measured) and task.levels == ("bn",)  # no data: agreement, one level
     assert full.values[0] == 1.0 and 0.0 <= pruned.values[0] <= 1.0  # agreement with the unpruned model
     assert pruned.values[1] < full.values[1] and full.metrics["parts"] >= 1
 
@@ -366,3 +372,78 @@ def test_cli_reports_a_finished_run_without_ray_and_names_bad_input(tmp_path):
     assert "4 (4 complete, 0 failed)" in result.output and not ray.is_initialized()
     result = CliRunner().invoke(app, ["search", str(tmp_path / "run")])
     assert isinstance(result.exception, SpecError) and "continue it with --resume" in str(result.exception)
+
+
+class LevelBox(BoxTask):
+    """BoxTask with three fidelity levels: a level's first objective is the top's plus noise that shrinks as
+    the level rises; each result comes with 'weights' naming the candidate and level."""
+
+    levels = ("bn", "short", "full")
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.at: dict[int, list[int]] = {0: [], 1: [], 2: []}
+
+    def evaluate(self, candidate: Candidate, level: int = 0) -> Measured:
+        self.at[level].append(candidate.id)
+        x = candidate.genome
+        values = [x[0] + 0.05 * (2 - level) * np.sin(7 * x[1]), 1 + x[1] - x[0] ** 0.5 + x[2]]
+        evaluation = Evaluation.of(candidate.id, values, metrics={"level": float(level)})
+        return Measured(evaluation, weights=f"{candidate.id}@{level}".encode())
+
+
+def test_candidates_climb_the_levels_and_are_recorded_once_with_their_lower_results(tmp_path):
+    task = LevelBox()
+    summary = drive(tmp_path, job(tmp_path, budget={"evaluations": 27}), task)
+    evaluated = [c.id for c, e in recorded(tmp_path / "run") if "duplicate_of" not in e.metrics]
+    assert summary.trials == 27 and sorted(task.at[0]) == sorted(evaluated)  # every one starts at the bottom
+    assert set(task.at[2]) <= set(task.at[1]) <= set(task.at[0]) and 3 <= len(task.at[1]) <= 16
+    study = open_study(tmp_path / "run")[1]
+    for trial in study.trials:
+        cid, level = trial.user_attrs["candidate_id"], int(trial.user_attrs["metric:level"])
+        assert level == (2 if cid in task.at[2] else 1 if cid in task.at[1] else 0)
+        assert sorted(trial.intermediate_values) == (list(range(level + 1)) if level else [])
+        kept = tmp_path / "run" / "weights" / f"{cid}.safetensors"
+        if kept.exists():  # the weights of the level the trial holds
+            assert kept.read_bytes() == f"{cid}@{level}".encode()
+    top = [cid for cid in task.at[2]]
+    assert all((tmp_path / "run" / "weights" / f"{cid}.safetensors").exists() for cid in top)
+
+
+def test_a_run_stopped_between_levels_resumes_them(tmp_path):
+    config = job(tmp_path, budget={"evaluations": 18})
+    with pytest.raises(Stop):
+        drive(tmp_path, config, LevelBox(), stop_wait=6)
+    pending = json.loads((tmp_path / "run" / CHECKPOINT).read_text())["pending"]
+    task = LevelBox()
+    summary = drive(tmp_path, tmp_path / "run", task, resume=True)
+    records = recorded(tmp_path / "run")
+    assert summary.trials == len(records) == 18 and sorted(c.id for c, _ in records) == list(range(18))
+    resumed_at = {p["candidate"]["id"]: p["level"] for p in pending}
+    for cid, level in resumed_at.items():  # a pending candidate goes on from the level it had reached
+        assert cid in task.at[level] and all(cid not in task.at[lower] for lower in range(level))
+
+
+class TwoBits(BoxTask):
+    """Three 0/1 genes: 8 genomes, so a searcher's proposals repeat."""
+
+    def space(self):
+        return Space([Gene(f"b{i}", 0, 1, integer=True) for i in range(3)])
+
+
+def test_a_repeated_genome_costs_no_evaluation(tmp_path):
+    task = TwoBits()
+    config = job(tmp_path, searcher={"name": "random", "seed": 0}, budget={"evaluations": 20})
+    summary = drive(tmp_path, config, task)
+    records = recorded(tmp_path / "run")
+    first: dict[tuple, int] = {}  # genome -> the candidate first recorded with it (the one evaluated)
+    for c, _ in records:
+        first.setdefault(tuple(c.genome), c.id)
+    assert summary.trials == len(records) == 20 and len(first) < 20
+    assert sorted(task.calls) == sorted(first.values()) and all(n == 1 for n in task.calls.values())
+    by_id = {c.id: e for c, e in records}
+    for c, e in records:
+        original = first[tuple(c.genome)]
+        assert e.values == by_id[original].values
+        assert e.metrics.get("duplicate_of", original) == original
+        assert ("duplicate_of" in e.metrics) == (c.id != original)

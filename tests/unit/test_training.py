@@ -137,3 +137,22 @@ def test_sensitivity_finds_the_layer_that_matters():
     assert all(rows[0][1] > rows[1][1] for rows in layers.values())  # 90% of any layer hurts
     groups = sensitivity(model, x, lambda m: evaluate(m, loader), ratios=(0.5,))
     assert list(groups) == ["0"] and 0.0 <= groups["0"][0][1] <= 1.0
+
+
+def test_adaptive_bn_reestimates_statistics_without_touching_weights():
+    from decomp.pruning import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5), nn.Flatten())
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    batches = [torch.randn(8, 1, 6, 6) * 3 + 2 for _ in range(3)]
+    assert recalibrate_batchnorm(model, batches) == 1 and not model.training
+    with torch.no_grad():
+        conv = torch.cat([model[0](b) for b in batches])
+    bn = model[1]
+    torch.testing.assert_close(bn.running_mean, conv.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())  # no gradient step
+    assert bn.momentum == 0.1  # restored
+    assert recalibrate_batchnorm(nn.Linear(3, 2), batches) == 0  # nothing to recalibrate: unchanged
+    with pytest.raises(DecompError, match="at least one batch"):
+        recalibrate_batchnorm(model, [])

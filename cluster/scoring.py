@@ -1,0 +1,119 @@
+"""`decomp eval`: an export's accuracy on real data, computed by running its parts (in this process or one Ray
+actor per part), beside the figure the search reported for it.
+
+The data spec names the data set and its split exactly as a job file does, so the test split is the one the
+search reported on (its validation split is carved from the training data and never overlaps it). Exports
+traced for one batch size only (`torch.export`: Hugging Face models) get batches of that size, the last one
+padded with copies of its first sample and the padding ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from cluster.runners import LocalRunner, RayRunner, export_loaders
+from decomp.errors import SpecError
+from decomp.partition.manifest import Manifest, manifest_layout, read_manifest
+
+__all__ = ["ExportScore", "score_export"]
+
+SPLITS = ("test", "validation", "train")
+
+
+@dataclass(frozen=True)
+class ExportScore:
+    """What `decomp eval` reports: the export's accuracy on `samples` samples of `split`, and what the search
+    recorded for the candidate (None for exports not made from a search run, or for other splits)."""
+
+    export: str
+    data: str
+    split: str
+    samples: int
+    accuracy: float
+    recorded: float | None  # the search's figure for this split (test: `test_accuracy`)
+    level: str | None  # the fidelity level the recorded figure was measured at
+    runner: str
+
+    @property
+    def difference(self) -> float | None:
+        """accuracy - recorded, in points of [0, 1]."""
+        return None if self.recorded is None else self.accuracy - self.recorded
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"difference": self.difference}
+
+
+def score_export(
+    folder: str | os.PathLike[str],
+    data: str,
+    split: str = "test",
+    local: bool = True,
+    batch_size: int = 128,
+    threads: int = 1,
+    validation: float = 0.1,
+    seed: int = 0,
+) -> ExportScore:
+    """Run the export in `folder` on `split` of `data` and return its top-1 accuracy. `validation` and `seed`
+    carve the validation split as the search did (its job's `accuracy.validation` and `searcher.seed`)."""
+    from decomp.data import load_data
+
+    if split not in SPLITS:
+        raise SpecError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    manifest = read_manifest(folder)
+    if len(manifest.inputs) != 1:
+        raise SpecError(
+            f"decomp eval feeds one input of labelled data, and this export takes {len(manifest.inputs)} "
+            f"({', '.join(i.name for i in manifest.inputs)}); evaluate it from Python with decomp.load_export"
+        )
+    splits = load_data(data).with_validation(validation, seed=seed)
+    dataset = {"test": splits.test, "validation": splits.validation, "train": splits.train}[split]
+    fixed = _fixed_batch(manifest)
+    size = fixed or batch_size
+    layout, loaders = manifest_layout(manifest), export_loaders(folder)
+    runner = LocalRunner(layout, loaders, threads) if local else RayRunner(layout, loaders, threads=threads)
+    correct = seen = 0
+    try:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=size, shuffle=False)
+        labels: list[torch.Tensor] = []
+        for outputs in runner.map(_batches(loader, fixed, labels)):
+            logits = outputs[0] if isinstance(outputs, tuple) else outputs
+            target = labels.pop(0)
+            predicted = logits[: len(target)].argmax(-1)
+            correct += int((predicted == target).sum())
+            seen += len(target)
+    finally:
+        runner.close()
+    search = (manifest.expected_costs or {}).get("search", {})
+    metrics = search.get("metrics", {})
+    recorded = {"test": metrics.get("test_accuracy"), "validation": search.get("values", {}).get("accuracy")}
+    return ExportScore(
+        str(folder),
+        data,
+        split,
+        seen,
+        correct / seen if seen else 0.0,
+        None if recorded.get(split) is None else float(recorded[split]),
+        search.get("level"),
+        "local" if local else "ray",
+    )
+
+
+def _fixed_batch(manifest: Manifest) -> int | None:
+    """The one batch size the export takes, where its graph fixes it."""
+    info = manifest.inputs[0]
+    return int(info.shape[0]) if info.batch_dim != 0 and info.shape else None
+
+
+def _batches(loader, fixed: int | None, labels: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
+    """The inputs of each batch (padded to `fixed` samples where the export needs that), their labels queued
+    in `labels` for the caller to match with the outputs in order."""
+    for x, y in loader:
+        labels.append(y)
+        if fixed is not None and len(x) < fixed:
+            x = torch.cat([x, x[:1].expand(fixed - len(x), *x.shape[1:])])
+        yield [x]
