@@ -112,6 +112,7 @@ class AccuracySpec(_Strict):
     lr: float = Field(default=1e-3, gt=0)
     batch_size: int = Field(default=128, ge=1)
     max_samples: int | None = Field(default=None, ge=1)  # evaluate on at most this many test samples
+    only: Literal["bn", "short", "full"] | None = None  # measure every candidate at this one level instead
 
     @model_validator(mode="after")
     def _short_before_full(self) -> AccuracySpec:
@@ -120,11 +121,17 @@ class AccuracySpec(_Strict):
                 f"short_epochs ({self.short_epochs:g}) must be less than finetune_epochs ({self.finetune_epochs:g}): "
                 "the short fine-tune is the cheaper level before the full one"
             )
+        if self.only is not None:
+            epochs = {"short": self.short_epochs, "full": self.finetune_epochs}
+            if self.only in epochs and not epochs[self.only]:
+                name = "short_epochs" if self.only == "short" else "finetune_epochs"
+                raise ValueError(f"only: {self.only!r} measures after {name} of fine-tuning; give {name}")
         return self
 
     def levels(self) -> tuple[str, ...]:
-        """The measured levels, cheapest first."""
-        return ("bn",) + (("short",) if self.short_epochs else ()) + (("full",) if self.finetune_epochs else ())
+        """The measured levels, cheapest first (one, where `only` names it)."""
+        levels = ("bn",) + (("short",) if self.short_epochs else ()) + (("full",) if self.finetune_epochs else ())
+        return levels if self.only is None else (self.only,)
 
 
 class RunSpec(_Strict):

@@ -183,7 +183,7 @@ def check_measurable(config: JobConfig, measured: Sequence[str]) -> None:
             "objective or constraint 'accuracy' needs labelled data: give `data` (e.g. mnist, digits or "
             "python:pkg.module:factory), or use 'agreement' (agreement with the unpruned model)"
         )
-    if measured and not config.data and len(config.accuracy.levels()) > 1:
+    if measured and not config.data and config.accuracy.levels() != ("bn",):
         raise SpecError(
             "accuracy.finetune_epochs / short_epochs fine-tune on data, and the job has none: give `data`, or set "
             "them to 0 to measure agreement on random inputs without fine-tuning"
