@@ -4,7 +4,10 @@ A group is a set of channels that must be removed together: the output channels 
 BatchNorm/LayerNorm after it, every layer coupled through residual adds, concats and splits, and
 the matching input channels of the layers that read them. Each group is named by its root layer
 (the layer whose output channels it prunes first). Groups whose channels reach the model's output
-(e.g. the classifier's classes) are left out: pruning them would change what the model returns.
+(e.g. the classifier's classes, or a feature map returned and also read by other layers) are left
+out: pruning them would change what the model returns. So are groups whose channels Torch-Pruning
+cannot map exactly (`GroupIndex.skipped` says why); `apply_plan`'s equivalence check catches the
+mappings it gets wrong without noticing.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch import nn
 
 from decomp.errors import TracingError
 from decomp.graph import ModelGraph
+from decomp.pruning.coverage import flat_tensors, output_layers, unpruned_layers
 from decomp.pruning.heads import head_layout
 from decomp.pruning.layers import custom_pruners, custom_root_types
 
@@ -32,9 +36,10 @@ class CouplingGroup:
 
     `kind` is `channels` (a Torch-Pruning group) or `heads` (an attention module's heads, `channels`
     then counts heads, removed whole).
-    `slices` > 1 when a grouped convolution runs through the group: its channels form `slices` equal
-    slices, and a removal must take the same positions from every slice. `multiple`: the kept count
-    must be a multiple of it (an attention layer's head count, so every head keeps the same width).
+    `slices` > 1 when a grouped convolution, a GroupNorm or an `nn.MultiheadAttention` runs through the
+    group: its channels form `slices` equal slices (conv groups, norm groups, heads), and a removal must
+    take the same positions from every slice, so each keeps the same width. `multiple`: the kept count
+    must be a multiple of it (an attention layer's head count).
     """
 
     id: str
@@ -51,12 +56,22 @@ class CouplingGroup:
 
 
 class GroupIndex:
-    """The coupling groups of one model, with the dependency graph that found them."""
+    """The coupling groups of one model, with the dependency graph that found them. `skipped`: groups
+    left out -> why; `unpruned`: layers with parameters that no group covers -> why."""
 
-    def __init__(self, model: nn.Module, dependency_graph: tp.DependencyGraph, groups: dict[str, CouplingGroup]):
+    def __init__(
+        self,
+        model: nn.Module,
+        dependency_graph: tp.DependencyGraph,
+        groups: dict[str, CouplingGroup],
+        skipped: dict[str, str] | None = None,
+        unpruned: dict[str, str] | None = None,
+    ):
         self.model = model
         self.dg = dependency_graph
         self.groups = groups
+        self.skipped = dict(skipped or {})
+        self.unpruned = dict(unpruned or {})
         self._modules = dict(model.named_modules())
 
     def __iter__(self):
@@ -83,66 +98,168 @@ def pruned_side(handler) -> str:
     return "in" if handler.__name__.endswith("in_channels") else "out"
 
 
-def _output_modules(dg: tp.DependencyGraph, model: nn.Module) -> set[nn.Module]:
-    """Layers whose output reaches the model's output through parameter-free ops only."""
-    own = {id(m) for m in model.modules()}
-
-    def reaches_end(node, seen) -> bool:
-        if not node.outputs:
-            return True
-        for nxt in node.outputs:
-            if id(nxt.module) in own or id(nxt) in seen:
-                continue
-            seen.add(id(nxt))
-            if reaches_end(nxt, seen):
-                return True
-        return False
-
-    return {node.module for node in dg.module2node.values() if id(node.module) in own and reaches_end(node, set())}
-
-
 def find_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], keep_output: bool = True) -> GroupIndex:
-    """Find the prunable coupling groups of `model` (in eval mode) on `example_inputs`."""
+    """Find the prunable coupling groups of `model` (in eval mode) on `example_inputs`.
+
+    Groups Torch-Pruning cannot map exactly (its enumeration fails, or it maps channels onto indices a
+    layer does not have, or onto a GroupNorm / attention layer through a reshape) are left out and
+    listed in `GroupIndex.skipped`; layers no group covers are listed in `GroupIndex.unpruned`.
+    """
     model.eval()
     names = {id(m): n for n, m in model.named_modules()}
     names.update((id(p), n) for n, p in model.named_parameters())
-    inputs = tuple(example_inputs)
+    dg, returned = _dependency_graph(model, tuple(example_inputs))
+    outputs = output_layers(dg, flat_tensors(returned), model) if keep_output else set()
+    modules = dict(model.named_modules())
+    order = {name: i for i, name in enumerate(modules)}
+    groups: dict[str, CouplingGroup] = {}
+    left_out: dict[str, tuple[str, set[str]]] = {}
+    at_output: set[str] = set()
+    roots = (*ROOT_TYPES, *custom_root_types())
+    for root, group, error in _tp_groups(dg, roots):
+        if error is not None:
+            why = f"Torch-Pruning cannot follow its channels ({type(error).__name__}: {error})"
+            left_out[names[id(root)]] = (why, {names[id(root)]})
+            continue
+        items = [(item.dep.target.module, pruned_side(item.dep.handler), item) for item in group]
+        layers = list(dict.fromkeys((names[id(t)], side) for t, side, _ in items if id(t) in names))
+        if any(side == "out" and id(target) in outputs for target, side, _ in items):
+            at_output.update(path for path, _ in layers)  # these channels are the model's output channels
+            continue
+        # named by its first producer layer in definition order, so the name does not depend
+        # on the order Torch-Pruning happened to visit the group
+        producers = [p for p, side in layers if side == "out" and isinstance(modules.get(p), roots)]
+        gid = min(producers, key=order.__getitem__)
+        channels = len(group[0].idxs)
+        slices, why = _slices(dg, items, channels, names)
+        if why is None:
+            slices, why = _closure(dg, modules[gid], channels, slices)
+        if why is not None:
+            left_out[gid] = (why, {path for path, _ in layers})
+            continue
+        multiple = math.lcm(1, *(t.num_heads for t, _, _ in items if isinstance(t, nn.MultiheadAttention)))
+        groups[gid] = CouplingGroup(gid, channels, tuple(layers), slices, multiple)
+    _add_head_groups(modules, groups, left_out)
+    covered = {path for g in groups.values() for path, _ in g.layers}
+    unpruned = unpruned_layers(model, dg, covered, left_out, at_output)
+    ordered = dict(sorted(groups.items(), key=lambda kv: order[kv[0]]))
+    return GroupIndex(model, dg, ordered, {gid: why for gid, (why, _) in left_out.items()}, unpruned)
+
+
+def _dependency_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...]):
+    """Torch-Pruning's dependency graph of `model`, and what the model returned while it was traced."""
+    returned = []
+
+    def keep(out):
+        returned.append(out)
+        return out
+
     try:
         dg = tp.DependencyGraph().build_dependency(
-            model, example_inputs=inputs if len(inputs) > 1 else inputs[0], customized_pruners=custom_pruners(model)
+            model,
+            example_inputs=inputs if len(inputs) > 1 else inputs[0],
+            customized_pruners=custom_pruners(model),
+            output_transform=keep,
         )
     except Exception as err:  # noqa: BLE001 - any failure of the dependency tracer
         raise TracingError(
             f"cannot find coupling groups of {type(model).__name__}: {type(err).__name__}: {err}. "
             "Check the example inputs; structured pruning needs a model Torch-Pruning can trace."
         ) from err
-    outputs = {id(m) for m in _output_modules(dg, model)} if keep_output else set()
-    modules = dict(model.named_modules())
-    order = {name: i for i, name in enumerate(modules)}
-    groups: dict[str, CouplingGroup] = {}
-    roots = (*ROOT_TYPES, *custom_root_types())
-    for group in dg.get_all_groups(root_module_types=list(roots)):
-        layers: list[tuple[str, str]] = []
-        for item in group:
-            target, side = item.dep.target.module, pruned_side(item.dep.handler)
-            if side == "out" and id(target) in outputs:
-                break  # these channels are the model's output channels
-            if id(target) in names and (names[id(target)], side) not in layers:
-                layers.append((names[id(target)], side))
-        else:
-            # named by its first producer layer in definition order, so the name does not depend
-            # on the order Torch-Pruning happened to visit the group
-            producers = [p for p, side in layers if side == "out" and isinstance(modules.get(p), roots)]
-            root = min(producers, key=order.__getitem__)
-            targets = [item.dep.target.module for item in group]
-            slices = max((_conv_slices(t) for t in targets), default=1)
-            multiple = math.lcm(1, *(t.num_heads for t in targets if isinstance(t, nn.MultiheadAttention)))
-            groups[root] = CouplingGroup(root, len(group[0].idxs), tuple(layers), slices, multiple)
-    _add_head_groups(modules, groups)
-    return GroupIndex(model, dg, dict(sorted(groups.items(), key=lambda kv: order[kv[0]])))
+    return dg, returned
 
 
-def _add_head_groups(modules: dict[str, nn.Module], groups: dict[str, CouplingGroup]) -> None:
+def _tp_groups(dg: tp.DependencyGraph, roots: tuple[type, ...]):
+    """(root layer, Torch-Pruning group, None) per root layer not yet in an earlier group, or
+    (root layer, None, error) where Torch-Pruning's index mapping fails on the topology (it raises
+    from inside; its own `get_all_groups` would end the whole enumeration there)."""
+    done: set[int] = set()
+    for module in list(dg.module2node):
+        if not isinstance(module, roots) or id(module) in done or module in dg.IGNORED_LAYERS_IN_TRACING:
+            continue
+        pruner = dg.get_pruner_of_module(module)
+        width = pruner.get_out_channels(module) if pruner is not None else None
+        if width is None:
+            continue
+        try:
+            group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
+        except Exception as err:  # noqa: BLE001 - Torch-Pruning's index mapping failed on this group
+            done.add(id(module))
+            yield module, None, err
+            continue
+        done.update(id(item.dep.target.module) for item in group if dg.is_out_channel_pruning_fn(item.dep.handler))
+        yield module, group, None
+
+
+def _slices(dg: tp.DependencyGraph, items, channels: int, names: dict[int, str]) -> tuple[int, str | None]:
+    """Equal slices the group's channels fall into (grouped convolutions, GroupNorm groups, attention
+    heads): a removal takes the same positions from each. Or why the group cannot be pruned exactly."""
+    slices = 1
+    for target, side, item in items:
+        idxs = [int(i) for i in item.idxs]
+        width = dg.get_out_channels(item.dep.target) if side == "out" else dg.get_in_channels(item.dep.target)
+        name = names.get(id(target), type(target).__name__)
+        if width is not None and idxs and max(idxs) >= width:
+            return 0, (
+                f"Torch-Pruning maps its {channels} channels onto {side}put channel {max(idxs)} of {name}, "
+                f"which has {width}: an index mapping it gets wrong here"
+            )
+        if isinstance(target, nn.RNNBase):
+            return 0, f"its channels reach recurrent layer {name}; decomp does not prune LSTM, GRU or RNN layers"
+        blocks = _blocks(target)
+        if blocks is not None:
+            count, unit = blocks
+            if width != channels or sorted(idxs) != list(range(channels)):
+                return 0, (
+                    f"its channels reach {name} ({count} {unit} over {width} channels) through a reshape or "
+                    f"concat; decomp keeps the {unit} equal only where the group's channels are that layer's channels"
+                )
+            slices = math.lcm(slices, count)
+        slices = math.lcm(slices, _conv_slices(target))
+    if channels % slices:
+        return 0, f"its {channels} channels do not split into {slices} equal slices"
+    return slices, None
+
+
+def _closure(dg: tp.DependencyGraph, root: nn.Module, channels: int, slices: int) -> tuple[int, str | None]:
+    """Slices implied by the channels Torch-Pruning removes along with channel 0 of the root layer: a
+    chunk or split whose parts meet again (a gate, a layer called on each part) ties channel i of every
+    part together; a removal then keeps the same positions in each part, as in grouped convolutions."""
+    pruner = dg.get_pruner_of_module(root)
+    try:
+        group = dg.get_pruning_group(root, pruner.prune_out_channels, [0])
+    except Exception as err:  # noqa: BLE001 - Torch-Pruning's index mapping failed on this group
+        return 0, f"Torch-Pruning cannot follow its channels ({type(err).__name__}: {err})"
+    own = (item for item in group if item.dep.target.module is root and dg.is_out_channel_pruning_fn(item.dep.handler))
+    removed = sorted({int(i) for item in own for i in item.idxs})
+    if removed in ([], [0]):
+        return slices, None
+    parts = len(removed)
+    if channels % parts == 0 and removed == list(range(0, channels, channels // parts)):
+        together = math.lcm(slices, parts)
+        if channels % together:
+            return 0, f"its {channels} channels do not split into {together} equal slices"
+        return together, None
+    shown = ", ".join(map(str, removed[:8])) + (", ..." if len(removed) > 8 else "")
+    return 0, (
+        f"Torch-Pruning removes its channels {shown} together with channel 0 (a reshape that folds channels "
+        "together, or a mapping it gets wrong), which decomp cannot keep consistent"
+    )
+
+
+def _blocks(module) -> tuple[int, str] | None:
+    """Layers whose channels form contiguous blocks that must keep equal counts: GroupNorm's groups (it
+    normalises each block) and attention heads (each head is a block of the embedding)."""
+    if isinstance(module, nn.GroupNorm):
+        return module.num_groups, "groups"
+    if isinstance(module, nn.MultiheadAttention):
+        return module.num_heads, "heads"
+    return None
+
+
+def _add_head_groups(
+    modules: dict[str, nn.Module], groups: dict[str, CouplingGroup], left_out: dict[str, tuple[str, set[str]]]
+) -> None:
     """Replace Torch-Pruning's groups inside known attention modules by one group of whole heads."""
     for path, module in modules.items():
         layout = head_layout(module)
@@ -151,6 +268,8 @@ def _add_head_groups(modules: dict[str, nn.Module], groups: dict[str, CouplingGr
         owned = {f"{path}.{child}" for child in layout.owned}
         for gid in [g.id for g in groups.values() if owned & set(g.producers)]:
             del groups[gid]
+        for gid in owned & set(left_out):
+            del left_out[gid]
         layers = tuple(sorted({(f"{path}.{name.rpartition('.')[0]}", "heads") for name, _, _ in layout.slices(module)}))
         groups[path] = CouplingGroup(path, layout.heads(module), layers, kind="heads")
 
