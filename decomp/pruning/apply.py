@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.utils.prune as torch_prune
 from torch import nn
 
 from decomp.errors import InvalidPlanError
-from decomp.pruning.fixups import sync_attributes
+from decomp.pruning.fixups import rescale_attention, sync_attributes
 from decomp.pruning.groups import GroupIndex, find_groups
 from decomp.pruning.heads import prune_heads
 from decomp.pruning.importance import channel_importance
 from decomp.pruning.layers import weight_dims
+from decomp.pruning.oracle import masked_reference, oracle_inputs, output_mismatch, width_problems
 from decomp.pruning.plan import GroupChoice, LayerSparsity, PruningPlan, parse_pattern
 
 __all__ = ["PrunedModel", "apply_plan", "copy_model", "resolve_plan", "mask_in_place", "make_permanent", "MODES"]
@@ -31,12 +32,14 @@ MODES = ("physical", "mask")
 
 @dataclass
 class PrunedModel:
-    """The result of applying a plan. `plan` has explicit kept indices, so it re-applies exactly."""
+    """The result of applying a plan. `plan` has explicit kept indices, so it re-applies exactly; it
+    lists only the groups that were pruned. `skipped`: groups of the asked plan left whole -> why."""
 
     module: nn.Module
     plan: PruningPlan
     mode: str
     masks: dict[str, torch.Tensor] = field(default_factory=dict)  # parameter -> bool mask over the original
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def sparsity(self) -> float:
         """Share of the original parameters removed or masked to zero."""
@@ -48,15 +51,21 @@ def resolve_plan(plan: PruningPlan, index: GroupIndex) -> PruningPlan:
     """Check the plan against the model's groups and turn keep ratios into explicit channel indices."""
     resolved = []
     for choice in plan.groups:
+        if choice.group in index.skipped:
+            raise InvalidPlanError(
+                f"group {choice.group} cannot be pruned exactly: {index.skipped[choice.group]}; "
+                "leave it out of the plan"
+            )
         if choice.group not in index:
             known = ", ".join(list(index.groups)[:6])
             raise InvalidPlanError(f"the model has no coupling group {choice.group!r} (groups: {known}, ...)")
         group = index[choice.group]
         if choice.keep is not None:
-            _check_keep(choice, group)
+            _check_keep(choice, group, _slice_cause(index, group))
             resolved.append(choice)
             continue
-        # rank positions within one slice (a grouped conv's channel slice; the whole group when 1)
+        # rank positions within one slice (a grouped conv's channel slice, a GroupNorm group, an attention
+        # head; the whole group when 1)
         width = group.channels // group.slices
         count = choice.kept_count(width, max(1, math.lcm(plan.round_to, group.multiple) // group.slices))
         scores = channel_importance(index, choice.group, plan.criterion).view(group.slices, width).mean(0)
@@ -66,7 +75,18 @@ def resolve_plan(plan: PruningPlan, index: GroupIndex) -> PruningPlan:
     return PruningPlan(groups=tuple(resolved), layers=plan.layers, criterion=plan.criterion, round_to=plan.round_to)
 
 
-def _check_keep(choice: GroupChoice, group) -> None:
+def _slice_cause(index: GroupIndex, group) -> str:
+    """What cuts the group's channels into slices, for messages."""
+    modules = dict(index.model.named_modules())
+    kinds = {type(modules[path]) for path, _ in group.layers if path in modules}
+    if nn.GroupNorm in kinds:
+        return "a GroupNorm"
+    if nn.MultiheadAttention in kinds:
+        return "attention heads"
+    return "a grouped convolution"
+
+
+def _check_keep(choice: GroupChoice, group, cause: str) -> None:
     bad = [i for i in choice.keep if not 0 <= i < group.channels]
     if bad:
         raise InvalidPlanError(f"group {group.id} has {group.channels} channels; kept indices {bad[:5]} do not exist")
@@ -83,7 +103,7 @@ def _check_keep(choice: GroupChoice, group) -> None:
         )
     if any(p != per_slice[0] for p in per_slice):
         raise InvalidPlanError(
-            f"group {group.id} runs through a grouped convolution with {group.slices} slices of {width} channels; "
+            f"group {group.id} runs through {cause} with {group.slices} slices of {width} channels; "
             "keep the same positions in every slice"
         )
 
@@ -139,6 +159,9 @@ def _structured(model: nn.Module, inputs: tuple[torch.Tensor, ...], plan: Prunin
     doubled = tuple(x.double() if x.is_floating_point() else x for x in inputs)
     index = find_groups(encoded, doubled, keep_output=False)
     for choice in plan.groups:
+        if choice.group not in index:  # Torch-Pruning's enumeration is not always the same on the copy
+            why = index.skipped.get(choice.group, "it is not found")
+            raise InvalidPlanError(f"group {choice.group} cannot be pruned on a copy of the model: {why}")
         removed = sorted(set(range(index[choice.group].channels)) - set(choice.keep))
         if removed and index[choice.group].kind == "heads":
             prune_heads(encoded.get_submodule(choice.group), list(choice.keep))
@@ -198,57 +221,105 @@ def _sparsify(physical: nn.Module, plan: PruningPlan, masks: dict[str, torch.Ten
 
 
 def apply_plan(
-    model: nn.Module, plan: PruningPlan, example_inputs: tuple[torch.Tensor, ...], mode: str = "physical"
+    model: nn.Module,
+    plan: PruningPlan,
+    example_inputs: tuple[torch.Tensor, ...],
+    mode: str = "physical",
+    skip_failing: bool = False,
 ) -> PrunedModel:
     """Apply `plan` to a copy of `model` (left untouched). `physical` removes channels; `mask` zeroes
-    them through `torch.nn.utils.prune` masks (weights kept under `*_orig`, shapes unchanged)."""
+    them through `torch.nn.utils.prune` masks (weights kept under `*_orig`, shapes unchanged).
+
+    Every structured prune is checked (`decomp.pruning.oracle`): the kept widths must be the plan's, and
+    a physical model must compute what the dense model with the removed channels zeroed computes. A
+    failure raises `InvalidPlanError` naming the groups at fault and their layers, or, with
+    `skip_failing`, leaves those groups whole and lists them in `PrunedModel.skipped`.
+    """
     if mode not in MODES:
         raise InvalidPlanError(f"unknown pruning mode {mode!r}; choose one of {', '.join(MODES)}")
     model.eval()
     inputs = tuple(example_inputs)
-    resolved = resolve_plan(plan, find_groups(model, inputs)) if plan.groups else plan
-    if resolved.groups:
-        physical, masks = _structured(model, inputs, resolved)
-    else:
-        physical, masks = copy_model(model), {}
-    _sparsify(physical, resolved, masks)
-    if mode == "physical":
-        result = physical.eval()
-    else:
+    index = find_groups(model, inputs) if plan.groups else None
+    skipped: dict[str, str] = {}
+    if skip_failing and index is not None:
+        skipped = {c.group: index.skipped[c.group] for c in plan.groups if c.group in index.skipped}
+        plan = replace(plan, groups=tuple(c for c in plan.groups if c.group not in skipped))
+    resolved = resolve_plan(plan, index) if plan.groups else plan
+    while True:
+        result, masks, problems = _attempt(model, inputs, resolved, index, mode)
+        if not problems:
+            break
+        failing = _culprits(
+            list(resolved.groups), problems, lambda choices: _group_problems(model, inputs, choices, index, mode)
+        )
+        if not skip_failing or not failing or "" in failing:
+            raise InvalidPlanError(_failure_message(failing or problems, index))
+        skipped.update(failing)
+        resolved = replace(resolved, groups=tuple(c for c in resolved.groups if c.group not in failing))
+    if mode == "mask":
         result = copy_model(model).eval()
         layers = dict(result.named_modules())
         for name, mask in masks.items():
             owner, _, pname = name.rpartition(".")
             if not bool(mask.all()):
                 torch_prune.custom_from_mask(layers[owner], pname, mask)
-    _check_runs(result, model, inputs, resolved)
-    return PrunedModel(result, resolved, mode, masks)
+    return PrunedModel(result, resolved, mode, masks, skipped)
 
 
-def _check_runs(pruned: nn.Module, model: nn.Module, inputs: tuple[torch.Tensor, ...], plan: PruningPlan) -> None:
-    with torch.no_grad():
-        expected = model(*inputs)
+def _attempt(model: nn.Module, inputs: tuple[torch.Tensor, ...], plan: PruningPlan, index, mode: str):
+    """(pruned model, masks, problems by group): the plan applied and checked."""
+    if plan.groups:
         try:
-            got = pruned(*inputs)
-        except RuntimeError as err:
-            groups = ", ".join(c.group for c in plan.groups[:5])
-            raise InvalidPlanError(
-                f"the pruned model does not run ({err}); Torch-Pruning coupled a group wrongly "
-                f"(groups in the plan: {groups}...). Leave the failing group out of the plan."
-            ) from err
-    shapes = [tuple(t.shape) for t in _tensors(expected)], [tuple(t.shape) for t in _tensors(got)]
-    if shapes[0] != shapes[1]:
-        raise InvalidPlanError(f"pruning changed the model's output shapes from {shapes[0]} to {shapes[1]}")
+            physical, masks = _structured(model, inputs, plan)
+        except Exception as err:  # noqa: BLE001 - Torch-Pruning failing inside a group's pruning functions
+            return None, {}, {"": f"Torch-Pruning fails while pruning ({type(err).__name__}: {err})"}
+        problems = width_problems(model, physical, masks, plan, index)
+        if problems:
+            return None, masks, problems
+    else:
+        physical, masks = copy_model(model), {}
+    _sparsify(physical, plan, masks)
+    if mode == "mask" or not plan.groups:
+        return physical.eval(), masks, {}
+    rescale_attention(physical, model)
+    sample = oracle_inputs(inputs)
+    mismatch = output_mismatch(physical.eval(), masked_reference(copy_model(model), masks), sample)
+    return physical, masks, {"": mismatch} if mismatch else {}
 
 
-def _tensors(value) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
-    return []
+def _group_problems(model, inputs, choices: list[GroupChoice], index, mode: str) -> dict[str, str]:
+    return _attempt(model, inputs, PruningPlan(groups=tuple(choices)), index, mode)[2]
+
+
+def _culprits(choices: list[GroupChoice], problems: dict[str, str], check) -> dict[str, str]:
+    """The groups at fault -> why, by bisection: a group fails on its own, or a set fails only together.
+    `problems` are those of `choices` applied together (already known); `check(choices)` finds more."""
+    if not problems:
+        return {}
+    named = {gid: why for gid, why in problems.items() if gid}
+    if named or len(choices) == 1:
+        return named or {choices[0].group: problems[""]}
+    half = len(choices) // 2
+    left, right = choices[:half], choices[half:]
+    found = {**_culprits(left, check(left), check), **_culprits(right, check(right), check)}
+    return found or {c.group: f"only together with the other groups listed: {problems['']}" for c in choices}
+
+
+def _failure_message(failing: dict[str, str], index) -> str:
+    lines = []
+    for gid, why in failing.items():
+        if not gid:
+            lines.append(why)
+            continue
+        layers = [f"{path}:{side}" for path, side in index[gid].layers]
+        shown = ", ".join(layers[:6]) + (f", ... ({len(layers)} layers)" if len(layers) > 6 else "")
+        lines.append(f"group {gid} (layers {shown}): {why}")
+    return (
+        "structured pruning would not give the model the plan describes: "
+        + "; ".join(lines)
+        + ". Torch-Pruning does not follow this topology's channel mapping exactly; leave the group(s) out "
+        "of the plan (decomp prune and apply_plan(..., skip_failing=True) leave them out by themselves)."
+    )
 
 
 def mask_in_place(model: nn.Module, plan: PruningPlan) -> None:

@@ -58,7 +58,7 @@ def _in_dim(layer: nn.Module) -> tuple[int, int]:
 
 
 class ChannelGates(Callback):
-    """Learnable gates on `groups` (default: every channel group) driven by `schedule`."""
+    """Learnable gates on `groups` (default: every channel group without slices) driven by `schedule`."""
 
     def __init__(
         self,
@@ -69,7 +69,8 @@ class ChannelGates(Callback):
     ):
         if not schedule or sorted(s.epoch for s in schedule) != [s.epoch for s in schedule]:
             raise InvalidPlanError("the gate schedule needs stages in order of their epoch")
-        chosen = list(groups) if groups is not None else [g.id for g in index if g.kind == "channels"]
+        default = [g.id for g in index if g.kind == "channels" and g.slices == 1]
+        chosen = list(groups) if groups is not None else default
         self.schedule, self.stage = list(schedule), schedule[0]
         self.gates = nn.ParameterDict()
         self._readers: list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]] = []  # group, layer, positions, channel

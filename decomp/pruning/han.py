@@ -140,7 +140,7 @@ def remove_dead_neurons(model: nn.Module, example_inputs: tuple[torch.Tensor, ..
     """Physically remove channels with no live output connections, or no live inputs and no bias.
 
     Works on a copy with its masks made permanent; `model` is left as it was. Both removals leave the
-    model's outputs unchanged.
+    model's outputs unchanged. Groups that cannot be pruned exactly stay whole (`PrunedModel.skipped`).
     """
     model = make_permanent(copy_model(model))
     index = find_groups(model, example_inputs)
@@ -158,4 +158,4 @@ def remove_dead_neurons(model: nn.Module, example_inputs: tuple[torch.Tensor, ..
                 alive.append(c)
         if len(alive) < group.channels:
             choices.append(GroupChoice(group.id, keep=tuple(alive or [0])))
-    return apply_plan(model, PruningPlan(groups=tuple(choices)), example_inputs, "physical")
+    return apply_plan(model, PruningPlan(groups=tuple(choices)), example_inputs, "physical", skip_failing=True)

@@ -88,9 +88,9 @@ def test_flatten_linear_removes_whole_channel_blocks():
 
 def test_split_that_torch_pruning_mis_couples_is_refused_clearly():
     # Torch-Pruning 1.6 on torch 2.14 does not couple the second half of a split with the conv
-    # reading it; the check after pruning names the problem instead of returning a broken model
+    # reading it; the check after pruning names the group and the problem instead of returning a broken model
     model, inputs = _model("split")
-    with pytest.raises(InvalidPlanError, match="the pruned model does not run.*Leave the failing group out"):
+    with pytest.raises(InvalidPlanError, match="group conv .*the pruned model does not run.*leave the group"):
         apply_plan(model, plan_for_ratio(find_groups(model, inputs), 0.5), inputs)
 
 
