@@ -85,7 +85,21 @@ def prune_table(summary: PruneSummary) -> Table:
     if before.accuracy is not None:
         drop = 100 * (before.accuracy - after.accuracy)
         table.add_row("accuracy", f"{100 * before.accuracy:.2f}%", f"{100 * after.accuracy:.2f}%", f"{-drop:+.2f} pt")
+    table.caption = _left_whole(summary)
+    table.caption_justify = "left"
     return table
+
+
+def _left_whole(summary: PruneSummary, shown: int = 4) -> str | None:
+    """What structured pruning left whole: skipped groups one by one, unpruned layers by reason."""
+    lines = [f"group {gid} left whole: {why}" for gid, why in summary.skipped.items()]
+    by_reason: dict[str, list[str]] = {}
+    for layer, why in summary.unpruned.items():
+        by_reason.setdefault(why, []).append(layer)
+    for why, layers in by_reason.items():
+        more = f" (+{len(layers) - shown} more)" if len(layers) > shown else ""
+        lines.append(f"not pruned: {', '.join(layers[:shown])}{more}: {why}")
+    return "\n".join(lines) or None
 
 
 def split_table(summary: SplitSummary) -> Table:

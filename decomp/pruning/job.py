@@ -9,7 +9,7 @@ channel indices), load the weights.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,8 @@ from decomp.build import build_graph
 from decomp.data import DataSplits, load_data
 from decomp.errors import DecompError, InvalidPlanError
 from decomp.files import staged_folder
-from decomp.pruning.apply import apply_plan, copy_model, make_permanent, mask_in_place
-from decomp.pruning.groups import find_groups
+from decomp.pruning.apply import PrunedModel, apply_plan, copy_model, make_permanent, mask_in_place
+from decomp.pruning.groups import GroupIndex, find_groups
 from decomp.pruning.han import han_prune, remove_dead_neurons
 from decomp.pruning.importance import accumulate_gradients, plan_for_ratio
 from decomp.pruning.layers import inputs_per_output
@@ -99,12 +99,16 @@ class ModelFigures:
 @dataclass(frozen=True)
 class PruneSummary:
     """What a `decomp prune` job did (`summary.json` in its folder, `to_json()`): the request, the model
-    before and after, and the files it wrote beside the summary."""
+    before and after, and the files it wrote beside the summary. `skipped`: coupling groups left whole
+    because they cannot be pruned exactly -> why; `unpruned`: layers with parameters that structured
+    pruning left whole -> why (recurrent layers, output layers, layers of skipped groups...)."""
 
     request: PruneRequest
     before: ModelFigures
     after: ModelFigures
     files: tuple[str, ...] = ("weights.safetensors", "plan.json")
+    skipped: dict[str, str] = field(default_factory=dict)
+    unpruned: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -112,6 +116,8 @@ class PruneSummary:
             "before": self.before.to_json(),
             "after": self.after.to_json(),
             "files": list(self.files),
+            "skipped": dict(self.skipped),
+            "unpruned": dict(self.unpruned),
         }
 
     @classmethod
@@ -121,7 +127,19 @@ class PruneSummary:
             ModelFigures.from_json(data["before"]),
             ModelFigures.from_json(data["after"]),
             tuple(data["files"]),
+            dict(data.get("skipped", {})),  # summaries written before these were recorded have neither
+            dict(data.get("unpruned", {})),
         )
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """A pruned module, its plan, and what structured pruning left whole (group or layer -> why)."""
+
+    module: nn.Module
+    plan: PruningPlan
+    skipped: dict[str, str] = field(default_factory=dict)
+    unpruned: dict[str, str] = field(default_factory=dict)
 
 
 def _measure(module: nn.Module, loaded: LoadedModel, data: DataSplits | None, loader) -> ModelFigures:
@@ -144,9 +162,18 @@ def _nm_plan(model: nn.Module, pattern: str) -> PruningPlan:
     return PruningPlan(layers=tuple(LayerSparsity(n, pattern=pattern) for n in fits))
 
 
-def _prune(
-    request: PruneRequest, loaded: LoadedModel, data: DataSplits | None, loaders
-) -> tuple[nn.Module, PruningPlan]:
+def _left_whole(index: GroupIndex, pruned: PrunedModel) -> tuple[dict[str, str], dict[str, str]]:
+    """Groups left out (by discovery or by the post-prune check) and the layers left whole, with why."""
+    applied = {path for choice in pruned.plan.groups for path, _ in index[choice.group].layers}
+    unpruned = dict(index.unpruned)
+    for gid in pruned.skipped:
+        for path, _ in index[gid].layers:
+            if path not in applied:
+                unpruned.setdefault(path, f"its group {gid} was left out (see the skipped groups)")
+    return {**index.skipped, **pruned.skipped}, unpruned
+
+
+def _prune(request: PruneRequest, loaded: LoadedModel, data: DataSplits | None, loaders) -> _Outcome:
     model, inputs = loaded.module, loaded.example_inputs
     retrain = TrainConfig(epochs=request.finetune_epochs, lr=request.lr, distill=request.distill)
     teacher = copy_model(model).eval() if request.distill else None
@@ -155,15 +182,15 @@ def _prune(
             accumulate_gradients(model, [next(iter(loaders[0]))])
         index = find_groups(model, inputs)
         plan = plan_for_ratio(index, request.ratio, request.method, request.scope, request.round_to)
-        pruned = apply_plan(model, plan, inputs, "physical")
+        pruned = apply_plan(model, plan, inputs, "physical", skip_failing=True)
         if data is not None and retrain.epochs:
             train(pruned.module, loaders[0], retrain, teacher=teacher)
-        return pruned.module, pruned.plan
+        return _Outcome(pruned.module, pruned.plan, *_left_whole(index, pruned))
     if request.method == "han":
         steps = [request.quality * (k + 1) / request.iterations for k in range(request.iterations)]
         han_prune(model, loaders[0], loaders[1], steps, retrain, teacher=teacher)
         pruned = remove_dead_neurons(model, inputs)
-        return pruned.module, pruned.plan
+        return _Outcome(pruned.module, pruned.plan, dict(pruned.skipped))
     for k in range(request.iterations):  # magnitude (a rising sparsity) or N:M, retrained with masks
         if request.method == "nm":
             plan = _nm_plan(model, request.pattern)
@@ -172,7 +199,7 @@ def _prune(
         mask_in_place(model, plan)
         if data is not None and retrain.epochs:
             train(model, loaders[0], retrain, teacher=teacher)
-    return make_permanent(model), plan
+    return _Outcome(make_permanent(model), plan)
 
 
 def run_prune(request: PruneRequest, out: str | Path) -> PruneSummary:
@@ -182,12 +209,12 @@ def run_prune(request: PruneRequest, out: str | Path) -> PruneSummary:
     loaded = load_model(request.model, weights=request.weights, input_shapes=shapes)
     loaders = data.loaders(request.batch_size) if data is not None else (None, None)
     before = _measure(loaded.module, loaded, data, loaders[1])
-    module, plan = _prune(request, loaded, data, loaders)
-    after = _measure(module, loaded, data, loaders[1])
-    summary = PruneSummary(request, before, after)
+    outcome = _prune(request, loaded, data, loaders)
+    after = _measure(outcome.module, loaded, data, loaders[1])
+    summary = PruneSummary(request, before, after, skipped=outcome.skipped, unpruned=outcome.unpruned)
     with staged_folder(out) as staging:
-        save_model(module, str(staging / "weights.safetensors"))
-        (staging / "plan.json").write_text(plan.dumps())
+        save_model(outcome.module, str(staging / "weights.safetensors"))
+        (staging / "plan.json").write_text(outcome.plan.dumps())
         (staging / "summary.json").write_text(json.dumps(summary.to_json(), indent=1))
     return summary
 
