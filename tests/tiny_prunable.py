@@ -543,14 +543,10 @@ TOPOLOGIES = {  # name -> (model class, input shapes; "tokens" for token ids in 
 
 
 def topology(name: str, seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    """A conformance topology in eval mode with seeded weights, and example inputs."""
+    """A conformance topology in eval mode with seeded weights, and example inputs; also the factory of
+    `python:tests.tiny_prunable:topology?name=NAME` specs."""
     cls, shapes = TOPOLOGIES[name]
     torch.manual_seed(seed)
     model = cls().eval()
     inputs = tuple(torch.randint(0, 20, (2, 5)) if s == TOKENS else torch.randn(s) for s in shapes)
     return model, inputs
-
-
-def embedding_lstm():
-    """Factory for `python:tests.tiny_prunable:embedding_lstm` specs: (module, example token ids)."""
-    return topology("embedding_lstm")

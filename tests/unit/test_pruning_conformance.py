@@ -228,10 +228,23 @@ def test_layers_left_whole_say_why():
 
 
 def test_decomp_prune_lists_what_it_left_whole(tmp_path):
-    spec = "python:tests.tiny_prunable:embedding_lstm"
-    summary = run_prune(PruneRequest(spec, "l1", ratio=0.5), tmp_path / "job")
+    spec = "python:tests.tiny_prunable:topology?name=embedding_lstm"
+    summary = run_prune(PruneRequest(spec, "l1", ratio=0.5), tmp_path / "lstm")
     assert summary.skipped == {} and RECURRENT in summary.unpruned["lstm"]
-    assert json.loads((tmp_path / "job" / "summary.json").read_text())["unpruned"] == summary.unpruned
+    assert json.loads((tmp_path / "lstm" / "summary.json").read_text())["unpruned"] == summary.unpruned
     result = CliRunner().invoke(app, ["prune", spec, "--out", str(tmp_path / "cli"), "--ratio", "0.5"])
     assert result.exit_code == 0, result.output
     assert "not pruned: lstm: recurrent layer" in result.output
+
+
+def test_decomp_prune_leaves_a_group_the_check_refuses_whole_and_writes_the_rest(tmp_path):
+    spec = "python:tests.tiny_prunable:topology?name=linear_view_conv"
+    summary = run_prune(PruneRequest(spec, "l1", ratio=0.5), tmp_path / "job")
+    assert list(summary.skipped) == ["fc"] and summary.unpruned["fc"].startswith("its group fc was left out")
+    assert summary.after.params < summary.before.params  # the conv group is pruned
+    shuffle = run_prune(
+        PruneRequest("python:tests.tiny_prunable:topology?name=channel_shuffle", "l1", ratio=0.5), tmp_path / "s"
+    )
+    assert WRONG in shuffle.skipped["conv"] and shuffle.after.params == shuffle.before.params
+    plan = json.loads((tmp_path / "s" / "plan.json").read_text())
+    assert plan["groups"] == []  # the plan written is the model made: nothing pruned
