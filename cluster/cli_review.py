@@ -126,22 +126,29 @@ def export_command(
 @app.command("eval")
 def eval_command(
     export: Annotated[Path, typer.Argument(help="an export folder written by decomp export or decomp split")],
-    data: Annotated[str, typer.Option(help="the data spec as the job gives it, e.g. mnist?train=4000&test=1000")],
+    data: Annotated[
+        Optional[str], typer.Option(help="data spec as a job gives it (default: the data its run measured on)")
+    ] = None,
     split: Annotated[str, typer.Option(help="test (what the search reported), validation or train")] = "test",
     local: Annotated[bool, typer.Option(help="run the parts in this process instead of Ray actors")] = False,
     batch_size: Annotated[int, typer.Option(help="samples per batch (fixed-batch exports use their own)")] = 128,
     threads: Annotated[int, typer.Option(help="torch threads per part")] = 1,
-    validation: Annotated[float, typer.Option(help="the job's accuracy.validation (carves the same split)")] = 0.1,
-    seed: Annotated[int, typer.Option(help="the job's searcher.seed (carves the same split)")] = 0,
+    validation: Annotated[
+        Optional[float], typer.Option(help="share carved for validation (default: its run's accuracy.validation)")
+    ] = None,
+    seed: Annotated[Optional[int], typer.Option(help="seed that carves it (default: its run's searcher.seed)")] = None,
+    max_samples: Annotated[
+        Optional[int], typer.Option(help="score the first N samples (default: its run's accuracy.max_samples)")
+    ] = None,
     json_path: JsonOut = None,
 ) -> None:
     """Run EXPORT on real data and report its accuracy beside the figure the search recorded for it."""
     from cluster.scoring import score_export
 
     where = "in this process" if local else "on Ray"
-    with console.status(f"evaluating {export} on {data} ({split}) {where} ..."):
-        score = score_export(export, data, split, local, batch_size, threads, validation, seed)
-    table = Table(title=f"{export} on {data} ({split} split, {score.samples} samples, {score.runner})")
+    with console.status(f"evaluating {export} ({split} split) {where} ..."):
+        score = score_export(export, data, split, local, batch_size, threads, validation, seed, max_samples)
+    table = Table(title=f"{export} on {score.data} ({split} split, {score.samples} samples, {score.runner})")
     table.add_column("")
     table.add_column("accuracy", justify="right")
     table.add_row("measured now", format_value("accuracy", score.accuracy))

@@ -345,6 +345,8 @@ def export_candidate(folder: str | Path, candidate_id: int, out: str | Path, ove
     )
     metrics = partition_metrics(graph, plan.validate(graph))
     search = _row_json(review, row) | {"run": str(review.folder), "study": review.study_name}
+    if review.config.data and weights is not None:  # what `decomp eval` needs to score it on the same samples
+        search["measured_on"] = _measured_on(review.config)
     target, diff = export_verified(
         split_model(module, inputs, plan, tracer=built.loaded.tracer),
         out,
@@ -369,6 +371,18 @@ def export_candidate(folder: str | Path, candidate_id: int, out: str | Path, ove
         "feasible": row.feasible,
         "level": search.get("level"),
         "weights": None if weights is None else str(weights),
+    }
+
+
+def _measured_on(config: JobConfig) -> dict[str, Any]:
+    """How the run measured accuracy: its data spec, the validation share and seed that carved the validation
+    split, and how many samples of each split it read at most."""
+    accuracy = config.accuracy
+    return {
+        "data": config.data,
+        "validation": accuracy.validation,
+        "seed": config.searcher.seed,
+        "max_samples": accuracy.max_samples,
     }
 
 

@@ -2,7 +2,9 @@
 actor per part), beside the figure the search reported for it.
 
 The data spec names the data set and its split exactly as a job file does, so the test split is the one the
-search reported on (its validation split is carved from the training data and never overlaps it). Exports
+search reported on (its validation split is carved from the training data and never overlaps it). An export
+made by `decomp export` records how its run measured accuracy (data spec, validation share, seed, samples at
+most): those are the defaults, so the export is scored on exactly the samples the search scored it on. Exports
 traced for one batch size only (`torch.export`: Hugging Face models) get batches of that size, the last one
 padded with copies of its first sample and the padding ignored.
 """
@@ -50,16 +52,18 @@ class ExportScore:
 
 def score_export(
     folder: str | os.PathLike[str],
-    data: str,
+    data: str | None = None,
     split: str = "test",
     local: bool = True,
     batch_size: int = 128,
     threads: int = 1,
-    validation: float = 0.1,
-    seed: int = 0,
+    validation: float | None = None,
+    seed: int | None = None,
+    max_samples: int | None = None,
 ) -> ExportScore:
-    """Run the export in `folder` on `split` of `data` and return its top-1 accuracy. `validation` and `seed`
-    carve the validation split as the search did (its job's `accuracy.validation` and `searcher.seed`)."""
+    """Run the export in `folder` on `split` of `data` and return its top-1 accuracy. `data`, `validation`,
+    `seed` (which carve the validation split) and `max_samples` (the first samples of the split) default to
+    what the search that made the export measured with; the search's figure is reported for its own data only."""
     from decomp.data import load_data
 
     if split not in SPLITS:
@@ -70,8 +74,22 @@ def score_export(
             f"decomp eval feeds one input of labelled data, and this export takes {len(manifest.inputs)} "
             f"({', '.join(i.name for i in manifest.inputs)}); evaluate it from Python with decomp.load_export"
         )
+    search = (manifest.expected_costs or {}).get("search", {})
+    job = search.get("measured_on") or {}
+    if data is None and not job.get("data"):
+        raise SpecError(
+            f"{folder} records no data its accuracy was measured on (an export of a run without data, or made by "
+            "decomp split); give the data spec: --data mnist?train=4000&test=1000"
+        )
+    own = data is None or data == job.get("data")
+    data = data or job["data"]
+    validation = validation if validation is not None else job.get("validation", 0.1)
+    seed = seed if seed is not None else job.get("seed", 0)
+    max_samples = max_samples if max_samples is not None else job.get("max_samples") if own else None
     splits = load_data(data).with_validation(validation, seed=seed)
     dataset = {"test": splits.test, "validation": splits.validation, "train": splits.train}[split]
+    if max_samples is not None and max_samples < len(dataset):
+        dataset = torch.utils.data.Subset(dataset, range(max_samples))  # the first ones, as the search took them
     fixed = _fixed_batch(manifest)
     size = fixed or batch_size
     layout, loaders = manifest_layout(manifest), export_loaders(folder)
@@ -88,16 +106,16 @@ def score_export(
             seen += len(target)
     finally:
         runner.close()
-    search = (manifest.expected_costs or {}).get("search", {})
     metrics = search.get("metrics", {})
     recorded = {"test": metrics.get("test_accuracy"), "validation": search.get("values", {}).get("accuracy")}
+    figure = recorded.get(split) if own else None
     return ExportScore(
         str(folder),
         data,
         split,
         seen,
         correct / seen if seen else 0.0,
-        None if recorded.get(split) is None else float(recorded[split]),
+        None if figure is None else float(figure),
         search.get("level"),
         "local" if local else "ray",
     )

@@ -204,6 +204,9 @@ def test_export_prunes_splits_verifies_and_runs(run, tiny, tmp_path):
     ran = invoke("run", out, "--local", "--batches", 2)
     assert ran.exit_code == 0, ran.output
     assert "throughput" in ran.output
+    scored = invoke("eval", out, "--local")  # the run measured no accuracy: the export names no data
+    assert isinstance(scored.exception, SpecError) and "records no data" in str(scored.exception)
+    assert "--data mnist" in str(scored.exception) and "measured_on" not in manifest.expected_costs["search"]
 
 
 def test_errors_name_the_problem(run, tiny, tmp_path):
