@@ -1,36 +1,26 @@
-"""`decomp pareto`, `decomp dashboard` and `decomp export`: reviewing a search run (logic in `cluster.review`).
-
-Pictures are matplotlib figures: a `.png` path gets the figure, a `.html` path a self-contained page with the
-figure embedded (a base64 PNG) and the tables beside it, so it opens offline and can be mailed as one file.
-"""
+"""`decomp pareto`, `decomp dashboard`, `decomp export` and `decomp eval`: reviewing a search run (logic in
+`cluster.review`, pictures in `cluster.figures`). `--plot` takes a `.png` path (the figure) or a `.html` path
+(a self-contained page: the figure and the tables beside it)."""
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import ipaddress
-import math
-from collections import Counter
-from itertools import combinations
 from pathlib import Path
 from typing import Annotated, Optional
 
-import networkx as nx
-import numpy as np
 import typer
+from rich import box
 from rich.table import Table
 
 from cluster import review as rv
 from cluster.cli_app import JsonOut, app, console, write_json
-from cluster.units import format_value, unit_scale
-from decomp.coarsen import coarsen
+from cluster.figures import Tab, front_figure, partition_figure, write_picture
+from cluster.units import PER_BATCH, format_value, label, per_sample
 from decomp.errors import SpecError
 
 __all__ = ["dashboard", "export_command", "pareto"]
 
 PICTURES = (".png", ".html")
-Tab = tuple[str, list[str], list[list[str]]]  # title, columns, rows
 
 
 # -- commands ---------------------------------------------------------------------------------------
@@ -55,15 +45,15 @@ def pareto(
         with console.status(f"reading candidate {candidate} against {review.config.model} ..."):
             view = rv.candidate_view(review, candidate)
         tables, data = _candidate_tables(review, view), rv.candidate_json(review, view)
-    for title, columns, rows in tables:
-        console.print(_rich(title, columns, rows))
+    for tab in tables:
+        console.print(_rich(tab))
     if candidate is None:
         counts = review.counts()
         final = review.hypervolume[-1][1] if review.hypervolume else 0.0
         console.print(
             f"{counts['trials']} trials: {counts['complete']} complete, {counts['failed']} failed, "
-            f"{counts['infeasible']} infeasible; {counts['front']} on the front; hypervolume {final:.6g} "
-            f"(normaliser: {review.normalizer_source})"
+            f"{counts['infeasible']} infeasible; {counts['front']} on the front\n"
+            f"hypervolume {final:.6g} (normaliser: {review.normalizer_source})"
         )
     write_json(json_path, data)
     if plot is not None:
@@ -109,7 +99,7 @@ def export_command(
     table.add_column("value", justify="right")
     table.add_row("params", f"{summary['params_before']:,} -> {summary['params_after']:,}")
     for name, value in summary["values"].items():
-        table.add_row(name, format_value(name, value))
+        table.add_row(label(name), format_value(name, summary["per_sample"].get(name, value)))
     for name, value in summary["metrics"].items():
         if name.startswith("test_"):
             table.add_row(f"{name} (report)", format_value(name.removeprefix("test_"), value))
@@ -170,19 +160,22 @@ def _loopback(host: str) -> bool:
 
 
 # -- tables -----------------------------------------------------------------------------------------
-def _rich(title: str, columns: list[str], rows: list[list[str]]) -> Table:
-    table = Table(title=title)
-    for k, column in enumerate(columns):
+def _rich(tab: Tab) -> Table:
+    table = Table(title=tab.title, caption=tab.note or None, caption_justify="left", box=box.SIMPLE_HEAD)
+    for k, column in enumerate(tab.columns):
         table.add_column(column, justify="left" if k == 0 else "right")
-    for row in rows:
+    for row in tab.rows:
         table.add_row(*row)
     return table
 
 
 def _front_tables(review: rv.Review) -> list[Tab]:
     columns, rows = rv.front_rows(review)
-    front = (f"{review.study_name}: Pareto front ({len(rows)} non-dominated feasible candidates)", columns, rows)
-    return [front, ("hypervolume over trials (where it rose)", ["trial", "hypervolume"], _milestones(review))]
+    title = f"{review.study_name}: Pareto front ({len(rows)} candidate{'' if len(rows) == 1 else 's'})"
+    return [
+        Tab(title, columns, rows, rv.front_note(review)),
+        Tab("hypervolume over trials (where it rose)", ["trial", "hypervolume"], _milestones(review)),
+    ]
 
 
 def _milestones(review: rv.Review, limit: int = 10) -> list[list[str]]:
@@ -201,17 +194,28 @@ def _milestones(review: rv.Review, limit: int = 10) -> list[list[str]]:
 def _candidate_tables(review: rv.Review, view: rv.CandidateView) -> list[Tab]:
     row, e = view.row, view.row.evaluation
     place = "on the front" if view.on_front else ("feasible, dominated" if row.feasible else "not on the front")
+    if view.same_as is not None:
+        place += f" (listed as {view.same_as}: the same plans)"
     summary = [
         ["trial", str(row.trial)],
         ["searcher", row.candidate.searcher],
         ["state", e.state + ("" if e.ok else f": {e.message}")],
         ["front", place],
     ]
+    if "level" in e.metrics and review.levels():
+        summary.append(["measured at", f"{review.levels()[int(e.metrics['level'])]} of {', '.join(review.levels())}"])
+    batch = review.batch_size
     for o, v in zip(review.objectives, e.values, strict=False):
-        summary.append([f"{o.name} ({'max' if o.direction == 'maximize' else 'min'})", format_value(o.name, v)])
+        shown = format_value(o.name, per_sample(o.name, v, batch))
+        summary.append([f"{label(o.name)} ({'max' if o.direction == 'maximize' else 'min'})", shown])
+        if f"test_{o.name}" in e.metrics:
+            summary.append([f"test_{o.name} (report)", format_value(o.name, e.metrics[f"test_{o.name}"])])
     for c, v in zip(review.constraints, e.constraints, strict=False):
         status = "ok" if c.violation(v) == 0 else f"violated by {format_value(c.name, c.violation(v))}"
-        summary.append([f"{c.name} {c.sense} {format_value(c.name, c.bound)}", f"{format_value(c.name, v)} {status}"])
+        per = f" per {batch} samples" if c.name in PER_BATCH else ""
+        summary.append(
+            [f"{c.name} {c.sense} {format_value(c.name, c.bound)}{per}", f"{format_value(c.name, v)} {status}"]
+        )
     groups = [
         [
             g["group"],
@@ -224,164 +228,19 @@ def _candidate_tables(review: rv.Review, view: rv.CandidateView) -> list[Tab]:
         for g in view.groups
     ]
     tabs: list[Tab] = [
-        (f"candidate {row.candidate.id}", ["", "value"], summary),
-        ("keep ratio per coupling group", ["group", "kind", "channels", "asked", "kept", "keep ratio"], groups),
+        Tab(f"candidate {row.candidate.id}", ["", "value"], summary),
+        Tab("keep ratio per coupling group", ["group", "kind", "channels", "asked", "kept", "keep ratio"], groups),
     ]
     if view.layers:
         layers = [[s["layer"], _sparsity(s["sparsity"]), s["pattern"] or "-"] for s in view.layers]
-        tabs.append(("sparsity per layer", ["layer", "sparsity", "N:M"], layers))
+        tabs.append(Tab("sparsity per layer", ["layer", "sparsity", "N:M"], layers))
     parts = [
-        [str(p["part"]), str(p["ops"]), format_value("macs", p["macs"]), f"{100 * p['macs_share']:.1f}"]
+        [str(p["part"]), str(p["ops"]), format_value("macs", p["macs_per_sample"]), f"{100 * p['macs_share']:.1f}"]
         for p in view.parts
     ]
-    tabs.append((f"partition ({view.plan.mode})", ["part", "ops", "MACs (pruned)", "MACs %"], parts))
+    tabs.append(Tab(f"partition ({view.plan.mode})", ["part", "ops", "MACs/sample (pruned)", "MACs %"], parts))
     return tabs
 
 
 def _sparsity(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
-
-
-# -- pictures ---------------------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def front_figure(review: rv.Review):
-    """The front against every complete trial: 2-D for two objectives, 3-D for three, every pair for more
-    (values against trial number for one), plus the hypervolume over trials."""
-    plt = _pyplot()
-    m = len(review.objectives)
-    complete = [r for r in review.rows if r.evaluation.ok]
-    on_front = {r.trial for r in review.front}
-    groups = {
-        "dominated": ([r for r in review.rows if r.feasible and r.trial not in on_front], "#9ecae1", "o"),
-        "infeasible": ([r for r in complete if not r.feasible], "#fc9272", "x"),
-        "front": (review.front, "#08519c", "o"),
-    }
-    scales = [unit_scale(o.name, [r.evaluation.values[i] for r in complete]) for i, o in enumerate(review.objectives)]
-    panels: list = ["trial"] if m == 1 else ["3d"] if m == 3 else list(combinations(range(m), 2))
-    cols = min(len(panels) + 1, 3)
-    rows = math.ceil((len(panels) + 1) / cols)
-    fig = plt.figure(figsize=(5.2 * cols, 4.4 * rows))
-
-    def values(chosen, i):
-        return np.array([r.evaluation.values[i] for r in chosen]) * scales[i][0]
-
-    for k, panel in enumerate(panels):
-        ax = fig.add_subplot(rows, cols, k + 1, projection="3d" if panel == "3d" else None)
-        for label, (chosen, colour, marker) in groups.items():
-            if not chosen:
-                continue
-            if panel == "trial":
-                ax.scatter([r.trial for r in chosen], values(chosen, 0), c=colour, marker=marker, label=label)
-            elif panel == "3d":
-                ax.scatter(*(values(chosen, i) for i in range(3)), c=colour, marker=marker, label=label)
-            else:
-                ax.scatter(values(chosen, panel[0]), values(chosen, panel[1]), c=colour, marker=marker, label=label)
-        if panel == "trial":
-            ax.set_xlabel("trial")
-            ax.set_ylabel(scales[0][1])
-        elif panel == "3d":
-            ax.set_xlabel(scales[0][1])
-            ax.set_ylabel(scales[1][1])
-            ax.set_zlabel(scales[2][1])
-        else:
-            ax.set_xlabel(scales[panel[0]][1])
-            ax.set_ylabel(scales[panel[1]][1])
-            if len(review.front) <= 20:
-                for r in review.front:
-                    x, y = (r.evaluation.values[i] * scales[i][0] for i in panel)
-                    ax.annotate(str(r.candidate.id), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        if k == 0:
-            ax.legend(fontsize=8)
-    ax = fig.add_subplot(rows, cols, len(panels) + 1)
-    if review.hypervolume:
-        trials, volumes = zip(*review.hypervolume, strict=True)
-        ax.step(trials, volumes, where="post", color="#08519c")
-    ax.set_xlabel("trial")
-    ax.set_ylabel("hypervolume")
-    ax.set_title(f"normaliser: {review.normalizer_source}", fontsize=8)
-    counts = review.counts()
-    fig.suptitle(f"{review.study_name}: {counts['front']} non-dominated of {counts['complete']} complete trials")
-    fig.tight_layout()
-    return fig
-
-
-def partition_figure(view: rv.CandidateView, max_ops: int = 40):
-    """The run's model graph coloured by the candidate's parts: every op for small graphs, else blocks of ops
-    (a block whose ops lie in several parts takes its majority colour, outlined and labelled with its parts)."""
-    plt = _pyplot()
-    graph, part = view.graph, view.plan.part_of()
-    if len(graph.compute_nodes()) <= max_ops:
-        g = graph.nx.copy()
-        parts_of = {n: Counter([part[n]]) if n in part else Counter() for n in g}
-    else:
-        blocks = coarsen(graph, blocks=max_ops // 2)
-        g = blocks.nx.copy()
-        parts_of = {b: Counter(part[m] for m in blocks[b].get("members", ()) if m in part) for b in g}
-    for layer, nodes in enumerate(nx.topological_generations(g)):
-        for n in nodes:
-            g.nodes[n]["layer"] = layer
-    pos = nx.multipartite_layout(g, subset_key="layer")
-    palette = plt.get_cmap("tab10")
-    colours, edges, labels = [], [], {}
-    for n in g:
-        counts = parts_of[n]
-        colours.append(palette(counts.most_common(1)[0][0] % 10) if counts else "#d9d9d9")
-        edges.append("black" if len(counts) > 1 else "none")
-        labels[n] = f"{n}\n(parts {','.join(map(str, sorted(counts)))})" if len(counts) > 1 else n
-    generations = max(nx.get_node_attributes(g, "layer").values(), default=0) + 1
-    widest = max(Counter(nx.get_node_attributes(g, "layer").values()).values(), default=1)
-    fig, ax = plt.subplots(figsize=(min(max(8.0, 0.9 * generations), 24.0), max(3.0, 1.2 * widest)))
-    nx.draw_networkx_edges(g, pos, ax=ax, arrowsize=8, edge_color="#888888")
-    nx.draw_networkx_nodes(g, pos, ax=ax, node_color=colours, edgecolors=edges, linewidths=2, node_size=420)
-    nx.draw_networkx_labels(g, pos, labels, ax=ax, font_size=6)
-    handles = [
-        plt.Line2D([], [], marker="o", ls="", color=palette(p["part"] % 10), label=f"part {p['part']}: {p['ops']} ops")
-        for p in view.parts
-    ]
-    ax.legend(handles=handles, fontsize=8, loc="best")
-    row = view.row
-    ax.set_title(f"candidate {row.candidate.id} (trial {row.trial}): {view.plan.parts} parts, {view.plan.mode}")
-    ax.axis("off")
-    fig.tight_layout()
-    return fig
-
-
-def write_picture(fig, path: Path, title: str, tables: list[Tab]) -> None:
-    """Save `fig` as a PNG, or as a self-contained HTML page holding the figure and `tables`."""
-    plt = _pyplot()
-    try:
-        if path.suffix.lower() == ".png":
-            fig.savefig(path, dpi=120)
-            return
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=120)
-    finally:
-        plt.close(fig)
-    image = base64.b64encode(buffer.getvalue()).decode("ascii")
-    path.write_text(_page(title, image, tables), encoding="utf-8")
-
-
-def _page(title: str, png_base64: str, tables: list[Tab]) -> str:
-    esc = html.escape
-    body = [f"<h1>{esc(title)}</h1>", f'<img alt="{esc(title)}" src="data:image/png;base64,{png_base64}">']
-    for caption, columns, rows in tables:
-        head = "".join(f"<th>{esc(c)}</th>" for c in columns)
-        cells = "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row) + "</tr>" for row in rows)
-        body.append(f"<table><caption>{esc(caption)}</caption><tr>{head}</tr>{cells}</table>")
-    style = (
-        "body{font-family:sans-serif;margin:2em}img{max-width:100%}table{border-collapse:collapse;margin:1.5em 0}"
-        "caption{font-weight:bold;text-align:left;padding:.3em 0}td,th{border:1px solid #ccc;padding:.2em .6em;"
-        "text-align:right}td:first-child,th:first-child{text-align:left}"
-    )
-    return (
-        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{esc(title)}</title><style>{style}</style>'
-        f"</head><body>{''.join(body)}</body></html>\n"
-    )

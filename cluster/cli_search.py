@@ -12,6 +12,8 @@ from rich.table import Table
 from rich.text import Text
 
 from cluster.cli_app import JsonOut, app, console, write_json
+from cluster.units import format_value, label, per_sample
+from decomp.errors import DecompError
 
 __all__ = ["search"]
 
@@ -47,10 +49,12 @@ def search(
     with _SearchBar(*columns, console=console, transient=False) as bar:
         task = bar.add_task("trials", total=None, failed=0, hv="-")
 
+        batch = _batch_of(target)
+
         def show(p: SearchProgress) -> None:
             hv = f"{p.hypervolume:.4f}" if p.hypervolume is not None else "-"
             bar.status = ""
-            bar.best = "best: " + ", ".join(f"{k} {v:.4g}" for k, v in p.best.items()) if p.best else ""
+            bar.best = f"{BEST}: {_best(p.best, batch)}" if p.best else ""
             bar.update(task, completed=p.trials, total=p.budget, failed=p.failed, hv=hv)
 
         def note(text: str) -> None:
@@ -63,7 +67,7 @@ def search(
             bar.stop()
             console.print(f"interrupted; every recorded trial is kept: continue with decomp search --resume {target}")
             raise typer.Exit(130) from None
-    console.print(_summary_table(summary))
+    console.print(_summary_table(summary, batch))
     console.print(f"review the front: decomp pareto {summary.folder}")
     write_json(json_path, asdict(summary))
 
@@ -84,9 +88,11 @@ class _SearchBar(Progress):
             yield Text(self.best, overflow="fold")
 
 
-def _summary_table(summary) -> Table:
+def _summary_table(summary, batch: int | None) -> Table:
     table = Table(
-        title=f"search {summary.study} ({'resumed, ' if summary.resumed else ''}stopped by {summary.stopped})"
+        title=f"search {summary.study} ({'resumed, ' if summary.resumed else ''}stopped by {summary.stopped})",
+        caption=f"{BEST}: no one candidate need have them all" if summary.best else None,
+        caption_justify="left",
     )
     table.add_column("what")
     table.add_column("value", justify="right")
@@ -98,9 +104,37 @@ def _summary_table(summary) -> Table:
             "retried / resubmitted / evaluators replaced",
             f"{summary.retried} / {summary.resubmitted} / {summary.replaced}",
         ),
-        *((f"best {name}", f"{value:.4g}") for name, value in summary.best.items()),
+        *((f"best {name}", value) for name, value in _best_values(summary.best, batch)),
         ("run folder", summary.folder),
     ]
     for row in rows:
         table.add_row(*row)
     return table
+
+
+BEST = "best per objective, each from whichever candidate is best at it"
+
+
+def _best_values(best: dict[str, float], batch: int | None) -> list[tuple[str, str]]:
+    """(name, value) of each objective's best feasible value, per sample where it was costed per micro-batch
+    (`batch` samples; None: as costed)."""
+    if batch is None:
+        return [(name, format_value(name, value)) for name, value in best.items()]
+    return [(label(name), format_value(name, per_sample(name, value, batch))) for name, value in best.items()]
+
+
+def _best(best: dict[str, float], batch: int | None) -> str:
+    return ", ".join(f"{name} {value}" for name, value in _best_values(best, batch))
+
+
+def _batch_of(target: Path) -> int | None:
+    """Samples per micro-batch the job costs its graph at, from the job file or run folder (None where it cannot
+    be read: `run_search` says what is wrong with it)."""
+    from cluster.config import load_config
+    from cluster.runs import read_run_config
+
+    try:
+        config = read_run_config(target) if target.is_dir() else load_config(target)
+    except DecompError:
+        return None
+    return config.latency.batch_size

@@ -22,7 +22,7 @@ from cluster.config import JobConfig
 from cluster.results import weights_path
 from cluster.runs import NORMALIZER_ATTR, open_study, storage_of
 from cluster.task import MEASURED, job_model
-from cluster.units import format_value
+from cluster.units import PER_BATCH, format_value, per_sample, short_name
 from decomp.errors import DecompError, SpecError
 from decomp.graph import ModelGraph
 from decomp.partition.plan import PartitionPlan
@@ -39,6 +39,7 @@ __all__ = [
     "candidate_view",
     "dashboard_app",
     "export_candidate",
+    "front_note",
     "front_rows",
     "review_json",
     "review_run",
@@ -72,6 +73,17 @@ class Review:
     normalizer: Normalizer | None
     normalizer_source: str
     hypervolume: list[tuple[int, float]] = field(default_factory=list)
+    same_plans: dict[int, list[int]] = field(default_factory=dict)  # front id -> ids left out, with its plans
+
+    @property
+    def batch_size(self) -> int:
+        """Samples per micro-batch the run costed its graph at (`latency.batch_size`)."""
+        return self.config.latency.batch_size
+
+    def levels(self) -> tuple[str, ...]:
+        """The fidelity levels the run measured at, cheapest first (none where it measured nothing)."""
+        names = [o.name for o in self.objectives] + [c.name for c in self.constraints]
+        return self.config.accuracy.levels() if any(n in MEASURED for n in names) else ()
 
     def counts(self) -> dict[str, int]:
         complete = sum(r.evaluation.ok for r in self.rows)
@@ -126,6 +138,7 @@ def review_run(folder: str | Path) -> Review:
         if keep and "duplicate_of" not in r.evaluation.metrics
     ]
     front.sort(key=lambda r: (tuple(minimized([r.evaluation.values], objectives)[0]), r.trial))
+    front, same = _distinct(front)
     normalizer, source = _normalizer(study.user_attrs.get(NORMALIZER_ATTR), rows, objectives)
     return Review(
         folder,
@@ -138,7 +151,24 @@ def review_run(folder: str | Path) -> Review:
         normalizer,
         source,
         _history(rows, objectives, constraints, normalizer),
+        same,
     )
+
+
+def _distinct(front: list[Row]) -> tuple[list[Row], dict[int, list[int]]]:
+    """The front with one row per pair of plans (the first; later ones with the same plans, e.g. genomes that
+    differ only in genes their part count leaves unused, are the same model) and the ids left out, by the
+    id kept."""
+    first: dict[str, Row] = {}
+    same: dict[int, list[int]] = {}
+    for row in front:
+        c = row.candidate
+        key = json.dumps([None if p is None else p.to_json() for p in (c.pruning, c.partition)], sort_keys=True)
+        if key in first:
+            same.setdefault(first[key].candidate.id, []).append(c.id)
+        else:
+            first[key] = row
+    return list(first.values()), same
 
 
 def _feasible(evaluation: Evaluation, constraints: Sequence[Constraint], folder: Path) -> bool:
@@ -179,41 +209,96 @@ def _history(
 
 
 # -- presentation data ------------------------------------------------------------------------------
+ARROWS = {"maximize": "↑", "minimize": "↓"}
+
+
 def front_rows(review: Review) -> tuple[list[str], list[list[str]]]:
-    """Columns and rows of the front table: id, trial, searcher, parts, objective values, constraints."""
-    columns = ["id", "trial", "searcher", "parts"]
-    columns += [f"{o.name} ({'max' if o.direction == 'maximize' else 'min'})" for o in review.objectives]
-    columns += [f"{c.name} {c.sense} {format_value(c.name, c.bound)}" for c in review.constraints]
+    """Columns and rows of the front table, narrow enough for 80 columns: the candidate id, its parts, the
+    fidelity level it reached (where the run has several), each objective (compact units; per sample where it
+    was costed per micro-batch) and the test figures of the measured ones. `front_note` says how to read it;
+    `review_json` has every column (trial, searcher, constraint values, all metrics)."""
+    levels = review.levels()
+    tests = [
+        f"test_{o.name}"
+        for o in review.objectives
+        if o.name in MEASURED and any(f"test_{o.name}" in r.evaluation.metrics for r in review.front)
+    ]
+    columns = ["id", "parts"] + (["level"] if len(levels) > 1 else [])
+    columns += [f"{short_name(o.name)} {ARROWS[o.direction]}" for o in review.objectives]
+    columns += [short_name(t) for t in tests]
     rows = []
     for row in review.front:
-        parts = row.candidate.partition.parts if row.candidate.partition is not None else 1
-        cells = [str(row.candidate.id), str(row.trial), row.candidate.searcher, str(parts)]
-        cells += [format_value(o.name, v) for o, v in zip(review.objectives, row.evaluation.values, strict=True)]
+        e = row.evaluation
+        cells = [str(row.candidate.id), str(_parts(row))]
+        if len(levels) > 1:
+            cells.append(levels[int(e.metrics["level"])] if "level" in e.metrics else "-")
         cells += [
-            f"{format_value(c.name, v)} ok" for c, v in zip(review.constraints, row.evaluation.constraints, strict=True)
+            format_value(o.name, per_sample(o.name, v, review.batch_size), compact=True)
+            for o, v in zip(review.objectives, e.values, strict=True)
         ]
+        cells += [format_value(t, e.metrics[t], compact=True) if t in e.metrics else "-" for t in tests]
         rows.append(cells)
     return columns, rows
 
 
+def front_note(review: Review) -> str:
+    """How to read the front table: directions, per-sample quantities, the batch the rest is costed at, the
+    constraints every row meets, the levels, and the candidates left out as repeats of a listed one."""
+    names = [o.name for o in review.objectives]
+    lines = ["the non-dominated feasible candidates; ↑ higher is better, ↓ lower"]
+    per = [short_name(n) for n in names if n in PER_BATCH]
+    if per:
+        lines.append(f"per sample: {', '.join(per)}")
+    if "latency_s" in names:
+        lines.append(f"latency: a batch of {review.config.latency.micro_batches} micro-batches of {review.batch_size}")
+    at_micro = [short_name(n) for n in names if n in ("bottleneck_s", "peak_memory")]
+    if at_micro:
+        lines.append(f"{', '.join(at_micro)}: a micro-batch of {review.batch_size} samples")
+    if review.constraints:
+        bounds = [
+            f"{c.name} {_SENSES.get(c.sense, c.sense)} {format_value(c.name, c.bound, compact=True)}"
+            + (f" per {review.batch_size}" if c.name in PER_BATCH else "")
+            for c in review.constraints
+        ]
+        lines.append(f"every candidate meets {', '.join(bounds)}")
+    if len(review.levels()) > 1:
+        lines.append(f"level: the fidelity the candidate reached ({' < '.join(review.levels())})")
+    if review.same_plans:
+        repeats = ", ".join(f"{', '.join(map(str, ids))} (= {kept})" for kept, ids in review.same_plans.items())
+        lines.append(f"same plans as a listed candidate, not listed: {repeats}")
+    lines.append("every column: --json; one candidate: --candidate ID")
+    return "\n".join(lines)
+
+
+_SENSES = {"<=": "≤", ">=": "≥"}
+
+
+def _parts(row: Row) -> int:
+    return row.candidate.partition.parts if row.candidate.partition is not None else 1
+
+
 def _row_json(review: Review, row: Row) -> dict[str, Any]:
     e = row.evaluation
+    values = dict(zip([o.name for o in review.objectives], e.values, strict=False))
     out: dict[str, Any] = {
         "candidate_id": row.candidate.id,
         "trial": row.trial,
         "searcher": row.candidate.searcher,
         "state": e.state,
         "feasible": row.feasible,
-        "values": dict(zip([o.name for o in review.objectives], e.values, strict=False)),
+        "values": values,
+        "per_sample": {n: per_sample(n, v, review.batch_size) for n, v in values.items() if n in PER_BATCH},
         "constraints": {
             constraint_key(c): {"value": v, "violation": c.violation(v)}
             for c, v in zip(review.constraints, e.constraints, strict=False)
         },
         "metrics": {k: json_float(v) for k, v in e.metrics.items()},
-        "parts": row.candidate.partition.parts if row.candidate.partition is not None else 1,
+        "parts": _parts(row),
     }
     if "level" in e.metrics:
         out["level"] = review.config.accuracy.levels()[int(e.metrics["level"])]
+    if row.candidate.id in review.same_plans:
+        out["same_plans"] = review.same_plans[row.candidate.id]
     if not e.ok:
         out["message"] = e.message
     return out
@@ -227,6 +312,7 @@ def review_json(review: Review) -> dict[str, Any]:
         "objectives": [o.to_json() for o in review.objectives],
         "constraints": [c.to_json() for c in review.constraints],
         "counts": review.counts(),
+        "costed_at": {"batch_size": review.batch_size, "micro_batches": review.config.latency.micro_batches},
         "normalizer": None if review.normalizer is None else review.normalizer.to_json(),
         "normalizer_source": review.normalizer_source,
         "front": [_row_json(review, r) for r in review.front],
@@ -238,7 +324,8 @@ def review_json(review: Review) -> dict[str, Any]:
 @dataclass(frozen=True)
 class CandidateView:
     """One candidate's plans, read against the run's model graph: per-group keep ratios (`groups`),
-    per-layer sparsity (`layers`), and per-part op counts and MACs after pruning (`parts`)."""
+    per-layer sparsity (`layers`), and per-part op counts and MACs after pruning (`parts`, per micro-batch and
+    per sample)."""
 
     row: Row
     on_front: bool
@@ -247,6 +334,7 @@ class CandidateView:
     groups: list[dict[str, Any]]
     layers: list[dict[str, Any]]
     parts: list[dict[str, Any]]
+    same_as: int | None = None  # the front lists the candidate with the same plans under this id
 
 
 def candidate_view(review: Review, candidate_id: int) -> CandidateView:
@@ -280,9 +368,18 @@ def candidate_view(review: Review, candidate_id: int) -> CandidateView:
     parts = []
     for k, members in enumerate(plan.members()):
         macs = float(sum(estimate.macs[estimator.index[n]] for n in members))
-        parts.append({"part": k, "ops": len(members), "macs": macs, "macs_share": macs / total})
-    on_front = any(r.candidate.id == candidate_id for r in review.front)
-    return CandidateView(row, on_front, graph, plan, groups, layers, parts)
+        parts.append(
+            {
+                "part": k,
+                "ops": len(members),
+                "macs": macs,
+                "macs_per_sample": macs / review.batch_size,
+                "macs_share": macs / total,
+            }
+        )
+    same_as = next((kept for kept, ids in review.same_plans.items() if candidate_id in ids), None)
+    on_front = same_as is not None or any(r.candidate.id == candidate_id for r in review.front)
+    return CandidateView(row, on_front, graph, plan, groups, layers, parts, same_as)
 
 
 def candidate_json(review: Review, view: CandidateView) -> dict[str, Any]:
@@ -290,6 +387,7 @@ def candidate_json(review: Review, view: CandidateView) -> dict[str, Any]:
     pruning = view.row.candidate.pruning
     return _row_json(review, view.row) | {
         "on_front": view.on_front,
+        "same_plans_as": view.same_as,
         "genome": list(view.row.candidate.genome),
         "groups": view.groups,
         "layers": view.layers,
@@ -366,6 +464,8 @@ def export_candidate(folder: str | Path, candidate_id: int, out: str | Path, ove
         "params_before": params,
         "params_after": sum(p.numel() for p in module.parameters()),
         "values": search["values"],
+        "per_sample": search["per_sample"],
+        "batch_size": review.batch_size,
         "metrics": search["metrics"],
         "max_abs_diff": diff,
         "feasible": row.feasible,

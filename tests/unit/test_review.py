@@ -4,20 +4,26 @@ folders built by hand from a tiny model's joint space and cost evaluator."""
 
 import io
 import json
+import re
 import shutil
 import wsgiref.util
+from dataclasses import replace
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from matplotlib.text import Text
 from typer.testing import CliRunner
 
 import cluster.cli_review  # noqa: F401 - registers pareto, dashboard and export on the app
 from cluster import review as rv
 from cluster.cli import app
 from cluster.config import JobConfig
+from cluster.figures import label_points
 from cluster.runs import NORMALIZER_ATTR, open_study, read_run_config, storage_of, write_run_config
+from cluster.units import format_value
 from decomp import build_graph, load_model
 from decomp.errors import SpecError
 from decomp.latency import CostModel
@@ -129,9 +135,10 @@ def test_pareto_lists_the_front_and_writes_json_and_png(run, tiny, tmp_path):
         "front": len(front),
     }
     columns, rows = rv.front_rows(rv.review_run(run))
-    assert {int(r[0]) for r in rows} == front and columns[:4] == ["id", "trial", "searcher", "parts"]
-    assert f"Pareto front ({len(front)} non-dominated feasible candidates)" in result.output
-    assert "fixed from all 11 complete trials (the study stores none)" in result.output
+    assert {int(r[0]) for r in rows} == front and columns == ["id", "parts", "proxy ↑", "MACs ↓", "comm ↓"]
+    assert f"Pareto front ({len(front)} candidates)" in result.output
+    assert all({"trial", "searcher", "constraints", "metrics", "per_sample"} <= set(row) for row in data["front"])
+    assert "fixed from all 11 complete trials (the study stores none)" in " ".join(result.output.split())
     volumes = [h["hypervolume"] for h in data["hypervolume"]]
     assert [h["trial"] for h in data["hypervolume"]] == list(range(TRIALS)) and volumes == sorted(volumes)
     assert volumes[-1] > 0
@@ -254,3 +261,116 @@ def test_a_moved_run_folder_reviews_the_same(run, tmp_path):
     copy = tmp_path / "moved"
     shutil.copytree(run, copy)  # config.yaml still names the old folder: the review reads the one it is given
     assert rv.review_json(rv.review_run(copy))["front"] == rv.review_json(rv.review_run(run))["front"]
+
+
+BATCH, MICRO = 16, 4  # the measured run's graph is costed at micro-batches of 16 samples
+
+
+def make_measured_run(folder: Path, tiny, repeat: int | None = None) -> Path:
+    """A run as a search with accuracy at three fidelity levels leaves it: accuracy (validation), test accuracy
+    and the level reached per candidate, beside the cheap metrics; `repeat`: one more candidate with the plans
+    of that one (its genome asked again) and its result."""
+    space, evaluator, candidates, bound = tiny
+    config = JobConfig(
+        name="measured",
+        model=TINY,
+        data="digits",
+        objectives=["accuracy", "macs", "latency_s", "comm_bytes"],
+        constraints=[{"name": "peak_memory", "max": bound}],
+        space={"levels": [1.0, 0.75, 0.5], "max_parts": 2},
+        budget={"evaluations": TRIALS},
+        latency={"batch_size": BATCH, "micro_batches": MICRO},
+        accuracy={"finetune_epochs": 1, "short_epochs": 0.5},
+        run={"folder": str(folder)},
+    )
+    write_run_config(folder, config)
+    config = read_run_config(folder)
+    objs, constraints = config.objective_records(), config.constraint_records()
+    study = create_study(objs, storage_of(folder, config), config.name)
+    extra = [] if repeat is None else [replace(candidates[repeat], id=TRIALS)]
+    for c in [*candidates, *extra]:
+        m = evaluator(c)
+        accuracy = 0.5 + 0.45 * m["accuracy_proxy"]
+        metrics = m | {"accuracy": accuracy, "test_accuracy": accuracy - 0.01, "level": float(c.id % 3)}
+        e = Evaluation.of(c.id, [metrics[o.name] for o in objs], [m["peak_memory"]], metrics)
+        record_trial(study, c, e, objs, constraints, space)
+    return folder
+
+
+def test_the_front_table_fits_80_columns_with_levels_test_accuracy_and_macs_per_sample(tiny, tmp_path):
+    folder = make_measured_run(tmp_path / "run", tiny)
+    result = CliRunner().invoke(app, ["pareto", str(folder), "--json", str(tmp_path / "f.json")], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    review = rv.review_run(folder)
+    columns, rows = rv.front_rows(review)
+    assert columns == ["id", "parts", "level", "val acc ↑", "MACs ↓", "latency ↓", "comm ↓", "test acc"]
+    assert len(rows) > 2
+    for cells in rows:  # each candidate on one line, every cell whole, in column order
+        pattern = r"\s+".join(re.escape(c) for c in cells)
+        assert sum(bool(re.search(pattern, line)) for line in lines) == 1, (cells, result.output)
+    data = json.loads((tmp_path / "f.json").read_text())
+    assert data["costed_at"] == {"batch_size": BATCH, "micro_batches": MICRO}
+    for cells, row in zip(rows, data["front"], strict=True):
+        macs = row["values"]["macs"]
+        assert row["per_sample"] == {"macs": macs / BATCH, "comm_bytes": row["values"]["comm_bytes"] / BATCH}
+        assert cells[4] == format_value("macs", macs / BATCH, compact=True) != format_value("macs", macs, True)
+        assert cells[2] == ("bn", "short", "full")[row["candidate_id"] % 3] == row["level"]
+        assert cells[7] == f"{100 * row['metrics']['test_accuracy']:.2f}%"
+    note = " ".join(result.output.split())
+    assert f"latency: a batch of {MICRO} micro-batches of {BATCH}" in note and "per sample: MACs, comm" in note
+    assert "level: the fidelity the candidate reached (bn < short < full)" in note
+    assert f"every candidate meets peak_memory ≤ {format_value('peak_memory', tiny[3], compact=True)}" in note
+
+
+def test_the_front_lists_a_candidate_asked_again_once(tiny, tmp_path):
+    front = sorted(expected_front(tiny))
+    folder = make_measured_run(tmp_path / "run", tiny, repeat=front[0])
+    review = rv.review_run(folder)
+    ids = [r.candidate.id for r in review.front]
+    assert front[0] in ids and TRIALS not in ids and review.same_plans == {front[0]: [TRIALS]}
+    result = CliRunner().invoke(app, ["pareto", str(folder), "--json", str(tmp_path / "f.json")], env={"COLUMNS": "80"})
+    assert f"same plans as a listed candidate, not listed: {TRIALS} (= {front[0]})" in " ".join(result.output.split())
+    rows = {r["candidate_id"]: r for r in json.loads((tmp_path / "f.json").read_text())["front"]}
+    assert rows[front[0]]["same_plans"] == [TRIALS]
+    result = invoke("pareto", folder, "--candidate", TRIALS, "--json", tmp_path / "c.json")
+    assert f"on the front (listed as {front[0]}: the same plans)" in " ".join(result.output.split())
+    assert json.loads((tmp_path / "c.json").read_text())["same_plans_as"] == front[0]
+
+
+def _boxes(fig, texts):
+    """Where the texts are drawn (an annotation's own extent would take in its leader line)."""
+    fig.canvas.draw()  # annotations take their places when drawn
+    renderer = fig.canvas.get_renderer()
+    return [Text.get_window_extent(t, renderer) for t in texts]
+
+
+def test_front_labels_do_not_overlap_each_other_or_the_points():
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(0)
+    xs = np.concatenate([rng.normal(50, 2.0, 14), [10.0, 90.0, 90.0]])  # a tight cluster, two points on one spot
+    ys = np.concatenate([rng.normal(50, 2.0, 14), [10.0, 90.0, 90.0]])
+    ids = [str(i) for i in range(len(xs))]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.scatter(xs, ys)
+    fig.tight_layout()
+    spots = list(zip(ids, xs, ys, strict=True))
+    naive = [ax.annotate(i, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points") for i, x, y in spots]
+    boxes = _boxes(fig, naive)
+    assert any(a.overlaps(b) for a, b in combinations(boxes, 2))  # as labels were placed before: overlapping
+    for t in naive:
+        t.remove()
+    placed = label_points(ax, xs, ys, ids)
+    texts = [t.get_text() for t in placed]
+    assert "15, 16" in texts and sorted(i for t in texts for i in t.split(", ")) == sorted(ids)  # one per spot
+    boxes = _boxes(fig, placed)
+    assert not any(a.padded(1.0).overlaps(b.padded(1.0)) for a, b in combinations(boxes, 2))  # and apart
+    points = ax.transData.transform(np.column_stack([xs, ys]))
+    pad = 2.0 * fig.dpi / 72  # a marker's radius (default size 6 points)
+    for box in boxes:
+        assert not any(
+            box.x0 < x + pad and x - pad < box.x1 and box.y0 < y + pad and y - pad < box.y1 for x, y in points
+        )
+    plt.close(fig)
