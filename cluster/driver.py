@@ -26,7 +26,7 @@ from typing import Protocol
 
 from cluster.checkpoint import Checkpoint, CheckpointWriter, Pending, reconcile
 from cluster.config import JobConfig
-from cluster.results import RunResults
+from cluster.results import RunResults, identity
 from cluster.runs import CONFIG, LOG, RunLock, RunLog, abandon_run, run_study, write_run_config
 from cluster.task import EvaluationError, Measured, Task
 from decomp.errors import DecompError
@@ -225,19 +225,19 @@ class SearchDriver:
 
     def _fill(self, dirty: bool) -> None:
         """Ask for what the budget and the in-flight bound allow; checkpoint; only then submit. A candidate with
-        the genome of one recorded or in flight is not submitted: it gets that one's result."""
+        the plans of one recorded or in flight is not submitted: it gets that one's result."""
         while True:
             room = self._room()
             t = time.perf_counter()
             asked = self.searcher.ask(room) if room else []
             self.spent["searcher"] += time.perf_counter() - t
-            in_flight = {tuple(p.candidate.genome): cid for cid, p in self.pending.items() if p.duplicate_of is None}
+            in_flight = {identity(p.candidate): cid for cid, p in self.pending.items() if p.duplicate_of is None}
             for candidate in asked:
-                genome = tuple(candidate.genome)
-                original = self.results.known(genome)
-                original = in_flight.get(genome) if original is None else original
+                key = identity(candidate)
+                original = self.results.known(candidate)
+                original = in_flight.get(key) if original is None else original
                 self.pending[candidate.id] = Pending(candidate, duplicate_of=original)
-                in_flight.setdefault(genome, candidate.id)
+                in_flight.setdefault(key, candidate.id)
             if asked or dirty:
                 self._checkpoint()
             for candidate in asked:
@@ -301,7 +301,7 @@ class SearchDriver:
             values = ", ".join(f"{o.name}={v:.4g}" for o, v in zip(self.objectives, evaluation.values, strict=True))
             if pending.duplicate_of is not None:
                 line = (
-                    f"candidate {candidate.id} repeats the genome of {pending.duplicate_of}: {values} (not evaluated)"
+                    f"candidate {candidate.id} repeats the plans of {pending.duplicate_of}: {values} (not evaluated)"
                 )
             else:
                 level = f" at {self.task.levels[pending.level]}" if len(self.task.levels) > 1 else ""

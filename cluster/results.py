@@ -5,9 +5,9 @@ the genomes already evaluated, and the weights of the candidates that earned kee
   stops: its trial holds the result of the level it reached (`metric:level`) and the lower levels' results
   (Optuna intermediate values of the first measured objective, and the full results in a user attribute),
   so a resumed run rebuilds the ladder from the study.
-- A genome (repaired: it decodes to the same plans) is evaluated once: a candidate asked again with the
-  genome of a recorded one is recorded at once with that one's result (`metric:duplicate_of`), no
-  evaluator time spent.
+- A candidate is evaluated once: one asked again with the same plans (`identity`: its pruning and partition
+  plans; its genome where the space has none, as genes a plan ignores may differ) is recorded at once with
+  the first one's result (`metric:duplicate_of`), no evaluator time spent.
 - The weights a measured result came with are kept, in `weights/<id>.safetensors` of the run folder, when
   the candidate reached the top level or joined the feasible front: what `decomp export` loads, so the
   export computes what the front shows.
@@ -15,6 +15,7 @@ the genomes already evaluated, and the weights of the candidates that earned kee
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,10 +28,19 @@ from search.fidelity import Ladder
 from search.front import NORMALIZER_POINTS, FrontTracker
 from search.pareto import Normalizer
 from search.records import Candidate, Constraint, Evaluation, Objective
-from search.space import Genome, Space
+from search.space import Space
 from search.study import lower_levels, record_trial, trials_to_records
 
-__all__ = ["RunResults", "weights_path"]
+__all__ = ["RunResults", "identity", "weights_path"]
+
+
+def identity(candidate: Candidate) -> str | tuple:
+    """What makes two candidates the same model: their plans (a pruning and a partition plan decide the model
+    and where it runs; genes a plan ignores do not), or the genome where the space has no plans."""
+    if candidate.pruning is None and candidate.partition is None:
+        return tuple(candidate.genome)
+    plans = [None if p is None else p.to_json() for p in (candidate.pruning, candidate.partition)]
+    return json.dumps(plans, sort_keys=True)
 
 
 def weights_path(folder: Path, candidate_id: int) -> Path:
@@ -58,7 +68,7 @@ class RunResults:
         self.ladder = Ladder(objectives, constraints, levels, reduction)
         self.tracker = FrontTracker(objectives, constraints)
         self.normalize_after = min(NORMALIZER_POINTS, normalize_after)
-        self.genomes: dict[Genome, int] = {}  # a recorded genome -> the candidate first recorded with it
+        self.genomes: dict[str | tuple, int] = {}  # an `identity` recorded -> the candidate first recorded with it
         self.final: dict[int, tuple[Evaluation, list[Evaluation]]] = {}  # recorded id -> (its result, lower ones)
         self.records = trials_to_records(study)
         lower = lower_levels(study)
@@ -74,9 +84,9 @@ class RunResults:
         """Trials recorded."""
         return self.tracker.complete + self.tracker.failed
 
-    def known(self, genome: Genome) -> int | None:
-        """The recorded candidate with this genome, if any."""
-        return self.genomes.get(tuple(genome))
+    def known(self, candidate: Candidate) -> int | None:
+        """The recorded candidate with this one's `identity`, if any."""
+        return self.genomes.get(identity(candidate))
 
     def climbs(self, level: int, evaluation: Evaluation) -> bool:
         """Add a result at `level` to the ladder; True when it earns the candidate the next level."""
@@ -111,7 +121,7 @@ class RunResults:
         return evaluation
 
     def duplicate(self, candidate: Candidate, original: int) -> Evaluation:
-        """Record `candidate` with the result of the recorded candidate `original` (same genome)."""
+        """Record `candidate` with the result of the recorded candidate `original` (the same plans)."""
         evaluation, lower = self.final[original]
         copy = Evaluation(
             candidate.id,
@@ -133,7 +143,7 @@ class RunResults:
             self.study.set_user_attr(NORMALIZER_ATTR, normalizer.to_json())
 
     def _remember(self, candidate: Candidate, evaluation: Evaluation, lower: list[Evaluation]) -> None:
-        self.genomes.setdefault(tuple(candidate.genome), candidate.id)
+        self.genomes.setdefault(identity(candidate), candidate.id)
         self.final[candidate.id] = (evaluation, lower)
         if "duplicate_of" in evaluation.metrics or self.top == 0:
             return

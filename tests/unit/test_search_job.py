@@ -146,7 +146,7 @@ def test_search_records_every_trial_and_meets_the_budget_exactly(tmp_path):
     assert events[-1].hypervolume == summary.hypervolume > 0 and set(events[-1].best) == {"macs", "params"}
     log = (folder / LOG).read_text()
     evaluated = log.count(" complete: ")  # NSGA-II children can repeat a parent: answered without evaluating
-    assert evaluated + log.count(" repeats the genome of ") == 13 and evaluated == len(driver.results.genomes)
+    assert evaluated + log.count(" repeats the plans of ") == 13 and evaluated == len(driver.results.genomes)
     assert "done (evaluations): 13 complete, 0 failed" in log
 
 
@@ -447,3 +447,17 @@ def test_a_repeated_genome_costs_no_evaluation(tmp_path):
         assert e.values == by_id[original].values
         assert e.metrics.get("duplicate_of", original) == original
         assert ("duplicate_of" in e.metrics) == (c.id != original)
+
+
+def test_candidates_with_the_same_plans_are_the_same_candidate(tmp_path):
+    from cluster.results import identity
+    from decomp.partition.plan import PartitionPlan
+    from decomp.pruning import GroupChoice, PruningPlan
+
+    pruning = PruningPlan(groups=(GroupChoice("conv1", keep_ratio=0.5),))
+    partition = PartitionPlan((("a", 0), ("b", 0)), "pipeline")
+    one_part = Candidate(0, "x", (0, 1, 0.25), pruning, partition)  # a cut gene a one-part plan ignores
+    same = Candidate(1, "x", (0, 1, 0.75), pruning, partition)
+    other = Candidate(2, "x", (0, 1, 0.75), PruningPlan(), partition)
+    assert identity(one_part) == identity(same) != identity(other)
+    assert identity(Candidate(3, "x", (0.5,))) == (0.5,)  # no plans: the genome
