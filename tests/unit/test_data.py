@@ -1,10 +1,11 @@
-"""Data specs: bundled MNIST and digits, synthetic data, python factories, seeded splits and their errors."""
+"""Data specs: bundled MNIST and digits, synthetic data, python factories, seeded splits and their errors; labels
+read from splits; augmented image batches."""
 
 import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from decomp.data import DataSpec, DataSplits, load_data, parse_data_spec
+from decomp.data import Augmented, DataSpec, DataSplits, augment_images, labels_of, load_data, parse_data_spec
 from decomp.errors import SpecError
 
 
@@ -236,3 +237,55 @@ def test_a_validation_split_is_carved_from_the_training_data():
     assert splits.with_validation(0.2, seed=3).validation.indices == validation  # seeded: the same split again
     with pytest.raises(SpecError, match=r"validation share must be in \(0, 1\), got 1.5"):
         splits.with_validation(1.5)
+
+
+def test_labels_of_reads_every_kind_of_split():
+    splits = load_data("digits?seed=0").with_validation(0.2, seed=3)
+    everything = splits.train.dataset.tensors[1]
+    assert torch.equal(labels_of(splits.train), everything[splits.train.indices])
+    pairs = load_data("python:tests.unit.test_data:make?n=12&as_dataset=true")
+    assert labels_of(pairs.train).tolist() == [0, 1, 2, 0, 1, 2]  # one sample at a time
+    assert pairs.classes == 3
+
+
+def _dot(side: int = 9) -> torch.Tensor:
+    image = torch.zeros(1, 1, side, side)
+    image[0, 0, side // 2, side // 2] = 1.0
+    return image
+
+
+def test_augmented_images_move_within_the_asked_bounds(one_thread):
+    gen = torch.Generator().manual_seed(0)
+    dots = _dot().repeat(64, 1, 1, 1)
+    moved = augment_images(dots, gen, shift=2)
+    grid = torch.arange(9, dtype=torch.float32)
+    mass = moved.sum(dim=(1, 2, 3))
+    rows = (moved.sum(dim=3)[:, 0] * grid).sum(1) / mass - 4
+    cols = (moved.sum(dim=2)[:, 0] * grid).sum(1) / mass - 4
+    assert torch.allclose(mass, torch.ones(64), atol=1e-5)  # a dot inside the frame keeps its mass
+    assert rows.abs().max() <= 2 + 1e-5 and cols.abs().max() <= 2 + 1e-5 and rows.abs().max() > 1
+    assert torch.equal(augment_images(dots, torch.Generator().manual_seed(0)), dots)  # nothing asked: unchanged
+    right = torch.zeros(64, 1, 9, 9)
+    right[:, 0, 4, 7] = 1.0  # three pixels right of the centre the turns are about
+    turned = augment_images(right, torch.Generator().manual_seed(1), rotate=10)
+    mass = turned.sum(dim=(1, 2, 3))
+    rows = (turned.sum(dim=3)[:, 0] * grid).sum(1) / mass - 4
+    cols = (turned.sum(dim=2)[:, 0] * grid).sum(1) / mass - 4
+    angles = torch.rad2deg(torch.atan2(rows, cols)).abs()
+    assert angles.max() <= 10.5 and angles.max() > 5 and mass.min() > 0.8  # turned, and still in the frame
+    with pytest.raises(SpecError, match=r"shape \(N, C, H, W\); got a batch of shape \(4, 64\)"):
+        augment_images(torch.zeros(4, 64), gen, shift=1)
+
+
+def test_augmented_loaders_are_seeded_and_fresh_every_pass(one_thread):
+    data = load_data("digits?train=64&test=8")
+    loader = data.loaders(32, seed=0)[0]
+    first = Augmented(loader, shift=1, rotate=5, seed=7)
+    again = Augmented(data.loaders(32, seed=0)[0], shift=1, rotate=5, seed=7)
+    one, two = [x for x, _ in first], [x for x, _ in first]  # two passes
+    assert all(torch.equal(a, b) for a, b in zip(one, [x for x, _ in again], strict=True))
+    assert len(first) == 2 and not torch.equal(torch.cat(one), torch.cat(two))  # shuffled and moved anew
+    with pytest.raises(SpecError, match="augmentation scale is a share below 1, got 1.5"):
+        Augmented(loader, scale=1.5)
+    with pytest.raises(SpecError, match="augmentation rotate must be >= 0, got -3"):
+        Augmented(loader, rotate=-3)
