@@ -1,5 +1,5 @@
-"""The `decomp` command line: the entry point, and the commands on one model or export (graph, prune, split, run,
-profile, calibrate). The search and review commands live in `cluster.cli_search` and `cluster.cli_review`."""
+"""The `decomp` command line: the entry point, and the commands on one model or export (graph, train, prune, split,
+run, profile, calibrate). The search and review commands live in `cluster.cli_search` and `cluster.cli_review`."""
 
 from __future__ import annotations
 
@@ -56,6 +56,66 @@ def graph(
     if png is not None:
         draw_blocks(block_graph, png)
         console.print(f"wrote {png}")
+
+
+@app.command()
+def train(
+    model: ModelSpec,
+    data: Annotated[str, typer.Option(help="mnist, digits, synthetic?..., python:pkg.module:factory")],
+    out: Annotated[Path, typer.Option(help="folder for weights.safetensors and summary.json")],
+    epochs: Annotated[int, typer.Option(help="passes over the training data")] = 10,
+    lr: Annotated[float, typer.Option(help="learning rate")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="samples per training step")] = 64,
+    optimizer: Annotated[str, typer.Option(help="adam or sgd")] = "adam",
+    schedule: Annotated[
+        str, typer.Option(help="cosine (the rate annealed to 0 over the epochs) or constant")
+    ] = "cosine",
+    momentum: Annotated[float, typer.Option(help="sgd's momentum")] = 0.9,
+    weight_decay: Annotated[float, typer.Option(help="decay of conv and linear weights (an L2 penalty)")] = 0.0,
+    shift: Annotated[float, typer.Option(help="augment: move each training image by up to this many pixels")] = 0.0,
+    rotate: Annotated[float, typer.Option(help="augment: turn each training image by up to this many degrees")] = 0.0,
+    scale: Annotated[float, typer.Option(help="augment: resize each training image by up to this share")] = 0.0,
+    seed: Annotated[int, typer.Option(help="seeds the initial weights, the batch order and the augmentation")] = 0,
+    validation: Annotated[
+        float, typer.Option(help="hold out this share of the training data and report its accuracy")
+    ] = 0.0,
+    weights: Weights = None,
+    json_path: JsonOut = None,
+) -> None:
+    """Train MODEL on --data (from scratch, or on from --weights) and write its weights and a summary to --out."""
+    from decomp.training import TrainRequest, run_train
+
+    request = TrainRequest(
+        model,
+        data,
+        epochs,
+        lr,
+        batch_size,
+        optimizer,
+        schedule,
+        momentum,
+        weight_decay,
+        shift,
+        rotate,
+        scale,
+        seed,
+        str(weights) if weights else None,
+        validation,
+    )
+    with console.status(f"training {model} on {data} ...") as status:
+        summary = run_train(request, out, note=lambda text: status.update(f"training {model} on {data}: {text} ..."))
+    result = Table(title=f"{model} trained on {data}")
+    result.add_column("what")
+    result.add_column("value", justify="right")
+    result.add_row("test accuracy", f"{summary.start_accuracy:.2%} -> {summary.test_accuracy:.2%}")
+    if summary.validation_accuracy is not None:
+        result.add_row("validation accuracy", f"{summary.validation_accuracy:.2%}")
+    result.add_row("mean loss, first -> last epoch", f"{summary.losses[0]:.4f} -> {summary.losses[-1]:.4f}")
+    result.add_row("training samples x epochs", f"{summary.train_samples} x {len(summary.losses)}")
+    result.add_row("seconds", f"{summary.seconds:.1f}")
+    console.print(result)
+    console.print(f"wrote {out}/weights.safetensors, summary.json")
+    write_json(json_path, summary.to_json())
 
 
 @app.command()

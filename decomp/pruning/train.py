@@ -19,12 +19,14 @@ from decomp.errors import DecompError
 __all__ = ["Callback", "TrainConfig", "evaluate", "recalibrate_batchnorm", "train", "weight_penalty"]
 
 _OPTIMIZERS = ("adam", "sgd")
+_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train. `l1`/`l2` weigh penalties on conv/linear weights; `distill` weighs the
-    distillation loss from a teacher (0: off) at `temperature`."""
+    distillation loss from a teacher (0: off) at `temperature`; `schedule`: the learning rate stays
+    (`constant`) or is annealed from `lr` towards 0 over the epochs (`cosine`, stepped per epoch)."""
 
     epochs: int = 1
     lr: float = 1e-3
@@ -35,10 +37,13 @@ class TrainConfig:
     distill: float = 0.0
     temperature: float = 4.0
     seed: int = 0
+    schedule: str = "constant"
 
     def __post_init__(self) -> None:
         if self.optimizer not in _OPTIMIZERS:
             raise DecompError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(_OPTIMIZERS)}")
+        if self.schedule not in _SCHEDULES:
+            raise DecompError(f"unknown learning-rate schedule {self.schedule!r}; choose constant or cosine")
         if self.epochs < 0 or self.lr <= 0 or self.l1 < 0 or self.l2 < 0 or self.temperature <= 0:
             raise DecompError(f"epochs, l1, l2 must be >= 0 and lr, temperature > 0; got {self}")
         if not 0.0 <= self.distill <= 1.0:
@@ -96,6 +101,8 @@ def train(
         optimizer = torch.optim.Adam(params, lr=config.lr)
     else:
         optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
+    cosine = config.schedule == "cosine" and config.epochs > 0
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs) if cosine else None
     if teacher is not None:
         teacher.eval()
     losses, step = [], 0
@@ -122,6 +129,8 @@ def train(
                 cb.on_step(step)
             total, batches = total + float(loss.detach()), batches + 1
         losses.append(total / max(batches, 1))
+        if scheduler is not None:
+            scheduler.step()
     model.eval()
     return losses
 
