@@ -11,9 +11,18 @@ Top-level keys:
 - `name`: the run's name (default folder `runs/<name>`).
 - `model`: a model spec (`torchvision:resnet18`, `hf:gpt2?n_layer=2`, `python:decomp.zoo:lenet5`);
   `weights`: an optional weights file; `input_shape`: the example input's shape, batch included
-  (default: the model's own example).
+  (default: the model's own example); `tracer` (`fx` or `export`) and `leaf_modules` (module classes or
+  paths fx keeps whole), as `decomp graph --tracer / --leaf-module` take them.
 - `data`: a data spec (`mnist?train=4000&test=1000`, `digits`, `synthetic`, `python:...`) for accuracy;
   without it `agreement` with the unpruned model on random inputs is the accuracy measure.
+- `train`: `{epochs, lr, batch_size, optimizer, schedule, momentum, weight_decay, shift, rotate, scale, seed}`
+  (`TrainSpec`; shift, rotate and scale augment images): train the base model once per run before the search,
+  starting from `weights` where given, on the training data less the validation share the search selects on;
+  kept in the run folder (`base/`) and reused on resume.
+- `base_accuracy`: the test accuracy the base model (trained, or as `weights` loads it) must reach; checked
+  before the search, which refuses a base below it with the measured figure.
+- `python_path`: folders `python:` model and data modules are also imported from, after the current folder
+  and `sys.path` (as `python -m` looks), relative to the job file; default: the job file's folder.
 - `objectives`: names, or `{name, direction}` to override the registered direction.
 - `constraints`: `{name, max}` or `{name, min}`; bounds may carry units (`2 GiB`, `5 ms`).
 - `space`: `search.joint.JointConfig` fields (levels, encoding, mode, max_parts, ...).
@@ -31,7 +40,12 @@ Top-level keys:
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -134,6 +148,22 @@ class AccuracySpec(_Strict):
         return levels if self.only is None else (self.only,)
 
 
+class TrainSpec(_Strict):
+    """How the run's base model is trained (`decomp.training.TrainRequest` holds the meaning of each key)."""
+
+    epochs: int = Field(ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    batch_size: int = Field(default=64, ge=1)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    schedule: Literal["cosine", "constant"] = "cosine"
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    shift: float = Field(default=0.0, ge=0)  # augmentation: each training image moved by up to this many pixels,
+    rotate: float = Field(default=0.0, ge=0)  # turned by up to this many degrees,
+    scale: float = Field(default=0.0, ge=0, lt=1)  # and resized by up to this share, either way
+    seed: int = 0
+
+
 class RunSpec(_Strict):
     folder: str | None = None  # default runs/<name>
     storage: str | None = None  # an Optuna RDB URL; default a journal file in the run folder
@@ -144,7 +174,12 @@ class JobConfig(_Strict):
     model: str
     weights: str | None = None
     input_shape: list[int] | None = None
+    tracer: Literal["fx", "export"] | None = None  # default: what suits the model spec
+    leaf_modules: list[str] = Field(default_factory=list)
+    python_path: list[str] | None = None
     data: str | None = None
+    train: TrainSpec | None = None
+    base_accuracy: float | None = Field(default=None, gt=0, le=1)
     objectives: list[str | ObjectiveSpec] = Field(min_length=1)
     constraints: list[ConstraintSpec] = Field(default_factory=list)
     space: dict[str, Any] = Field(default_factory=dict)
@@ -207,6 +242,43 @@ class JobConfig(_Strict):
     def run_folder(self) -> Path:
         return Path(self.run.folder) if self.run.folder else Path("runs") / self.name
 
+    def base_request(self):
+        """The `decomp.training.TrainRequest` that trains the run's base model (None without `train`): the
+        job's model and data, from its weights, holding out the validation share the search selects on (the
+        same samples: `accuracy.validation` chosen by the searcher's seed)."""
+        from decomp.training import TrainRequest
+
+        if self.train is None:
+            return None
+        return TrainRequest(
+            self.model,
+            self.data,
+            weights=self.weights,
+            validation=self.accuracy.validation,
+            validation_seed=self.searcher.seed,
+            **self.train.model_dump(),
+        )
+
+    def module_folders(self, base: Path | None = None) -> list[str]:
+        """The folders `python:` modules are also imported from: `python_path` read against `base` (the job
+        file's folder), or without it `base` itself."""
+        if self.python_path is None:
+            return [str(base.resolve())] if base is not None else []
+        return [str(_against(p, base)) for p in self.python_path]
+
+    @contextmanager
+    def importing(self, base: Path | None = None) -> Iterator[None]:
+        """While inside, `python:` modules are also imported from `module_folders(base)`; modules imported stay
+        imported after."""
+        added = [f for f in self.module_folders(base) if f not in sys.path]
+        sys.path.extend(added)
+        try:
+            yield
+        finally:
+            for folder in added:
+                if folder in sys.path:
+                    sys.path.remove(folder)
+
     def check(self, base: Path | None = None) -> JobConfig:
         """Resolve every name against its registry now, so a typo fails before any work starts."""
         from search.registry import check_searcher
@@ -221,7 +293,42 @@ class JobConfig(_Strict):
                 "devices; lower max_parts or use a larger cluster"
             )
         check_searcher(self.searcher.name, self.searcher.settings)
+        for key, value in (("train", self.train), ("base_accuracy", self.base_accuracy)):
+            if value is not None and not self.data:
+                raise SpecError(
+                    f"{key} needs the data the base model learns and is tested on: give `data` (e.g. mnist, digits "
+                    f"or python:pkg.module:factory), or drop {key}"
+                )
+        self._check_modules(base)
         return self
+
+    def _check_modules(self, base: Path | None) -> None:
+        """The `python:` modules of the model and data specs can be found (the rule in the error if not)."""
+        specs = [("model", self.model), ("data", self.data or "")]
+        for key, spec in specs:
+            if not spec.startswith("python:") or spec.count(":") < 2:
+                continue  # not a python spec, or malformed: the spec's own parser says so
+            module = spec.partition("?")[0].split(":")[1]
+            with self.importing(base):
+                here = os.getcwd() not in sys.path and "" not in sys.path
+                if here:
+                    sys.path.insert(0, os.getcwd())
+                try:
+                    found = importlib.util.find_spec(module) is not None
+                except ModuleNotFoundError as err:  # the module or a package above it; else what it imports
+                    if not (err.name and (module == err.name or module.startswith(err.name + "."))):
+                        raise SpecError(f"{key}: importing {module!r} for {spec} failed: {err}") from None
+                    found = False
+                finally:
+                    if here:
+                        sys.path.remove(os.getcwd())
+            if not found:
+                folders = ", ".join(self.module_folders(base)) or "none given"
+                raise SpecError(
+                    f"{key}: no module {module!r} for {spec}; python: modules are imported from the current folder "
+                    f"({os.getcwd()}), sys.path, then python_path ({folders}; by default the job file's folder): "
+                    "put the module there, or fix its name"
+                )
 
 
 def parse_config(data: Any, source: str = "config", base: Path | None = None) -> JobConfig:
@@ -261,8 +368,14 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "latency": LatencySpec,
     "evaluators": EvaluatorSpec,
     "accuracy": AccuracySpec,
+    "train": TrainSpec,
     "run": RunSpec,
 }
+
+
+def _against(name: str, base: Path | None) -> Path:
+    path = Path(name).expanduser()
+    return path if path.is_absolute() or base is None else (base / path).resolve()
 
 
 def _explain(error: dict[str, Any]) -> str:

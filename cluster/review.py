@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from cluster.config import JobConfig
 from cluster.results import weights_path
-from cluster.runs import NORMALIZER_ATTR, open_study, storage_of
+from cluster.runs import NORMALIZER_ATTR, base_weights, open_study, storage_of
 from cluster.task import MEASURED, job_model
 from cluster.units import PER_BATCH, format_value, per_sample, short_name
 from decomp.errors import DecompError, SpecError
@@ -431,13 +431,14 @@ def export_candidate(folder: str | Path, candidate_id: int, out: str | Path, ove
             f"one{_suggest(review.front or [r for r in review.rows if r.evaluation.ok])}"
         )
     weights = _kept_weights(review, row)
-    built = job_model(review.config, batch=review.config.latency.batch_size)
+    base = base_weights(review.folder, review.config) if weights is None else None  # a trained base, if any
+    built = job_model(review.config, batch=review.config.latency.batch_size, weights=base)
     inputs = built.inputs
     pruned = apply_plan(built.loaded.module, row.candidate.pruning, inputs) if row.candidate.pruning else None
     module = pruned.module if pruned is not None else built.loaded.module
     if weights is not None:
         load_model(module, str(weights))
-    graph = build_graph(module, inputs, built.loaded.tracer, name=review.config.model)
+    graph = build_graph(module, inputs, built.loaded.tracer, review.config.leaf_modules, name=review.config.model)
     plan = row.candidate.partition or PartitionPlan.from_assignment(
         dict.fromkeys(graph.compute_nodes(), 0), "pipeline", graph=graph
     )
@@ -446,7 +447,7 @@ def export_candidate(folder: str | Path, candidate_id: int, out: str | Path, ove
     if review.config.data and weights is not None:  # what `decomp eval` needs to score it on the same samples
         search["measured_on"] = _measured_on(review.config)
     target, diff = export_verified(
-        split_model(module, inputs, plan, tracer=built.loaded.tracer),
+        split_model(module, inputs, plan, tracer=built.loaded.tracer, leaf_modules=review.config.leaf_modules),
         out,
         module,
         source=review.config.model,

@@ -9,8 +9,15 @@
       log.txt           what the driver did, one line per event
       weights/ID.safetensors  the weights a measured candidate's accuracy was measured with, kept for the
                         candidates that reached the top fidelity level or joined the front (what export loads)
+      base/             the base model the job's `train:` section trained (a `decomp train` folder:
+        weights.safetensors, summary.json with the request, test accuracy and losses): trained before the
+                        search, reused while its request is the job's (on resume, or a fresh start after one
+                        that failed later); every candidate is pruned from it
       .driver.lock      held (flock) by the driver working on the folder: one driver per run at a time;
                         the kernel releases it when the driver dies
+
+A fresh start writes nothing before the whole job was checked; one that fails after training its base keeps
+`base/` (whole, written atomically) and nothing else, so the same job starts again without training again.
 
 Study user attributes: `decomp:normalizer` (JSON of `search.pareto.Normalizer`, fixed once per study so
 hypervolumes stay comparable over time and across resumes) and `decomp:objectives` / `decomp:constraints`.
@@ -45,9 +52,11 @@ __all__ = [
     "NORMALIZER_ATTR",
     "OBJECTIVES_ATTR",
     "WEIGHTS",
+    "BASE",
     "RunLock",
     "RunLog",
     "abandon_run",
+    "base_weights",
     "open_run",
     "open_study",
     "read_run_config",
@@ -58,6 +67,7 @@ __all__ = [
 
 CONFIG, JOURNAL, CHECKPOINT, LOG, LOCK = "config.yaml", "study.journal", "checkpoint.json", "log.txt", ".driver.lock"
 WEIGHTS = "weights"  # weights/<candidate id>.safetensors: a measured candidate's weights, where kept
+BASE = "base"  # base/weights.safetensors + summary.json: the base model the job's train: section trained
 NORMALIZER_ATTR = "decomp:normalizer"
 OBJECTIVES_ATTR, CONSTRAINTS_ATTR = "decomp:objectives", "decomp:constraints"
 
@@ -167,14 +177,29 @@ def open_run(config_or_run: JobConfig | str | Path, resume: bool = False) -> tup
         raise SpecError(
             f"{folder} already holds a run; continue it with --resume, or set another name or run.folder to start anew"
         )
-    if folder.is_dir() and any(folder.iterdir()):
+    if folder.is_dir() and {p.name for p in folder.iterdir()} - {BASE}:  # a base trained by a failed start is kept
         raise SpecError(f"{folder} exists and is not a run folder; choose another run.folder or empty it")
     return config, folder
 
 
+def base_weights(folder: Path, config: JobConfig) -> Path | None:
+    """The weights of the base model the run trained (None: the job trains none, its own weights are the
+    base); a run that trains one and has lost it is an error."""
+    from decomp.training import WEIGHTS as TRAINED
+
+    if config.train is None:
+        return None
+    path = folder / BASE / TRAINED
+    if not path.is_file():
+        raise SpecError(
+            f"run {folder} trains its base model and {path} is missing; decomp search --resume {folder} trains it again"
+        )
+    return path
+
+
 def _absolute(config: JobConfig, base: Path) -> JobConfig:
-    """Files the job names (weights, op table, calibration, cluster file) as absolute paths, so the run folder's
-    config means the same wherever the run is resumed from."""
+    """Files the job names (weights, op table, calibration, cluster file, python_path: by default the job file's
+    folder) as absolute paths, so the run folder's config means the same wherever the run is resumed from."""
 
     def fix(name: str | None) -> str | None:
         if name is None or Path(name).expanduser().is_absolute():
@@ -185,6 +210,7 @@ def _absolute(config: JobConfig, base: Path) -> JobConfig:
         update={"table": fix(config.latency.table), "calibration": fix(config.latency.calibration)}
     )
     update: dict[str, Any] = {"weights": fix(config.weights), "latency": latency}
+    update["python_path"] = config.module_folders(base)
     if isinstance(config.cluster, str) and (base / config.cluster).is_file():
         update["cluster"] = fix(config.cluster)
     return config.model_copy(update=update)

@@ -3,8 +3,10 @@
 `run_search(config_or_run)` runs on an embedded local Ray by default, on a cluster with `address="auto"` /
 `"ray://..."` / `"HOST:PORT"`, and unchanged under `ray job submit` (which sets RAY_ADDRESS). Ray's token
 authentication stays as Ray configures it. Everything a job file says is checked before anything is written:
-the config and the searcher's settings when the file is read, the model when the task builds its space,
-the Ray address and the cluster's room for one evaluator before a fresh run folder is made. The loop itself is
+the config and the searcher's settings when the file is read, the model when the task builds its space, the
+data against the model; then the base model is trained or checked (`cluster.base_model`; a start that fails
+after training keeps the trained base in the run folder for the next), and the Ray address and the cluster's
+room for one evaluator are checked before a fresh run folder is made. The loop itself is
 `cluster.driver.SearchDriver`'s; the evaluators are `cluster.pool`'s.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from cluster.base_model import prepare_base
 from cluster.config import JobConfig
 from cluster.connect import join
 from cluster.driver import SearchDriver, SearchProgress, SearchSummary
@@ -36,12 +39,15 @@ def run_search(
     """Run (or with `resume`, continue) a search job on Ray. `config_or_run`: a `JobConfig`, a job file, or
     (with `resume`) a run folder. `workers` overrides `evaluators.count`; `task` replaces the job's `ModelTask`
     (tests, benchmarks, custom evaluations); `note` hears what happens before the first trial (the model is
-    built, Ray starts, evaluators start), `progress` every trial after."""
+    built, the base model trained, Ray starts, evaluators start), `progress` every trial after."""
     say = note or (lambda text: None)
     config, folder = open_run(config_or_run, resume)
     task = task if task is not None else ModelTask(config)
     say(f"building {config.model} ...")
     task.space()  # model and spec errors now, before Ray starts (the space is kept for the driver)
+    base = prepare_base(config, folder, say)  # train the base (once per run) only once the job is known to be good
+    if base is not None and isinstance(task, ModelTask):
+        task.use_base(base)
     wanted = workers or config.evaluators.count
     started, fit = False, None
     driver = pool = None

@@ -85,24 +85,32 @@ class JobModel:
     index: GroupIndex
 
 
-def load_job_model(config: JobConfig, base: Path | None = None) -> LoadedModel:
-    """The model the job names, its weights loaded (relative paths read against `base`), with its example
-    inputs: what the search traces and what an export prunes."""
+def load_job_model(config: JobConfig, base: Path | None = None, weights: Path | None = None) -> LoadedModel:
+    """The model the job names, its weights loaded (relative paths read against `base`; `weights`, a run's
+    trained base, in place of the job's own), with its example inputs and the job's tracer: what the search
+    traces and what an export prunes."""
+    from dataclasses import replace
+
     from decomp.specs import load_model
 
     shapes = [tuple(config.input_shape)] if config.input_shape is not None else None
-    return load_model(config.model, weights=_resolve(config.weights, base), input_shapes=shapes)
+    with config.importing(base):
+        loaded = load_model(config.model, weights=weights or _resolve(config.weights, base), input_shapes=shapes)
+    return replace(loaded, tracer=config.tracer) if config.tracer else loaded
 
 
-def job_model(config: JobConfig, base: Path | None = None, batch: int | None = None) -> JobModel:
-    """Load the job's model (its weights too; relative paths read against `base`) and build its costed graph,
-    at `batch` samples per input (copies of the first) or at the model's example batch."""
+def job_model(
+    config: JobConfig, base: Path | None = None, batch: int | None = None, weights: Path | None = None
+) -> JobModel:
+    """Load the job's model (its weights, or `weights`; relative paths read against `base`) and build its costed
+    graph with the job's tracer and leaf modules, at `batch` samples per input (copies of the first) or at the
+    model's example batch."""
     from decomp.build import build_graph
     from decomp.pruning import annotate_graph, find_groups
 
-    loaded = load_job_model(config, base)
+    loaded = load_job_model(config, base, weights)
     inputs = loaded.example_inputs if batch is None else _at_batch(loaded.example_inputs, batch)
-    graph = build_graph(loaded.module, inputs, loaded.tracer, name=config.model)
+    graph = build_graph(loaded.module, inputs, loaded.tracer, config.leaf_modules, name=config.model)
     index = find_groups(loaded.module, inputs)
     annotate_graph(graph, index)
     return JobModel(loaded, inputs, graph, index)
@@ -135,8 +143,19 @@ class ModelTask:
                 raise SpecError(
                     f"{key}: no file at {path}; fix the path (relative paths are read from the job file's folder)"
                 )
+        self.weights: Path | None = None  # the run's trained base, where it has one (`use_base`)
         self._problem: _Problem | None = None
         self._ready = False
+
+    def use_base(self, weights: Path) -> None:
+        """Prune every candidate from these weights (the run's trained base) instead of the job's own."""
+        from decomp.specs import load_weights
+
+        self.weights = Path(weights)
+        if self._problem is not None:  # the space was built already: its model takes the weights in place
+            load_weights(self._problem.model, self.weights)
+            self._problem.costs = self._problem.measurer = None  # importances and reference from them too
+            self._ready = False
 
     def __getstate__(self) -> dict[str, Any]:
         # what was built stays where it was built; each actor builds its own in setup()
@@ -177,10 +196,11 @@ class ModelTask:
         return Measured(evaluation, weights)
 
     def _built(self, evaluation: bool) -> _Problem:
-        if self._problem is None:
-            self._problem = _Problem.build(self.config, self.base)
-        if evaluation and self._problem.costs is None:
-            self._problem.prepare(self.measured)
+        with self.config.importing(self.base):  # python: data modules too
+            if self._problem is None:
+                self._problem = _Problem.build(self.config, self.base, self.weights)
+            if evaluation and self._problem.costs is None:
+                self._problem.prepare(self.measured)
         return self._problem
 
 
@@ -192,12 +212,12 @@ class _Problem:
         self.measurer: Measurer | None = None
 
     @classmethod
-    def build(cls, config: JobConfig, base: Path | None) -> _Problem:
+    def build(cls, config: JobConfig, base: Path | None, weights: Path | None = None) -> _Problem:
         from search.joint import JointSpace
 
         self = cls()
         self.config, self.base = config, base
-        built = job_model(config, base, config.latency.batch_size)
+        built = job_model(config, base, config.latency.batch_size, weights)
         self.model, self.inputs, self.graph, self.index = built.loaded.module, built.inputs, built.graph, built.index
         self.cluster = config.cluster_spec(base)
         self.space = JointSpace(self.graph, len(self.cluster.devices), config.joint_config())
