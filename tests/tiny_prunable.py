@@ -312,6 +312,20 @@ class GroupNormConv(nn.Module):
         return self.head(torch.relu(self.norm(self.conv(x))))
 
 
+class LayerNormPlain(LayerNormMLP):
+    """A LayerNorm without weights: the channels it keeps are not visible in any of its parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(16, elementwise_affine=False)
+
+
+class GroupNormPlain(GroupNormConv):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(4, 12, affine=False)
+
+
 class LayerNormResidual(nn.Module):
     """A pre-norm residual stream: its width runs through every LayerNorm."""
 
@@ -519,7 +533,9 @@ TOPOLOGIES = {  # name -> (model class, input shapes; "tokens" for token ids in 
     "grouped_residual": (GroupedResidual, [IMAGE]),
     "depthwise_residual": (DepthwiseResidual, [IMAGE]),
     "groupnorm": (GroupNormConv, [IMAGE]),
+    "groupnorm_no_affine": (GroupNormPlain, [IMAGE]),
     "layernorm": (LayerNormMLP, [(2, 5, 8)]),
+    "layernorm_no_affine": (LayerNormPlain, [(2, 5, 8)]),
     "layernorm_residual": (LayerNormResidual, [(2, 5, 6)]),
     "batchnorm1d": (BatchNorm1dMLP, [(4, 10)]),
     "attention": (Attention, [(2, 5, 6)]),

@@ -22,7 +22,14 @@ from decomp.pruning.groups import GroupIndex, find_groups
 from decomp.pruning.heads import prune_heads
 from decomp.pruning.importance import channel_importance
 from decomp.pruning.layers import weight_dims
-from decomp.pruning.oracle import masked_reference, oracle_inputs, output_mismatch, width_problems
+from decomp.pruning.oracle import (
+    add_norm_probes,
+    masked_reference,
+    oracle_inputs,
+    output_mismatch,
+    read_norm_probes,
+    width_problems,
+)
 from decomp.pruning.plan import GroupChoice, LayerSparsity, PruningPlan, parse_pattern
 
 __all__ = ["PrunedModel", "apply_plan", "copy_model", "resolve_plan", "mask_in_place", "make_permanent", "MODES"]
@@ -155,7 +162,9 @@ def _decode(encoded: nn.Module, original: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _structured(model: nn.Module, inputs: tuple[torch.Tensor, ...], plan: PruningPlan):
+    """(physical model, weight masks, kept channels of norms without weights)."""
     encoded = _encode(model)
+    probes = add_norm_probes(encoded)
     doubled = tuple(x.double() if x.is_floating_point() else x for x in inputs)
     index = find_groups(encoded, doubled, keep_output=False)
     for choice in plan.groups:
@@ -168,7 +177,8 @@ def _structured(model: nn.Module, inputs: tuple[torch.Tensor, ...], plan: Prunin
         elif removed:
             index.tp_group(choice.group, removed).prune()
     sync_attributes(encoded)
-    return encoded, _decode(encoded, model)
+    norms = read_norm_probes(encoded, model, probes)
+    return encoded, _decode(encoded, model), norms
 
 
 def _layer_mask(layer: nn.Module, item: LayerSparsity) -> torch.Tensor:
@@ -270,20 +280,20 @@ def _attempt(model: nn.Module, inputs: tuple[torch.Tensor, ...], plan: PruningPl
     """(pruned model, masks, problems by group): the plan applied and checked."""
     if plan.groups:
         try:
-            physical, masks = _structured(model, inputs, plan)
+            physical, masks, norms = _structured(model, inputs, plan)
         except Exception as err:  # noqa: BLE001 - Torch-Pruning failing inside a group's pruning functions
             return None, {}, {"": f"Torch-Pruning fails while pruning ({type(err).__name__}: {err})"}
         problems = width_problems(model, physical, masks, plan, index)
         if problems:
             return None, masks, problems
     else:
-        physical, masks = copy_model(model), {}
+        physical, masks, norms = copy_model(model), {}, {}
     _sparsify(physical, plan, masks)
     if mode == "mask" or not plan.groups:
         return physical.eval(), masks, {}
     rescale_attention(physical, model)
     sample = oracle_inputs(inputs)
-    mismatch = output_mismatch(physical.eval(), masked_reference(copy_model(model), masks), sample)
+    mismatch = output_mismatch(physical.eval(), masked_reference(copy_model(model), masks, norms), sample)
     return physical, masks, {"": mismatch} if mismatch else {}
 
 

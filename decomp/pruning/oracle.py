@@ -11,12 +11,15 @@ concats, gates). That identity fails where a LayerNorm, GroupNorm or RMSNorm nor
 channels: the dense model's statistics count the zeroed channels, the pruned model's do not. The
 reference therefore normalises over the kept channels only (read from the norm's weight mask), which
 is what a correct prune computes there; a GroupNorm whose groups lose unequal numbers of channels is
-regrouped by pruning and fails. Attention scales its scores by the head width; physical pruning
-rescales the queries (`fixups.rescale_attention`) so the identity holds for `nn.MultiheadAttention`.
+regrouped by pruning and fails. A norm without weights gets temporary ones on the index-encoded copy
+(`add_norm_probes`), so the channels it keeps are known all the same. Attention scales its scores by
+the head width; physical pruning rescales the queries (`fixups.rescale_attention`) so the identity
+holds for `nn.MultiheadAttention`.
 """
 
 from __future__ import annotations
 
+import math
 import types
 
 import torch
@@ -27,7 +30,15 @@ from decomp.pruning.groups import GroupIndex
 from decomp.pruning.heads import head_layout
 from decomp.pruning.plan import PruningPlan
 
-__all__ = ["TOLERANCE", "masked_reference", "output_mismatch", "oracle_inputs", "width_problems"]
+__all__ = [
+    "TOLERANCE",
+    "add_norm_probes",
+    "masked_reference",
+    "output_mismatch",
+    "oracle_inputs",
+    "read_norm_probes",
+    "width_problems",
+]
 
 TOLERANCE = 1e-4  # largest |pruned - reference| relative to the reference output's largest magnitude
 SAMPLES = 2  # the outputs are compared on this many samples of the example inputs
@@ -121,19 +132,56 @@ def output_mismatch(pruned: nn.Module, reference: nn.Module, inputs: tuple[torch
     return None
 
 
-def masked_reference(copy: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
+def add_norm_probes(encoded: nn.Module) -> list[str]:
+    """Give each LayerNorm and GroupNorm without weights temporary weights holding their channel
+    indices (on the index-encoded copy Torch-Pruning prunes), so the channels it keeps can be read."""
+    probes = []
+    device = next((t.device for t in encoded.parameters()), torch.device("cpu"))
+    for path, module in encoded.named_modules():
+        if isinstance(module, nn.LayerNorm) and module.weight is None:
+            shape = module.normalized_shape
+            module.weight = nn.Parameter(torch.arange(math.prod(shape), dtype=torch.float64, device=device).view(shape))
+            module.elementwise_affine = True
+        elif isinstance(module, nn.GroupNorm) and module.weight is None:
+            module.weight = nn.Parameter(torch.arange(module.num_channels, dtype=torch.float64, device=device))
+            module.bias = nn.Parameter(torch.zeros(module.num_channels, dtype=torch.float64, device=device))
+            module.affine = True
+        else:
+            continue
+        probes.append(path)
+    return probes
+
+
+def read_norm_probes(encoded: nn.Module, original: nn.Module, probes: list[str]) -> dict[str, torch.Tensor]:
+    """Each probed norm's kept channels as a mask over the original's; the probes are removed again."""
+    kept = {}
+    for path in probes:
+        module, dense = encoded.get_submodule(path), original.get_submodule(path)
+        size = math.prod(dense.normalized_shape) if isinstance(dense, nn.LayerNorm) else dense.num_channels
+        mask = torch.zeros(size, dtype=torch.bool)
+        mask[module.weight.detach().long().flatten().cpu()] = True
+        kept[path] = mask.view(dense.normalized_shape) if isinstance(dense, nn.LayerNorm) else mask
+        module.weight, module.bias = None, None
+        module.elementwise_affine = module.affine = False
+    return kept
+
+
+def masked_reference(
+    copy: nn.Module, masks: dict[str, torch.Tensor], norms: dict[str, torch.Tensor] | None = None
+) -> nn.Module:
     """Turn `copy` (of the dense model) into the reference: removed weights zeroed, and each norm that
-    lost channels normalising over its kept channels only. Returns `copy`, in eval mode."""
+    lost channels normalising over its kept channels only (from its weight mask, or from `norms` for
+    norms without weights). Returns `copy`, in eval mode."""
     params = dict(copy.named_parameters())
     with torch.no_grad():
         for name, mask in masks.items():
             params[name].mul_(mask.to(params[name].device, params[name].dtype))
     for path, module in copy.named_modules():
-        mask = masks.get(f"{path}.weight" if path else "weight")
+        mask = masks.get(f"{path}.weight" if path else "weight", (norms or {}).get(path))
         cls = type(module)
         forward = _SUBSET_NORMS.get(f"{cls.__module__}.{cls.__qualname__}")
         if forward is not None and mask is not None and not bool(mask.all()):
-            module._kept = mask.to(module.weight.device)
+            module._kept = mask.to(next((t.device for t in copy.parameters()), torch.device("cpu")))
             module.forward = types.MethodType(forward, module)
     return copy.eval()
 
@@ -143,7 +191,8 @@ def _subset_layer_norm(self, x: torch.Tensor) -> torch.Tensor:
     keep = self._kept.to(x.dtype)
     mean = (x * keep).sum(dims, keepdim=True) / keep.sum()
     var = ((x - mean) ** 2 * keep).sum(dims, keepdim=True) / keep.sum()
-    y = (x - mean) / torch.sqrt(var + self.eps) * self.weight
+    y = (x - mean) / torch.sqrt(var + self.eps) * keep
+    y = y * self.weight if self.weight is not None else y
     return y + self.bias if self.bias is not None else y
 
 
@@ -161,9 +210,9 @@ def _subset_group_norm(self, x: torch.Tensor) -> torch.Tensor:
     count = keep.sum(2, keepdim=True) * blocks.shape[-1]
     mean = (blocks * keep).sum((2, 3), keepdim=True) / count
     var = ((blocks - mean) ** 2 * keep).sum((2, 3), keepdim=True) / count
-    y = ((blocks - mean) / torch.sqrt(var + self.eps)).view_as(x)
+    y = ((blocks - mean) / torch.sqrt(var + self.eps) * keep).view_as(x)
     shape = (1, c) + (1,) * (x.dim() - 2)
-    return y * self.weight.view(shape) + self.bias.view(shape)
+    return y * self.weight.view(shape) + self.bias.view(shape) if self.weight is not None else y
 
 
 def _subset_layer_norm_2d(self, x: torch.Tensor) -> torch.Tensor:

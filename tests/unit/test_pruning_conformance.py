@@ -51,7 +51,9 @@ EXPECTED = {
     "grouped_residual": ({"stem"}, {}),
     "depthwise_residual": ({"stem"}, {}),
     "groupnorm": ({"conv"}, {}),
+    "groupnorm_no_affine": ({"conv"}, {}),
     "layernorm": ({"up"}, {}),
+    "layernorm_no_affine": ({"up"}, {}),
     "layernorm_residual": ({"embed", "fc1"}, {}),
     "batchnorm1d": ({"fc1"}, {}),
     "attention": ({"embed"}, {}),
@@ -98,7 +100,7 @@ class _KeptNorm(nn.Module):
 
     def forward(self, x):
         out = torch.zeros_like(x)
-        w, b = self.norm.weight[self.kept], self.norm.bias[self.kept]
+        w, b = (None, None) if self.norm.weight is None else (self.norm.weight[self.kept], self.norm.bias[self.kept])
         if isinstance(self.norm, nn.LayerNorm):
             out[..., self.kept] = F.layer_norm(x[..., self.kept], (len(self.kept),), w, b, self.norm.eps)
         else:
@@ -106,17 +108,24 @@ class _KeptNorm(nn.Module):
         return out
 
 
-def _reference(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
+def _reference(model: nn.Module, pruned, index) -> nn.Module:
+    """The dense model with the removed weights zeroed; norms that lost channels see the kept ones only
+    (read from the norm's weight mask, or from the plan for a norm without weights)."""
     reference = copy.deepcopy(model)
     params = dict(reference.named_parameters())
     with torch.no_grad():
-        for name, mask in masks.items():
+        for name, mask in pruned.masks.items():
             params[name].mul_(mask)
+    from_plan = {path: c.keep for c in pruned.plan.groups for path, _ in index[c.group].layers}
     for path, module in list(reference.named_modules()):
-        mask = masks.get(f"{path}.weight")
-        if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) and mask is not None and not bool(mask.all()):
+        if not isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+            continue
+        mask = pruned.masks.get(f"{path}.weight")
+        kept = mask.nonzero().flatten() if mask is not None else torch.tensor(from_plan.get(path, []), dtype=torch.long)
+        width = module.normalized_shape[-1] if isinstance(module, nn.LayerNorm) else module.num_channels
+        if 0 < len(kept) < width:
             parent, _, child = path.rpartition(".")
-            setattr(reference.get_submodule(parent), child, _KeptNorm(module, mask.nonzero().flatten()))
+            setattr(reference.get_submodule(parent), child, _KeptNorm(module, kept))
     return reference
 
 
@@ -133,9 +142,8 @@ def _check_pruned(model, pruned, index, inputs):
                 assert _width(after[path]) == len(choice.keep), (choice.group, path)
     if pruned.plan.groups:
         assert sum(p.numel() for p in pruned.module.parameters()) < sum(p.numel() for p in model.parameters())
-    for got, want in zip(
-        _outputs(pruned.module, inputs), _outputs(_reference(model, pruned.masks), inputs), strict=True
-    ):
+    reference = _reference(model, pruned, index)
+    for got, want in zip(_outputs(pruned.module, inputs), _outputs(reference, inputs), strict=True):
         assert got.shape == want.shape
         assert float((got - want).abs().max()) <= 1e-4 * float(want.abs().max())
 
