@@ -1,9 +1,7 @@
 """Apply a `PruningPlan`: physically (channels removed, a smaller module) or as masks (shapes kept).
 
-Structured pruning runs Torch-Pruning on a float64 copy of the model whose every parameter and
-buffer element holds its own flat index. After pruning, each surviving tensor lists exactly which
-original elements it kept: the physical model takes those values from the original, and the mask
-of every parameter follows for free, for any layer type Torch-Pruning can prune.
+Channel groups are pruned on an index-encoded copy (`decomp.pruning.indexed`), and every structured
+prune is checked (`decomp.pruning.oracle`) before it is handed back.
 """
 
 from __future__ import annotations
@@ -17,19 +15,12 @@ import torch.nn.utils.prune as torch_prune
 from torch import nn
 
 from decomp.errors import InvalidPlanError
-from decomp.pruning.fixups import rescale_attention, sync_attributes
+from decomp.pruning.fixups import rescale_attention
 from decomp.pruning.groups import GroupIndex, find_groups
-from decomp.pruning.heads import prune_heads
 from decomp.pruning.importance import channel_importance
+from decomp.pruning.indexed import copy_model, decode, prune_structure
 from decomp.pruning.layers import weight_dims
-from decomp.pruning.oracle import (
-    add_norm_probes,
-    masked_reference,
-    oracle_inputs,
-    output_mismatch,
-    read_norm_probes,
-    width_problems,
-)
+from decomp.pruning.oracle import equivalence_problem, width_problems
 from decomp.pruning.plan import GroupChoice, LayerSparsity, PruningPlan, parse_pattern
 
 __all__ = ["PrunedModel", "apply_plan", "copy_model", "resolve_plan", "mask_in_place", "make_permanent", "MODES"]
@@ -113,72 +104,6 @@ def _check_keep(choice: GroupChoice, group, cause: str) -> None:
             f"group {group.id} runs through {cause} with {group.slices} slices of {width} channels; "
             "keep the same positions in every slice"
         )
-
-
-def copy_model(model: nn.Module) -> nn.Module:
-    """A deep copy of `model`, also when it carries torch.nn.utils.prune masks after a forward pass with
-    gradients (its masked weights are then non-leaf tensors, which `copy.deepcopy` refuses)."""
-    computed = []
-    for module in model.modules():
-        for hook in module._forward_pre_hooks.values():
-            if isinstance(hook, torch_prune.BasePruningMethod):
-                tensor = getattr(module, hook._tensor_name)
-                if not tensor.is_leaf:
-                    computed.append((module, hook._tensor_name, tensor))
-                    setattr(module, hook._tensor_name, tensor.detach())
-    try:
-        return copy.deepcopy(model)
-    finally:
-        for module, name, tensor in computed:
-            setattr(module, name, tensor)
-
-
-def _encode(model: nn.Module) -> nn.Module:
-    encoded = copy_model(model).double()
-    with torch.no_grad():
-        for tensor in [*encoded.parameters(), *encoded.buffers()]:
-            if tensor.is_floating_point():
-                tensor.copy_(torch.arange(tensor.numel(), dtype=torch.float64).view_as(tensor))
-    return encoded
-
-
-def _decode(encoded: nn.Module, original: nn.Module) -> dict[str, torch.Tensor]:
-    """Fill the pruned encoded copy with the original values; return each parameter's keep mask."""
-    masks = {}
-    sources = dict(original.named_parameters()) | dict(original.named_buffers())
-    with torch.no_grad():
-        named = list(encoded.named_parameters()) + list(encoded.named_buffers())
-        for name, tensor in named:
-            source = sources[name]
-            if not source.is_floating_point():
-                continue
-            kept = tensor.detach().long().flatten()
-            tensor.data = source.detach().flatten()[kept].view(tensor.shape).clone()
-            if isinstance(tensor, nn.Parameter):
-                mask = torch.zeros(source.numel(), dtype=torch.bool)
-                mask[kept] = True
-                masks[name] = mask.view(source.shape)
-    return masks
-
-
-def _structured(model: nn.Module, inputs: tuple[torch.Tensor, ...], plan: PruningPlan):
-    """(physical model, weight masks, kept channels of norms without weights)."""
-    encoded = _encode(model)
-    probes = add_norm_probes(encoded)
-    doubled = tuple(x.double() if x.is_floating_point() else x for x in inputs)
-    index = find_groups(encoded, doubled, keep_output=False)
-    for choice in plan.groups:
-        if choice.group not in index:  # Torch-Pruning's enumeration is not always the same on the copy
-            why = index.skipped.get(choice.group, "it is not found")
-            raise InvalidPlanError(f"group {choice.group} cannot be pruned on a copy of the model: {why}")
-        removed = sorted(set(range(index[choice.group].channels)) - set(choice.keep))
-        if removed and index[choice.group].kind == "heads":
-            prune_heads(encoded.get_submodule(choice.group), list(choice.keep))
-        elif removed:
-            index.tp_group(choice.group, removed).prune()
-    sync_attributes(encoded)
-    norms = read_norm_probes(encoded, model, probes)
-    return encoded, _decode(encoded, model), norms
 
 
 def _layer_mask(layer: nn.Module, item: LayerSparsity) -> torch.Tensor:
@@ -278,23 +203,25 @@ def apply_plan(
 
 def _attempt(model: nn.Module, inputs: tuple[torch.Tensor, ...], plan: PruningPlan, index, mode: str):
     """(pruned model, masks, problems by group): the plan applied and checked."""
-    if plan.groups:
-        try:
-            physical, masks, norms = _structured(model, inputs, plan)
-        except Exception as err:  # noqa: BLE001 - Torch-Pruning failing inside a group's pruning functions
-            return None, {}, {"": f"Torch-Pruning fails while pruning ({type(err).__name__}: {err})"}
-        problems = width_problems(model, physical, masks, plan, index)
-        if problems:
-            return None, masks, problems
-    else:
-        physical, masks, norms = copy_model(model), {}, {}
-    _sparsify(physical, plan, masks)
-    if mode == "mask" or not plan.groups:
+    if not plan.groups:
+        physical, masks = copy_model(model), {}
+        _sparsify(physical, plan, masks)
         return physical.eval(), masks, {}
-    rescale_attention(physical, model)
-    sample = oracle_inputs(inputs)
-    mismatch = output_mismatch(physical.eval(), masked_reference(copy_model(model), masks, norms), sample)
-    return physical, masks, {"": mismatch} if mismatch else {}
+    try:
+        physical, norms = prune_structure(model, inputs, plan)
+    except Exception as err:  # noqa: BLE001 - Torch-Pruning failing inside a group's pruning functions
+        return None, {}, {"": f"Torch-Pruning fails while pruning ({type(err).__name__}: {err})"}
+    twin = copy.deepcopy(physical) if mode == "physical" else None  # the structure, for re-drawn weights
+    masks = decode(physical, model)
+    problems = width_problems(model, physical, masks, plan, index)
+    if not problems and mode == "physical":
+        rescale_attention(physical, model)
+        mismatch = equivalence_problem(model, physical, twin, masks, norms, inputs)
+        problems = {"": mismatch} if mismatch else {}
+    if problems:
+        return None, masks, problems
+    _sparsify(physical, plan, masks)  # zeroes the same weights in both: no effect on the check
+    return physical.eval(), masks, {}
 
 
 def _group_problems(model, inputs, choices: list[GroupChoice], index, mode: str) -> dict[str, str]:

@@ -26,17 +26,19 @@ import torch
 from torch import nn
 
 from decomp.pruning.coverage import flat_tensors
+from decomp.pruning.fixups import rescale_attention
 from decomp.pruning.groups import GroupIndex
 from decomp.pruning.heads import head_layout
+from decomp.pruning.indexed import copy_model, decode
 from decomp.pruning.plan import PruningPlan
 
 __all__ = [
     "TOLERANCE",
-    "add_norm_probes",
+    "equivalence_problem",
     "masked_reference",
     "output_mismatch",
     "oracle_inputs",
-    "read_norm_probes",
+    "redrawn",
     "width_problems",
 ]
 
@@ -105,10 +107,64 @@ def _owner_group(plan: PruningPlan, index: GroupIndex, owner: str, name: str) ->
     return ""
 
 
-def output_mismatch(pruned: nn.Module, reference: nn.Module, inputs: tuple[torch.Tensor, ...]) -> str | None:
-    """Why `pruned` does not compute what `reference` computes on `inputs` (None when it does)."""
+def equivalence_problem(
+    model: nn.Module,
+    physical: nn.Module,
+    structure: nn.Module,
+    masks: dict[str, torch.Tensor],
+    norms: dict[str, torch.Tensor],
+    inputs: tuple[torch.Tensor, ...],
+) -> str | None:
+    """Why the physical model does not compute the dense model with the removed channels zeroed: with
+    the model's own weights, then with re-drawn ones on an undecoded copy of the pruned `structure`
+    (the identity holds for any weights when the pruning is right; the model's own can hide a wrong
+    prune: small initial weights leave attention uniform, a zero head makes every output 0)."""
+    sample = oracle_inputs(inputs)
+    mismatch = output_mismatch(physical.eval(), masked_reference(copy_model(model), masks, norms), sample)
+    if mismatch is not None:
+        return mismatch
+    dense = redrawn(copy_model(model))
+    decode(structure, dense)
+    rescale_attention(structure, dense)
+    mismatch = output_mismatch(structure.eval(), masked_reference(dense, masks, norms), sample, finite_only=True)
+    return None if mismatch is None else f"{mismatch}, with re-drawn weights"
+
+
+def redrawn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """`model` (changed in place) with every parameter re-drawn, seeded, at scales that keep activations
+    moving (matrices N(0, 2/fan-in), norm scales U(0.5, 1.5), other vectors N(0, 0.1^2)) and batch-norm
+    statistics reset to zero mean and unit variance."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            for name, p in module.named_parameters(recurse=False):
+                if not p.is_floating_point():
+                    continue
+                if name == "weight" and isinstance(module, _SCALED):
+                    value = torch.rand(p.shape, generator=gen) + 0.5
+                elif p.dim() >= 2:
+                    value = torch.randn(p.shape, generator=gen) * math.sqrt(2.0 / max(1, p[0].numel()))
+                else:
+                    value = torch.randn(p.shape, generator=gen) * 0.1
+                p.copy_(value.to(p.device, p.dtype))
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+                module.running_mean.zero_()
+                module.running_var.fill_(1.0)
+    return model
+
+
+_SCALED = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
+
+
+def output_mismatch(
+    pruned: nn.Module, reference: nn.Module, inputs: tuple[torch.Tensor, ...], finite_only: bool = False
+) -> str | None:
+    """Why `pruned` does not compute what `reference` computes on `inputs` (None when it does). With
+    `finite_only`, a reference that is not finite everywhere proves nothing and passes."""
     with torch.no_grad():
         want = flat_tensors(reference(*inputs))
+        if finite_only and not all(bool(t.isfinite().all()) for t in want if t.is_floating_point()):
+            return None
         try:
             got = flat_tensors(pruned(*inputs))
         except Exception as err:  # noqa: BLE001 - whatever the model's own code raises on the new widths
@@ -130,40 +186,6 @@ def output_mismatch(pruned: nn.Module, reference: nn.Module, inputs: tuple[torch
                 f"relative (limit {TOLERANCE:g})"
             )
     return None
-
-
-def add_norm_probes(encoded: nn.Module) -> list[str]:
-    """Give each LayerNorm and GroupNorm without weights temporary weights holding their channel
-    indices (on the index-encoded copy Torch-Pruning prunes), so the channels it keeps can be read."""
-    probes = []
-    device = next((t.device for t in encoded.parameters()), torch.device("cpu"))
-    for path, module in encoded.named_modules():
-        if isinstance(module, nn.LayerNorm) and module.weight is None:
-            shape = module.normalized_shape
-            module.weight = nn.Parameter(torch.arange(math.prod(shape), dtype=torch.float64, device=device).view(shape))
-            module.elementwise_affine = True
-        elif isinstance(module, nn.GroupNorm) and module.weight is None:
-            module.weight = nn.Parameter(torch.arange(module.num_channels, dtype=torch.float64, device=device))
-            module.bias = nn.Parameter(torch.zeros(module.num_channels, dtype=torch.float64, device=device))
-            module.affine = True
-        else:
-            continue
-        probes.append(path)
-    return probes
-
-
-def read_norm_probes(encoded: nn.Module, original: nn.Module, probes: list[str]) -> dict[str, torch.Tensor]:
-    """Each probed norm's kept channels as a mask over the original's; the probes are removed again."""
-    kept = {}
-    for path in probes:
-        module, dense = encoded.get_submodule(path), original.get_submodule(path)
-        size = math.prod(dense.normalized_shape) if isinstance(dense, nn.LayerNorm) else dense.num_channels
-        mask = torch.zeros(size, dtype=torch.bool)
-        mask[module.weight.detach().long().flatten().cpu()] = True
-        kept[path] = mask.view(dense.normalized_shape) if isinstance(dense, nn.LayerNorm) else mask
-        module.weight, module.bias = None, None
-        module.elementwise_affine = module.affine = False
-    return kept
 
 
 def masked_reference(

@@ -181,6 +181,15 @@ def test_a_wrong_prune_raises_naming_the_group_and_its_layers(name, message):
         apply_plan(model, plan_for_ratio(find_groups(model, inputs), 0.5), inputs)
 
 
+def test_a_wrong_prune_the_models_own_weights_hide_is_caught_with_redrawn_ones():
+    # with the head zeroed every output is its bias, whatever the shuffle did to the channels
+    model, inputs = topology("channel_shuffle")
+    with torch.no_grad():
+        model.head.weight.zero_()
+    with pytest.raises(InvalidPlanError, match=f"group conv .*{WRONG} by .* relative .*, with re-drawn weights"):
+        apply_plan(model, plan_for_ratio(find_groups(model, inputs), 0.5), inputs)
+
+
 def test_a_plan_the_model_would_not_match_is_an_error(monkeypatch):
     # chunk gating ties channel i of both halves; were that tie missed, Torch-Pruning would remove both
     # halves' channel i for each one the plan names: the written plan would say 11 kept, the model 6
