@@ -300,9 +300,7 @@ class SearchDriver:
         else:
             values = ", ".join(f"{o.name}={v:.4g}" for o, v in zip(self.objectives, evaluation.values, strict=True))
             if pending.duplicate_of is not None:
-                line = (
-                    f"candidate {candidate.id} repeats the plans of {pending.duplicate_of}: {values} (not evaluated)"
-                )
+                line = f"candidate {candidate.id} repeats the plans of {pending.duplicate_of}: {values} (not evaluated)"
             else:
                 level = f" at {self.task.levels[pending.level]}" if len(self.task.levels) > 1 else ""
                 line = f"candidate {candidate.id} complete{level}: {values} ({evaluation.wall_time:.2f} s)"

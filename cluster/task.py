@@ -111,9 +111,22 @@ def job_model(
     loaded = load_job_model(config, base, weights)
     inputs = loaded.example_inputs if batch is None else _at_batch(loaded.example_inputs, batch)
     graph = build_graph(loaded.module, inputs, loaded.tracer, config.leaf_modules, name=config.model)
-    index = find_groups(loaded.module, inputs)
+    index = _exact_groups(loaded.module, inputs, find_groups(loaded.module, inputs), config)
     annotate_graph(graph, index)
     return JobModel(loaded, inputs, graph, index)
+
+
+def _exact_groups(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], index: GroupIndex, config: JobConfig):
+    """The groups the pruning equivalence check accepts at the space's lowest keep level: a group it refuses
+    would only make the candidates that prune it fail, so it leaves the space (listed in `index.skipped`)."""
+    from decomp.pruning import apply_plan, plan_for_ratio
+
+    lowest = min(config.joint_config().levels)
+    if not len(index) or lowest >= 1.0:
+        return index
+    one = tuple(x[:1] for x in inputs)
+    refused = apply_plan(module, plan_for_ratio(index, 1.0 - lowest), one, skip_failing=True).skipped
+    return index.without(refused) if refused else index
 
 
 class ModelTask:

@@ -86,6 +86,11 @@ class GroupIndex:
     def __getitem__(self, group_id: str) -> CouplingGroup:
         return self.groups[group_id]
 
+    def without(self, reasons: dict[str, str]) -> GroupIndex:
+        """This index less the groups in `reasons` (group -> why), which join `skipped`."""
+        kept = {gid: g for gid, g in self.groups.items() if gid not in reasons}
+        return GroupIndex(self.model, self.dg, kept, {**self.skipped, **reasons}, self.unpruned)
+
     def tp_group(self, group_id: str, idxs: list[int] | None = None) -> tp.Group:
         """The Torch-Pruning group rooted at `group_id`'s layer, for the given channel indices."""
         root = self._modules[group_id]

@@ -461,3 +461,12 @@ def test_candidates_with_the_same_plans_are_the_same_candidate(tmp_path):
     other = Candidate(2, "x", (0, 1, 0.75), PruningPlan(), partition)
     assert identity(one_part) == identity(same) != identity(other)
     assert identity(Candidate(3, "x", (0.5,))) == (0.5,)  # no plans: the genome
+
+
+def test_groups_the_pruning_check_refuses_leave_the_search_space(tmp_path):
+    from cluster.task import job_model
+
+    config = parse_config(job(tmp_path, model="python:tests.tiny_prunable:topology?name=channel_flip"))
+    built = job_model(config)
+    assert "conv" not in built.index and "conv" in built.index.skipped  # flipped channels: refused
+    assert "conv" not in (built.graph.nx.graph.get("groups") or {})
