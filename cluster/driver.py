@@ -273,7 +273,7 @@ class SearchDriver:
                 self.pool.submit(pending.candidate, pending.level)
                 return False
             result = Evaluation.failed(cid, f"{result.message} (failed {pending.errors} times)")
-        elif result.ok and self.results.climbs(pending.level, result):
+        elif result.ok and self.results.climbs(pending.level, result, pending.candidate):
             pending.climb(result)
             levels = self.task.levels
             self.log(f"candidate {cid}: {levels[pending.level - 1]} -> {levels[pending.level]}")

@@ -5,9 +5,13 @@ The levels (`cluster.config.AccuracySpec.levels`) are, cheapest first:
 - `bn`: the plan applied physically and every BatchNorm's statistics re-estimated on `bn_batches` training
   batches, no gradient step (adaptive BN: the cheap score that ranks candidates as fine-tuning would);
 - `short` / `full`: the same, then `short_epochs` / `finetune_epochs` of fine-tuning (N:M and unstructured
-  sparsity held by masks while it trains, folded in after).
+  sparsity held by masks while it trains, folded in after) at `accuracy.lr`. Where the job trains its base
+  (`train:`), fine-tuning retrains with the base's recipe (optimizer, weight decay, augmentation), as Han
+  et al. retrain a pruned network: a candidate is not trained on easier terms than its base.
 
-Each level starts from the unpruned weights, so a result depends on the candidate and the level only.
+The unpruned model (a plan that `prunes` nothing) is measured as it is at every level: it has nothing to
+recover, and it is the model the user brought (or the job trained). Each level starts from the unpruned
+weights, so a result depends on the candidate and the level only.
 Selection reads the validation split carved from the training data (`accuracy`, `agreement`); the test
 split is measured for the report (`test_accuracy`, `test_agreement`). Jobs without data measure agreement
 on seeded random inputs, at the `bn` level only (nothing to recalibrate or train on). The weights come back
@@ -74,7 +78,7 @@ class Measurer:
 
         plan = candidate.pruning or PruningPlan()
         pruned = apply_plan(self.model, plan, self.one, mode="physical").module.to(self.device)
-        if self.data is not None:
+        if self.data is not None and plan.prunes():
             if self.config.accuracy.bn_batches:
                 recalibrate_batchnorm(pruned, self._training_inputs(self.config.accuracy.bn_batches))
             epochs = {"short": self.config.accuracy.short_epochs, "full": self.config.accuracy.finetune_epochs}
@@ -110,9 +114,15 @@ class Measurer:
             moved = tuple(x.to(self.device) for x in inputs)
             yield (moved[0] if len(moved) == 1 else moved), (labels.to(self.device) if labels is not None else None)
 
-    def _training(self, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """`steps` training batches, the loader cycled, in an order seeded by the job's searcher seed."""
+    def _training(self, steps: int, augment: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """`steps` training batches, the loader cycled, in an order seeded by the job's searcher seed; with
+        `augment`, augmented as the job's `train:` section augments."""
+        from decomp.data import Augmented
+
         loader, _ = self.data.loaders(self.config.accuracy.batch_size, seed=self.seed)
+        recipe = self.config.train
+        if augment and recipe is not None and (recipe.shift or recipe.rotate or recipe.scale):
+            loader = Augmented(loader, recipe.shift, recipe.rotate, recipe.scale, seed=self.seed)
         batches = itertools.islice(itertools.chain.from_iterable(itertools.repeat(loader)), steps)
         return ((x.to(self.device), y.to(self.device)) for x, y in batches)
 
@@ -120,11 +130,19 @@ class Measurer:
         return (x for x, _ in self._training(steps))
 
     def _finetune(self, model: nn.Module, epochs: float) -> None:
-        """`epochs` (fractions allowed) of training, seeded by the job's searcher seed."""
+        """`epochs` (fractions allowed) of training, seeded by the job's searcher seed, with the base's recipe
+        where the job trains its base."""
         from decomp.pruning import TrainConfig, train
 
         steps = max(1, math.ceil(epochs * math.ceil(len(self.data.train) / self.config.accuracy.batch_size)))
-        train(model, self._training(steps), TrainConfig(epochs=1, lr=self.config.accuracy.lr, seed=self.seed))
+        recipe = self.config.train
+        settings = (
+            {}
+            if recipe is None
+            else {"optimizer": recipe.optimizer, "momentum": recipe.momentum, "l2": recipe.weight_decay / 2}
+        )
+        config = TrainConfig(epochs=1, lr=self.config.accuracy.lr, seed=self.seed, **settings)
+        train(model, self._training(steps, augment=True), config)
 
 
 def module_bytes(module: nn.Module) -> bytes:

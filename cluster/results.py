@@ -1,10 +1,12 @@
 """What a run keeps of its results: one study trial per candidate, the feasible front, the fidelity ladder,
 the genomes already evaluated, and the weights of the candidates that earned keeping.
 
-- A candidate climbs the fidelity levels while `search.fidelity.Ladder` says so, and is recorded once it
-  stops: its trial holds the result of the level it reached (`metric:level`) and the lower levels' results
-  (Optuna intermediate values of the first measured objective, and the full results in a user attribute),
-  so a resumed run rebuilds the ladder from the study.
+- A candidate climbs the fidelity levels while `search.fidelity.Ladder` says so (the space's baselines, e.g.
+  the unpruned model, climb every level: they are the references the front is judged against, so they are
+  measured as the best candidates are, the same fine-tune included), and is recorded once it stops: its
+  trial holds the result of the level it reached (`metric:level`) and the lower levels' results (Optuna
+  intermediate values of the first measured objective, and the full results in a user attribute), so a
+  resumed run rebuilds the ladder from the study.
 - A candidate is evaluated once: one asked again with the same plans (`identity`: its pruning and partition
   plans; its genome where the space has none, as genes a plan ignores may differ) is recorded at once with
   the first one's result (`metric:duplicate_of`), no evaluator time spent.
@@ -68,6 +70,7 @@ class RunResults:
         self.ladder = Ladder(objectives, constraints, levels, reduction)
         self.tracker = FrontTracker(objectives, constraints)
         self.normalize_after = min(NORMALIZER_POINTS, normalize_after)
+        self.baselines = {tuple(space.repair(g)) for g in space.baselines()}
         self.genomes: dict[str | tuple, int] = {}  # an `identity` recorded -> the candidate first recorded with it
         self.final: dict[int, tuple[Evaluation, list[Evaluation]]] = {}  # recorded id -> (its result, lower ones)
         self.records = trials_to_records(study)
@@ -88,11 +91,14 @@ class RunResults:
         """The recorded candidate with this one's `identity`, if any."""
         return self.genomes.get(identity(candidate))
 
-    def climbs(self, level: int, evaluation: Evaluation) -> bool:
-        """Add a result at `level` to the ladder; True when it earns the candidate the next level."""
+    def climbs(self, level: int, evaluation: Evaluation, candidate: Candidate | None = None) -> bool:
+        """Add a result at `level` to the ladder; True when it earns the candidate the next level (a baseline
+        `candidate` climbs every level)."""
         if self.top == 0:
             return False
         self.ladder.add(level, evaluation)
+        if level < self.top and candidate is not None and tuple(self.space.repair(candidate.genome)) in self.baselines:
+            return evaluation.ok
         return self.ladder.climbs(level, evaluation.candidate_id)
 
     def record(

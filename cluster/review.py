@@ -95,6 +95,16 @@ class Review:
             "front": len(self.front),
         }
 
+    def unpruned(self) -> Row | None:
+        """The complete trial of the model with nothing pruned that was asked first (a space's first baseline:
+        in the fewest parts), if any."""
+        rows = [
+            r
+            for r in self.rows
+            if r.evaluation.ok and r.candidate.pruning is not None and not r.candidate.pruning.prunes()
+        ]
+        return min(rows, key=lambda r: r.candidate.id, default=None)
+
     def find(self, candidate_id: int) -> Row:
         """The trial of `candidate_id`; an unknown id is an error that lists some valid ones."""
         for row in self.rows:
@@ -266,6 +276,29 @@ def front_note(review: Review) -> str:
     if review.same_plans:
         repeats = ", ".join(f"{', '.join(map(str, ids))} (= {kept})" for kept, ids in review.same_plans.items())
         lines.append(f"same plans as a listed candidate, not listed: {repeats}")
+    unpruned = review.unpruned()
+    if unpruned is not None and all(r.candidate.pruning.prunes() for r in review.front if r.candidate.pruning):
+        e = unpruned.evaluation
+        figures = [
+            f"{short_name(o.name)} {format_value(o.name, per_sample(o.name, v, review.batch_size), compact=True)}"
+            for o, v in zip(review.objectives, e.values, strict=True)
+        ]
+        figures += [
+            f"{short_name(k)} {format_value(k, e.metrics[k], compact=True)}" for k in e.metrics if k.startswith("test_")
+        ]
+        lines.append(
+            f"the unpruned model (candidate {unpruned.candidate.id}: {', '.join(figures)}) is not on the front: "
+            + (
+                "a listed candidate is as good in every objective and better in one"
+                if unpruned.feasible
+                else "it does not meet "
+                + ", ".join(
+                    c.name
+                    for c, v in zip(review.constraints, unpruned.evaluation.constraints, strict=True)
+                    if c.violation(v) > 0
+                )
+            )
+        )
     lines.append("every column: --json; one candidate: --candidate ID")
     return "\n".join(lines)
 

@@ -177,7 +177,7 @@ def open_run(config_or_run: JobConfig | str | Path, resume: bool = False) -> tup
         raise SpecError(
             f"{folder} already holds a run; continue it with --resume, or set another name or run.folder to start anew"
         )
-    if folder.is_dir() and {p.name for p in folder.iterdir()} - {BASE}:  # a base trained by a failed start is kept
+    if folder.is_dir() and {p.name for p in folder.iterdir()} - {BASE, LOCK}:  # a failed start keeps a trained base
         raise SpecError(f"{folder} exists and is not a run folder; choose another run.folder or empty it")
     return config, folder
 

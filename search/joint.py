@@ -214,8 +214,11 @@ class JointSpace(Space):
     def start(self, rng: np.random.Generator) -> Genome:
         """Nothing pruned (the first level), no N:M, every device used, the parts balanced by MACs: a
         contiguous split of the compute nodes (pipeline) or of the blocks (DAG) in topological order."""
+        return self._unpruned(self.max_parts)
+
+    def _unpruned(self, k: int) -> Genome:
+        """Nothing pruned, no N:M, `k` parts balanced by MACs (see `start`)."""
         genome = [0.0] * len(self.genes)
-        k = self.max_parts
         if "parts" in self._at:
             genome[self._at["parts"]] = k
         if self.blocks is None:
@@ -229,8 +232,15 @@ class JointSpace(Space):
         return self.repair(genome)
 
     def baselines(self) -> list[Genome]:
-        """The unpruned model split as `start` splits it: the reference every front should hold."""
-        return [self.start(np.random.default_rng(0))]
+        """The unpruned model in one part, then split as `start` splits it into each other part count the
+        space allows (fewest parts first): the references every front should hold."""
+        low = self.config.min_parts if "parts" in self._at else self.max_parts
+        out: list[Genome] = []
+        for k in range(low, self.max_parts + 1):
+            genome = self._unpruned(k)
+            if genome not in out:
+                out.append(genome)
+        return out
 
     def moves(self, genome: Genome, step: float = 0.1) -> list[Genome]:
         """Neighbours for a local search: one level more or less pruning of one group (or stage), one N:M

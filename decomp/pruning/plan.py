@@ -96,6 +96,12 @@ class PruningPlan:
             if duplicated:
                 raise InvalidPlanError(f"{kind} named more than once in the plan: {', '.join(duplicated)}")
 
+    def prunes(self) -> bool:
+        """Whether applying the plan may remove anything: a group kept below ratio 1 or by a list of channels,
+        a layer with a sparsity above 0 or an N:M pattern. False: the plan leaves the model as it is."""
+        groups = any(g.keep is not None or g.keep_ratio < 1.0 for g in self.groups)
+        return groups or any(layer.pattern is not None or layer.sparsity > 0 for layer in self.layers)
+
     def to_json(self) -> dict[str, Any]:
         return {"format": "decomp.pruning_plan/1", **asdict(self)}
 

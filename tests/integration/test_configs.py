@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 RAY_CPUS = 2
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
-EVALUATIONS = {"gpt2-pipeline-4gpu": 3, "resnet18-4gpu": 4}  # every front candidate is exported: keep fronts short
+EVALUATIONS = {"gpt2-pipeline-4gpu": 3, "resnet18-4gpu": 5}  # every front candidate is exported: keep fronts short
 DEFAULT_EVALUATIONS = 8
 # the same architecture, smaller: GPT-2 with 2 narrow layers (still heads and MLP channels, still traced by
 # torch.export at a fixed batch), resnet18 at 32x32 (still 4 stages of residual blocks)

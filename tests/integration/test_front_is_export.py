@@ -45,7 +45,7 @@ def test_every_front_candidate_exports_with_the_accuracy_the_front_shows(tmp_pat
             "objectives": ["accuracy", "macs"],
             "space": {"levels": [1.0, 0.75, 0.5, 0.25], "max_parts": 2},
             "searcher": {"name": "nsga2", "seed": 0, "settings": {"population": 8}},
-            "budget": {"evaluations": 18},
+            "budget": {"evaluations": 24},
             "cluster": "cpu-host-x2",
             "latency": {"batch_size": 4},
             "evaluators": {"count": 2},
@@ -54,7 +54,7 @@ def test_every_front_candidate_exports_with_the_accuracy_the_front_shows(tmp_pat
         }
     )
     summary = run_search(config)
-    assert summary.trials == 18 and summary.failed == 0
+    assert summary.trials == 24 and summary.failed == 0
     review = review_run(tmp_path / "run")
     levels = {int(r.evaluation.metrics["level"]) for r in review.rows}
     assert levels == {0, 1, 2}  # candidates stopped at every level, some climbed to the top

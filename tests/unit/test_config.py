@@ -55,7 +55,7 @@ def base():
         ({"train": {"epochs": 2, "scale": 1.0}}, "train.scale: Input should be less than 1"),
         ({"train": {"epochs": 2, "optimizer": "lbfgs"}}, "train.optimizer: Input should be 'adam' or 'sgd'"),
         ({"train": {"epochs": 2}, "data": None}, "train needs the data .*: give `data`"),
-        ({"base_accuracy": 0.9, "data": None}, "base_accuracy needs the data"),
+        ({"base_accuracy": 0.9, "train": None, "data": None}, "base_accuracy needs the data"),
         ({"base_accuracy": 98.5}, "base_accuracy: Input should be less than or equal to 1"),
         ({"tracer": "jit"}, "tracer: Input should be 'fx' or 'export'"),
         ({"model": "python:no_such_pkg.models:make"}, "model: no module 'no_such_pkg.models' .* python_path"),

@@ -266,11 +266,15 @@ def test_a_moved_run_folder_reviews_the_same(run, tmp_path):
 BATCH, MICRO = 16, 4  # the measured run's graph is costed at micro-batches of 16 samples
 
 
-def make_measured_run(folder: Path, tiny, repeat: int | None = None) -> Path:
+def make_measured_run(
+    folder: Path, tiny, repeat: int | None = None, unpruned: float | None = None, bound: float | None = None
+) -> Path:
     """A run as a search with accuracy at three fidelity levels leaves it: accuracy (validation), test accuracy
     and the level reached per candidate, beside the cheap metrics; `repeat`: one more candidate with the plans
-    of that one (its genome asked again) and its result."""
-    space, evaluator, candidates, bound = tiny
+    of that one (its genome asked again) and its result; `unpruned`: one more, the unpruned model in one part,
+    at that accuracy; `bound`: the peak-memory bound, if not the one some candidates break."""
+    space, evaluator, candidates, memory = tiny
+    bound = memory if bound is None else bound
     config = JobConfig(
         name="measured",
         model=TINY,
@@ -288,9 +292,12 @@ def make_measured_run(folder: Path, tiny, repeat: int | None = None) -> Path:
     objs, constraints = config.objective_records(), config.constraint_records()
     study = create_study(objs, storage_of(folder, config), config.name)
     extra = [] if repeat is None else [replace(candidates[repeat], id=TRIALS)]
+    if unpruned is not None:
+        genome = space.baselines()[0]
+        extra.append(Candidate(TRIALS + 1, "nsga2", genome, *space.decode(genome)))
     for c in [*candidates, *extra]:
         m = evaluator(c)
-        accuracy = 0.5 + 0.45 * m["accuracy_proxy"]
+        accuracy = unpruned if c.id == TRIALS + 1 else 0.5 + 0.45 * m["accuracy_proxy"]
         metrics = m | {"accuracy": accuracy, "test_accuracy": accuracy - 0.01, "level": float(c.id % 3)}
         e = Evaluation.of(c.id, [metrics[o.name] for o in objs], [m["peak_memory"]], metrics)
         record_trial(study, c, e, objs, constraints, space)
@@ -337,6 +344,23 @@ def test_the_front_lists_a_candidate_asked_again_once(tiny, tmp_path):
     result = invoke("pareto", folder, "--candidate", TRIALS, "--json", tmp_path / "c.json")
     assert f"on the front (listed as {front[0]}: the same plans)" in " ".join(result.output.split())
     assert json.loads((tmp_path / "c.json").read_text())["same_plans_as"] == front[0]
+
+
+def test_the_note_names_the_unpruned_model_where_the_front_leaves_it_out(tiny, tmp_path):
+    best = rv.review_run(make_measured_run(tmp_path / "plain", tiny))
+    top = max(r.evaluation.metrics["accuracy"] for r in best.front)
+    cases = [  # accuracy, peak-memory bound, on the front, why not
+        (top - 0.2, 2**40, False, "a listed candidate is as good in every objective and better in one"),
+        (1.0, None, False, "it does not meet peak_memory"),
+        (1.0, 2**40, True, None),
+    ]
+    for i, (accuracy, bound, listed, why) in enumerate(cases):
+        review = rv.review_run(make_measured_run(tmp_path / str(i), tiny, unpruned=accuracy, bound=bound))
+        assert review.unpruned().candidate.id == TRIALS + 1
+        assert (TRIALS + 1 in [r.candidate.id for r in review.front]) == listed
+        note = " ".join(rv.front_note(review).split())
+        mentioned = f"the unpruned model (candidate {TRIALS + 1}: val acc {100 * accuracy:.2f}%" in note
+        assert mentioned != listed and (why is None or f"is not on the front: {why}" in note)
 
 
 def _boxes(fig, texts):

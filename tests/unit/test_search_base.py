@@ -13,6 +13,7 @@ import yaml
 
 from cluster.base_model import prepare_base
 from cluster.config import parse_config
+from cluster.measure import module_bytes
 from cluster.review import export_candidate
 from cluster.runs import BASE, open_run
 from cluster.search_job import run_search
@@ -184,9 +185,37 @@ def test_a_run_with_leaf_modules_exports(tmp_path):
     space = {"levels": [1.0, 0.5], "max_parts": 2}
     config, folder = open_run(parse_config(job(tmp_path, objectives=["macs", "params"], space=space, **changes)))
     drive(tmp_path, config, task=ModelTask(config))
-    summary = export_candidate(folder, 0, tmp_path / "export")  # the unpruned model in two parts
+    summary = export_candidate(folder, 1, tmp_path / "export")  # the unpruned model in two parts (second baseline)
     assert summary["max_abs_diff"] <= 1e-5 and summary["parts"] == 2
     x = torch.randn(2, 3, 8, 8)
     (got,) = load_export(tmp_path / "export")(x)
     with torch.no_grad():
         torch.testing.assert_close(got, load_job_model(config).module(x), rtol=0, atol=1e-5)
+
+
+def test_the_unpruned_model_is_measured_as_it_is_and_pruned_ones_retrain_with_the_base_recipe(tmp_path, monkeypatch):
+    import decomp.data
+
+    changes = {
+        "model": "python:decomp.zoo:residual_cnn?side=8&width=8",  # BatchNorm: recalibrating would change it
+        "train": {"epochs": 1, "lr": 0.01, "batch_size": 16, "shift": 1, "weight_decay": 1e-4},
+        "accuracy": {"bn_batches": 2, "finetune_epochs": 0.5, "short_epochs": 0.25, "batch_size": 64},
+    }
+    config, folder = open_run(parse_config(job(tmp_path, **changes)))
+    weights = prepare_base(config, folder)
+    summary = read_trained(folder / BASE)
+    task = ModelTask(config)
+    space = task.space()
+    task.use_base(weights)
+    searcher = make_searcher("random", space, config.objective_records())
+    whole = searcher.candidate(space.baselines()[0])
+    pruned = searcher.candidate([g.high if g.name.startswith("keep") else g.low for g in space.genes])
+    assert not whole.pruning.prunes() and pruned.pruning.prunes() and task.levels == ("bn", "short", "full")
+    calls = []
+    augment = decomp.data.augment_images
+    monkeypatch.setattr(decomp.data, "augment_images", lambda *a, **k: calls.append(1) or augment(*a, **k))
+    top = task.evaluate(whole, 2)
+    assert top.evaluation.metrics["test_accuracy"] == summary.test_accuracy and not calls  # no BN pass, no training
+    base = load_model(config.model, str(weights), [(1, 1, 8, 8)]).module
+    assert top.weights == module_bytes(base)  # the weights the user brought, byte for byte
+    assert task.evaluate(pruned, 2).evaluation.ok and calls  # fine-tuned with the base's augmentation

@@ -424,6 +424,27 @@ def test_a_run_stopped_between_levels_resumes_them(tmp_path):
         assert cid in task.at[level] and all(cid not in task.at[lower] for lower in range(level))
 
 
+class BaselineBox(BoxSpace):
+    """A 3-gene box whose baselines are the first three genomes asked, each dominated by the one before."""
+
+    def baselines(self):
+        return [(1.0, 1.0, 0.8), (1.0, 1.0, 0.9), (1.0, 1.0, 1.0)]
+
+
+class BaselineLevels(LevelBox):
+    def space(self):
+        return BaselineBox(3)
+
+
+def test_the_baselines_climb_every_level(tmp_path):
+    task = BaselineLevels()
+    drive(tmp_path, job(tmp_path, budget={"evaluations": 12}), task)
+    # successive halving alone would stop baselines 1 and 2 at the bottom: each is dominated by baseline 0
+    assert {0, 1, 2} <= set(task.at[2]) and len(task.at[2]) < 12
+    levels = {c.id: int(e.metrics["level"]) for c, e in recorded(tmp_path / "run")}
+    assert [levels[i] for i in range(3)] == [2, 2, 2]
+
+
 class TwoBits(BoxTask):
     """Three 0/1 genes: 8 genomes, so a searcher's proposals repeat."""
 

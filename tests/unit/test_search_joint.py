@@ -177,6 +177,17 @@ def test_start_is_unpruned_and_balanced_and_moves_are_distinct_neighbours(tiny):
     assert {m[1] for m in pipeline.moves(two)} >= {0.5 - 1 / 12, 0.5 + 1 / 12}
 
 
+def test_baselines_are_the_unpruned_model_in_each_part_count(tiny):
+    _, _, graph, _ = tiny
+    for config in (JointConfig(), JointConfig(mode="dag", blocks=8), JointConfig(min_parts=2)):
+        space = JointSpace(graph, 3, config)
+        decoded = [space.decode(g) for g in space.baselines()]
+        assert all(pruning == PruningPlan() for pruning, _ in decoded)
+        assert [plan.parts for _, plan in decoded] == list(range(config.min_parts, 4))
+        assert space.baselines()[-1] == space.start(np.random.default_rng(0))
+    assert len(JointSpace(graph, 1, JointConfig()).baselines()) == 1
+
+
 def test_objectives_registry():
     objectives = objectives_for(["macs", "accuracy", "throughput", "peak_memory"])
     assert [o.direction for o in objectives] == ["minimize", "maximize", "maximize", "minimize"]
