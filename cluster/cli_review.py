@@ -12,8 +12,11 @@ import typer
 from rich import box
 from rich.table import Table
 
+from cluster import dashboard as dash
 from cluster import review as rv
+from cluster.candidate_view import CandidateView, candidate_json, candidate_view
 from cluster.cli_app import JsonOut, app, console, write_json
+from cluster.export import export_candidate
 from cluster.figures import Tab, front_figure, partition_figure, write_picture
 from cluster.units import PER_BATCH, format_value, label, per_sample
 from decomp.errors import SpecError
@@ -43,8 +46,8 @@ def pareto(
         tables, data = _front_tables(review), rv.review_json(review)
     else:
         with console.status(f"reading candidate {candidate} against {review.config.model} ..."):
-            view = rv.candidate_view(review, candidate)
-        tables, data = _candidate_tables(review, view), rv.candidate_json(review, view)
+            view = candidate_view(review, candidate)
+        tables, data = _candidate_tables(review, view), candidate_json(review, view)
     for tab in tables:
         console.print(_rich(tab))
     if candidate is None:
@@ -74,13 +77,13 @@ def dashboard(
     port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
 ) -> None:
     """Serve optuna-dashboard on RUN's study storage until Ctrl-C."""
-    wsgi_app = rv.dashboard_app(run)
+    wsgi_app = dash.dashboard_app(run)
     if not _loopback(host):
         console.print(
             f"[yellow]warning:[/] listening on {host}: anyone who reaches it can rename, edit or delete the study"
         )
     console.print(f"optuna-dashboard for {run} at http://{host}:{port}/ (Ctrl-C to stop)")
-    rv.serve(wsgi_app, host, port)
+    dash.serve(wsgi_app, host, port)
 
 
 @app.command("export")
@@ -93,7 +96,7 @@ def export_command(
 ) -> None:
     """Prune, split, export and verify candidate ID of RUN, ready for `decomp run OUT`."""
     with console.status(f"exporting candidate {candidate} of {run} ..."):
-        summary = rv.export_candidate(run, candidate, out, overwrite=overwrite)
+        summary = export_candidate(run, candidate, out, overwrite=overwrite)
     table = Table(title=f"candidate {candidate} (trial {summary['trial']}): {summary['parts']} parts")
     table.add_column("")
     table.add_column("value", justify="right")
@@ -191,7 +194,7 @@ def _milestones(review: rv.Review, limit: int = 10) -> list[list[str]]:
     return [[str(t), f"{v:.6g}"] for t, v in rises]
 
 
-def _candidate_tables(review: rv.Review, view: rv.CandidateView) -> list[Tab]:
+def _candidate_tables(review: rv.Review, view: CandidateView) -> list[Tab]:
     row, e = view.row, view.row.evaluation
     place = "on the front" if view.on_front else ("feasible, dominated" if row.feasible else "not on the front")
     if view.same_as is not None:

@@ -18,6 +18,7 @@ import networkx as nx
 import numpy as np
 
 from cluster import review as rv
+from cluster.candidate_view import CandidateView
 from cluster.units import label, per_sample, unit_scale
 from decomp.coarsen import coarsen
 
@@ -187,7 +188,7 @@ def _outside(box, frame) -> float:
     return (box[2] - box[0]) * (box[3] - box[1]) - inside
 
 
-def partition_figure(view: rv.CandidateView, max_ops: int = 40):
+def partition_figure(view: CandidateView, max_ops: int = 40):
     """The run's model graph coloured by the candidate's parts: every op for small graphs, else blocks of ops
     (a block whose ops lie in several parts takes its majority colour, outlined and labelled with its parts)."""
     plt = _pyplot()

@@ -1,5 +1,5 @@
-"""Reviewing a search run: its Pareto front, hypervolume over time, one candidate's plans, its export, and
-optuna-dashboard on the run's storage.
+"""Reviewing a search run: its trials, Pareto front and hypervolume over time, as tables and JSON (one
+candidate: `cluster.candidate_view`; its export: `cluster.export`; optuna-dashboard: `cluster.dashboard`).
 
 Everything here reads the run folder (`cluster.runs`) and its study through `search.study.trials_to_records`;
 nothing writes to the study. Objective values stay in their natural units and directions; the front is taken
@@ -19,32 +19,16 @@ from typing import Any
 from optuna.trial import TrialState
 
 from cluster.config import JobConfig
-from cluster.results import weights_path
-from cluster.runs import NORMALIZER_ATTR, base_weights, open_study, storage_of
-from cluster.task import MEASURED, job_model
+from cluster.runs import NORMALIZER_ATTR, open_study
+from cluster.task import MEASURED
 from cluster.units import PER_BATCH, format_value, per_sample, short_name
 from decomp.errors import DecompError, SpecError
-from decomp.graph import ModelGraph
-from decomp.partition.plan import PartitionPlan
 from search.front import FrontTracker
 from search.pareto import Normalizer, minimized, non_dominated
 from search.records import Candidate, Constraint, Evaluation, Objective, json_float
 from search.study import constraint_key, trials_to_records
 
-__all__ = [
-    "CandidateView",
-    "Review",
-    "Row",
-    "candidate_json",
-    "candidate_view",
-    "dashboard_app",
-    "export_candidate",
-    "front_note",
-    "front_rows",
-    "review_json",
-    "review_run",
-    "serve",
-]
+__all__ = ["ARROWS", "Review", "Row", "front_note", "front_rows", "review_json", "review_run", "row_json"]
 
 
 @dataclass(frozen=True)
@@ -310,7 +294,7 @@ def _parts(row: Row) -> int:
     return row.candidate.partition.parts if row.candidate.partition is not None else 1
 
 
-def _row_json(review: Review, row: Row) -> dict[str, Any]:
+def row_json(review: Review, row: Row) -> dict[str, Any]:
     e = row.evaluation
     values = dict(zip([o.name for o in review.objectives], e.values, strict=False))
     out: dict[str, Any] = {
@@ -348,225 +332,6 @@ def review_json(review: Review) -> dict[str, Any]:
         "costed_at": {"batch_size": review.batch_size, "micro_batches": review.config.latency.micro_batches},
         "normalizer": None if review.normalizer is None else review.normalizer.to_json(),
         "normalizer_source": review.normalizer_source,
-        "front": [_row_json(review, r) for r in review.front],
+        "front": [row_json(review, r) for r in review.front],
         "hypervolume": [{"trial": t, "hypervolume": v} for t, v in review.hypervolume],
     }
-
-
-# -- one candidate ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CandidateView:
-    """One candidate's plans, read against the run's model graph: per-group keep ratios (`groups`),
-    per-layer sparsity (`layers`), and per-part op counts and MACs after pruning (`parts`, per micro-batch and
-    per sample)."""
-
-    row: Row
-    on_front: bool
-    graph: ModelGraph
-    plan: PartitionPlan
-    groups: list[dict[str, Any]]
-    layers: list[dict[str, Any]]
-    parts: list[dict[str, Any]]
-    same_as: int | None = None  # the front lists the candidate with the same plans under this id
-
-
-def candidate_view(review: Review, candidate_id: int) -> CandidateView:
-    from decomp.pruning import Estimator, PruningPlan
-
-    row = review.find(candidate_id)
-    graph = job_model(review.config, batch=review.config.latency.batch_size).graph  # the graph the plans name
-    pruning = row.candidate.pruning or PruningPlan()
-    plan = row.candidate.partition or PartitionPlan.from_assignment(
-        dict.fromkeys(graph.compute_nodes(), 0), "pipeline", graph=graph
-    )
-    plan.validate(graph)
-    estimator = Estimator(graph)
-    estimate = estimator(pruning)
-    asked = {c.group: c for c in pruning.groups}
-    groups = []
-    for gid in _group_order(graph):
-        info, choice = graph.nx.graph["groups"][gid], asked.get(gid)
-        groups.append(
-            {
-                "group": gid,
-                "kind": info["kind"],
-                "channels": info["channels"],
-                "asked": 1.0 if choice is None else choice.keep_ratio,  # None: explicit channel indices
-                "kept": round(estimate.fractions[gid] * info["channels"]),
-                "keep_ratio": estimate.fractions[gid],
-            }
-        )
-    layers = [{"layer": s.layer, "sparsity": s.sparsity, "pattern": s.pattern} for s in pruning.layers]
-    total = float(estimate.macs.sum()) or 1.0
-    parts = []
-    for k, members in enumerate(plan.members()):
-        macs = float(sum(estimate.macs[estimator.index[n]] for n in members))
-        parts.append(
-            {
-                "part": k,
-                "ops": len(members),
-                "macs": macs,
-                "macs_per_sample": macs / review.batch_size,
-                "macs_share": macs / total,
-            }
-        )
-    same_as = next((kept for kept, ids in review.same_plans.items() if candidate_id in ids), None)
-    on_front = same_as is not None or any(r.candidate.id == candidate_id for r in review.front)
-    return CandidateView(row, on_front, graph, plan, groups, layers, parts, same_as)
-
-
-def candidate_json(review: Review, view: CandidateView) -> dict[str, Any]:
-    """One candidate as plain JSON: its trial, values and constraints, keep ratios, parts and both plans."""
-    pruning = view.row.candidate.pruning
-    return _row_json(review, view.row) | {
-        "on_front": view.on_front,
-        "same_plans_as": view.same_as,
-        "genome": list(view.row.candidate.genome),
-        "groups": view.groups,
-        "layers": view.layers,
-        "partition": view.parts,
-        "pruning_plan": None if pruning is None else pruning.to_json(),
-        "partition_plan": view.plan.to_json(),
-    }
-
-
-def _group_order(graph: ModelGraph) -> list[str]:
-    """Coupling groups in the order their first op runs (groups no op names last)."""
-    groups = graph.nx.graph.get("groups") or {}
-    first = dict.fromkeys(groups, len(graph))
-    for position, name in enumerate(graph.order()):
-        gid = graph[name].get("group")
-        if gid in first:
-            first[gid] = min(first[gid], position)
-    return sorted(groups, key=first.__getitem__)
-
-
-# -- export -----------------------------------------------------------------------------------------
-def export_candidate(folder: str | Path, candidate_id: int, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
-    """Physically prune the run's model with the candidate's pruning plan, load the weights its accuracy was
-    measured with (where the run measured accuracy), split it with its partition plan, export the parts to
-    `out` (the `decomp split` format) and verify them against the unpartitioned pruned model; returns a
-    summary. A failed candidate, one whose measured weights were not kept, or a difference above the
-    tolerance is an error. The model is built at the batch the search costed it at, so the partition plan
-    names the ops the export traces."""
-    from safetensors.torch import load_model
-
-    from decomp.build import build_graph
-    from decomp.partition import partition_metrics, split_model
-    from decomp.partition.job import export_verified
-    from decomp.pruning import apply_plan
-
-    review = review_run(folder)
-    row = review.find(candidate_id)
-    if not row.evaluation.ok:
-        raise SpecError(
-            f"candidate {candidate_id} (trial {row.trial}) failed: {row.evaluation.message}; export a complete "
-            f"one{_suggest(review.front or [r for r in review.rows if r.evaluation.ok])}"
-        )
-    weights = _kept_weights(review, row)
-    base = base_weights(review.folder, review.config) if weights is None else None  # a trained base, if any
-    built = job_model(review.config, batch=review.config.latency.batch_size, weights=base)
-    inputs = built.inputs
-    pruned = apply_plan(built.loaded.module, row.candidate.pruning, inputs) if row.candidate.pruning else None
-    module = pruned.module if pruned is not None else built.loaded.module
-    if weights is not None:
-        load_model(module, str(weights))
-    graph = build_graph(module, inputs, built.loaded.tracer, review.config.leaf_modules, name=review.config.model)
-    plan = row.candidate.partition or PartitionPlan.from_assignment(
-        dict.fromkeys(graph.compute_nodes(), 0), "pipeline", graph=graph
-    )
-    metrics = partition_metrics(graph, plan.validate(graph))
-    search = _row_json(review, row) | {"run": str(review.folder), "study": review.study_name}
-    if review.config.data and weights is not None:  # what `decomp eval` needs to score it on the same samples
-        search["measured_on"] = _measured_on(review.config)
-    target, diff = export_verified(
-        split_model(module, inputs, plan, tracer=built.loaded.tracer, leaf_modules=review.config.leaf_modules),
-        out,
-        module,
-        source=review.config.model,
-        pruning_plan=pruned.plan if pruned is not None else None,
-        expected_costs={"metrics": metrics.to_json(), "search": search},
-        overwrite=overwrite,
-    )
-    params = sum(p.numel() for p in built.loaded.module.parameters())
-    return {
-        "run": str(review.folder),
-        "candidate": candidate_id,
-        "trial": row.trial,
-        "out": str(target),
-        "parts": plan.parts,
-        "params_before": params,
-        "params_after": sum(p.numel() for p in module.parameters()),
-        "values": search["values"],
-        "per_sample": search["per_sample"],
-        "batch_size": review.batch_size,
-        "metrics": search["metrics"],
-        "max_abs_diff": diff,
-        "feasible": row.feasible,
-        "level": search.get("level"),
-        "weights": None if weights is None else str(weights),
-    }
-
-
-def _measured_on(config: JobConfig) -> dict[str, Any]:
-    """How the run measured accuracy: its data spec, the validation share and seed that carved the validation
-    split, and how many samples of each split it read at most."""
-    accuracy = config.accuracy
-    return {
-        "data": config.data,
-        "validation": accuracy.validation,
-        "seed": config.searcher.seed,
-        "max_samples": accuracy.max_samples,
-    }
-
-
-def _kept_weights(review: Review, row: Row) -> Path | None:
-    """The weights the candidate's measured objectives were measured with (None where the run measured
-    nothing, so the pruned weights are what it costed); an error when they were not kept."""
-    if not any(o.name in MEASURED for o in review.objectives) and not any(
-        c.name in MEASURED for c in review.constraints
-    ):
-        return None
-    original = int(row.evaluation.metrics.get("duplicate_of", row.candidate.id))
-    path = weights_path(review.folder, original)
-    if not path.is_file():
-        kept = [r for r in review.rows if r.evaluation.ok and weights_path(review.folder, r.candidate.id).is_file()]
-        raise SpecError(
-            f"candidate {row.candidate.id}'s measured weights were not kept (a run keeps those of candidates at the "
-            f"top fidelity level or on the front when they were recorded); without them the export would not "
-            f"compute what the run measured. Export one that has them{_suggest(kept)}"
-        )
-    return path
-
-
-def _suggest(rows: list[Row]) -> str:
-    ids = [r.candidate.id for r in rows]
-    return f", e.g. {', '.join(map(str, ids[:8]))}" if ids else ""
-
-
-# -- dashboard --------------------------------------------------------------------------------------
-def dashboard_app(folder: str | Path):
-    """optuna-dashboard's WSGI app on the run's storage (the run and its study must exist)."""
-    from optuna_dashboard import wsgi
-
-    config, _ = open_study(folder)
-    return wsgi(storage_of(Path(folder), config))
-
-
-def serve(app, host: str, port: int) -> None:
-    """Serve a WSGI app until interrupted (wsgiref, as optuna-dashboard's own server; request log muted)."""
-    from wsgiref.simple_server import WSGIRequestHandler, make_server
-
-    class _Quiet(WSGIRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    try:
-        server = make_server(host, port, app, handler_class=_Quiet)
-    except OSError as err:
-        raise SpecError(f"cannot listen on {host}:{port} ({err.strerror}); pass another --port or --host") from None
-    with server:
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import save_model
 
 from cluster.config import parse_config
-from cluster.review import export_candidate, review_run
+from cluster.export import export_candidate
+from cluster.review import review_run
 from cluster.scoring import score_export
 from cluster.search_job import run_search
 from decomp.data import load_data

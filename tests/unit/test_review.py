@@ -18,6 +18,7 @@ from matplotlib.text import Text
 from typer.testing import CliRunner
 
 import cluster.cli_review  # noqa: F401 - registers pareto, dashboard and export on the app
+from cluster import dashboard as dash
 from cluster import review as rv
 from cluster.cli import app
 from cluster.config import JobConfig
@@ -240,7 +241,7 @@ def _get(wsgi_app, path: str):
 
 
 def test_dashboard_serves_the_runs_study_on_loopback(run, monkeypatch):
-    wsgi_app = rv.dashboard_app(run)
+    wsgi_app = dash.dashboard_app(run)
     status, data = _get(wsgi_app, "/api/studies")
     assert status == "200 OK"
     (study,) = data["study_summaries"]
@@ -248,7 +249,7 @@ def test_dashboard_serves_the_runs_study_on_loopback(run, monkeypatch):
     status, detail = _get(wsgi_app, f"/api/studies/{study['study_id']}")
     assert status == "200 OK" and len(detail["trials"]) == TRIALS
     served = []
-    monkeypatch.setattr(rv, "serve", lambda app_, host, port: served.append((app_, host, port)))
+    monkeypatch.setattr(dash, "serve", lambda app_, host, port: served.append((app_, host, port)))
     result = invoke("dashboard", run)
     assert result.exit_code == 0, result.output
     assert served[0][1:] == ("127.0.0.1", 8080) and callable(served[0][0])

@@ -13,8 +13,8 @@ import yaml
 
 from cluster.base_model import prepare_base
 from cluster.config import parse_config
+from cluster.export import export_candidate
 from cluster.measure import module_bytes
-from cluster.review import export_candidate
 from cluster.runs import BASE, open_run
 from cluster.search_job import run_search
 from cluster.task import ModelTask, job_model, load_job_model
@@ -96,6 +96,24 @@ def test_an_export_of_a_run_that_trained_its_base_is_built_from_it(tmp_path):
     (folder / BASE / "weights.safetensors").unlink()
     with pytest.raises(SpecError, match="trains its base model and .* is missing; decomp search --resume"):
         export_candidate(folder, 0, tmp_path / "again")
+
+
+def test_a_candidate_whose_measured_weights_were_not_kept_is_not_exported(tmp_path):
+    config, folder = open_run(parse_config(job(tmp_path)))  # accuracy measured: every export loads kept weights
+    weights = prepare_base(config, folder)
+    task = ModelTask(config)
+    task.space()
+    task.use_base(weights)
+    drive(tmp_path, config, task=task)
+    kept = sorted(p.stem for p in (folder / "weights").glob("*.safetensors"))
+    assert kept and "1" in kept
+    (folder / "weights" / "1.safetensors").unlink()
+    with pytest.raises(
+        SpecError, match=r"candidate 1's measured weights were not kept .* Export one that has them, e.g"
+    ):
+        export_candidate(folder, 1, tmp_path / "export")
+    assert not (tmp_path / "export").exists()  # nothing half-written
+    export_candidate(folder, int(kept[0]), tmp_path / "export")  # one that has them exports
 
 
 def test_a_changed_training_trains_anew_and_a_start_refused_after_training_keeps_only_the_base(tmp_path):
