@@ -133,6 +133,9 @@ def prune(
     round_to: Annotated[int, typer.Option(help="keep channel counts multiples of this")] = 1,
     lr: Annotated[float, typer.Option(help="fine-tuning learning rate")] = 1e-3,
     distill: Annotated[float, typer.Option(help="weight of distillation from the unpruned model, 0..1")] = 0.0,
+    keep: Annotated[
+        Optional[list[str]], typer.Option(help="a coupling group or module path to leave whole (repeatable)")
+    ] = None,
     weights: Weights = None,
     json_path: JsonOut = None,
 ) -> None:
@@ -154,6 +157,7 @@ def prune(
         lr,
         weights=str(weights) if weights else None,
         distill=distill,
+        keep=tuple(keep or ()),
     )
     with console.status(f"pruning {model} ({method}) ..."):
         summary = run_prune(request, out)

@@ -12,7 +12,8 @@ Top-level keys:
 - `model`: a model spec (`torchvision:resnet18`, `hf:gpt2?n_layer=2`, `python:decomp.zoo:lenet5`);
   `weights`: an optional weights file; `input_shape`: the example input's shape, batch included
   (default: the model's own example); `tracer` (`fx` or `export`) and `leaf_modules` (module classes or
-  paths fx keeps whole), as `decomp graph --tracer / --leaf-module` take them.
+  paths fx keeps whole), as `decomp graph --tracer / --leaf-module` take them; `keep`: coupling groups or
+  module paths the search leaves whole, as `decomp prune --keep` takes them.
 - `data`: a data spec (`mnist?train=4000&test=1000`, `digits`, `synthetic`, `python:...`) for accuracy;
   without it `agreement` with the unpruned model on random inputs is the accuracy measure.
 - `train`: `{epochs, lr, batch_size, optimizer, schedule, momentum, weight_decay, shift, rotate, scale, seed}`
@@ -176,6 +177,7 @@ class JobConfig(_Strict):
     input_shape: list[int] | None = None
     tracer: Literal["fx", "export"] | None = None  # default: what suits the model spec
     leaf_modules: list[str] = Field(default_factory=list)
+    keep: list[str] = Field(default_factory=list)
     python_path: list[str] | None = None
     data: str | None = None
     train: TrainSpec | None = None

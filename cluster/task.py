@@ -111,7 +111,7 @@ def job_model(
     loaded = load_job_model(config, base, weights)
     inputs = loaded.example_inputs if batch is None else _at_batch(loaded.example_inputs, batch)
     graph = build_graph(loaded.module, inputs, loaded.tracer, config.leaf_modules, name=config.model)
-    index = _exact_groups(loaded.module, inputs, find_groups(loaded.module, inputs), config)
+    index = _exact_groups(loaded.module, inputs, find_groups(loaded.module, inputs).keeping(config.keep), config)
     annotate_graph(graph, index)
     return JobModel(loaded, inputs, graph, index)
 

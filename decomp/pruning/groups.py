@@ -12,14 +12,16 @@ mappings it gets wrong without noticing.
 
 from __future__ import annotations
 
+import difflib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from decomp.errors import TracingError
+from decomp.errors import SpecError, TracingError
 from decomp.graph import ModelGraph
 from decomp.pruning.coverage import flat_tensors, output_layers, unpruned_layers
 from decomp.pruning.heads import head_layout
@@ -90,6 +92,29 @@ class GroupIndex:
         """This index less the groups in `reasons` (group -> why), which join `skipped`."""
         kept = {gid: g for gid, g in self.groups.items() if gid not in reasons}
         return GroupIndex(self.model, self.dg, kept, {**self.skipped, **reasons}, self.unpruned)
+
+    def keeping(self, names: Sequence[str]) -> GroupIndex:
+        """This index less the groups a user asked to keep whole: each name is a group id or a module path, and
+        keeps every group with a layer at that path or under it (`encoder.layer.0` keeps the groups of every
+        layer in that block). A name that is neither a group nor a module of the model is an error naming
+        the closest ones; a module no group covers is already whole."""
+        reasons: dict[str, str] = {}
+        for name in names:
+            matched = [
+                gid
+                for gid, group in self.groups.items()
+                if gid == name or any(path == name or path.startswith(name + ".") for path, _ in group.layers)
+            ]
+            if not matched and name not in self._modules and name not in self.skipped:
+                close = difflib.get_close_matches(name, [*self.groups, *self._modules], n=4, cutoff=0.5)
+                hint = f"; closest: {', '.join(close)}" if close else ""
+                raise SpecError(
+                    f"keep {name!r}: the model has no coupling group or module of that name{hint} "
+                    "(`decomp graph MODEL` lists the groups and their layers)"
+                )
+            for gid in matched:
+                reasons.setdefault(gid, f"kept whole as asked (keep {name})")
+        return self.without(reasons)
 
     def tp_group(self, group_id: str, idxs: list[int] | None = None) -> tp.Group:
         """The Torch-Pruning group rooted at `group_id`'s layer, for the given channel indices."""

@@ -56,6 +56,7 @@ class PruneRequest:
     batch_size: int = 64
     weights: str | None = None
     distill: float = 0.0  # weight of distillation from the unpruned model while fine-tuning
+    keep: tuple[str, ...] = ()  # coupling groups or module paths left whole (structured methods)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -73,6 +74,12 @@ class PruneRequest:
             raise DecompError("distillation happens while fine-tuning: give --data and --finetune-epochs")
         if self.pattern is not None:
             parse_pattern(self.pattern)
+        object.__setattr__(self, "keep", tuple(self.keep))
+        if self.keep and self.method not in CRITERIA:
+            raise DecompError(
+                f"keep leaves coupling groups whole, which structured methods ({', '.join(CRITERIA)}) prune; "
+                f"method {self.method} prunes weights: drop --keep or choose a structured method"
+            )
 
 
 @dataclass(frozen=True)
@@ -180,7 +187,7 @@ def _prune(request: PruneRequest, loaded: LoadedModel, data: DataSplits | None, 
     if request.method in CRITERIA:
         if request.method == "taylor":
             accumulate_gradients(model, [next(iter(loaders[0]))])
-        index = find_groups(model, inputs)
+        index = find_groups(model, inputs).keeping(request.keep)
         plan = plan_for_ratio(index, request.ratio, request.method, request.scope, request.round_to)
         pruned = apply_plan(model, plan, inputs, "physical", skip_failing=True)
         if data is not None and retrain.epochs:

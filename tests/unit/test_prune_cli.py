@@ -73,6 +73,7 @@ def test_nm_and_han_methods(tmp_path):
         ({"method": "han", "quality": 1.0}, "needs training data: give --data"),
         ({"method": "nm", "pattern": "4:2"}, "0 < N < M"),
         ({"method": "l1", "ratio": 0.5, "distill": 0.5}, "give --data and --finetune-epochs"),
+        ({"method": "magnitude", "ratio": 0.5, "keep": ["stem"]}, "method magnitude prunes weights: drop --keep"),
     ],
 )
 def test_bad_requests_are_named(kwargs, message):
@@ -89,3 +90,36 @@ def test_cli_prints_before_and_after(tmp_path):
     assert "params" in result.output and "accuracy" in result.output and "wrote" in result.output
     assert json.loads(summary_json.read_text())["request"]["ratio"] == 0.5
     assert load_data(DATA).input_shape == (3, 8, 8) and load_model(TINY).module is not None
+
+
+def test_keep_leaves_the_named_groups_whole_and_the_rest_pruned(tmp_path):
+    from decomp.pruning import find_groups
+
+    loaded = load_model(TINY)
+    index = find_groups(loaded.module, loaded.example_inputs)
+    assert {"stem", "branches.left", "branches.right"} <= set(index.groups)
+    kept = index.keeping(["stem", "branches"])  # a group id, and a module path holding two groups' layers
+    assert set(index.groups) - set(kept.groups) == {"stem", "branches.left", "branches.right"}
+    assert kept.skipped["branches.left"] == "kept whole as asked (keep branches)"
+    out = tmp_path / "kept"
+    result = CliRunner().invoke(app, ["prune", TINY, "--out", str(out), "--ratio", "0.5", "--keep", "stem"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads((out / "plan.json").read_text())
+    pruned = load_pruned(out)
+    assert "stem" not in [g["group"] for g in plan["groups"]] and plan["groups"]
+    assert pruned.stem.out_channels == 8 and pruned.fuse.out_channels == 4  # kept whole; the rest pruned
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["request"]["keep"] == ["stem"] and "keep stem" in summary["skipped"]["stem"]
+
+
+def test_keep_names_a_group_or_module_the_model_has():
+    from decomp.errors import SpecError
+    from decomp.pruning import find_groups
+
+    loaded = load_model(TINY)
+    index = find_groups(loaded.module, loaded.example_inputs)
+    with pytest.raises(
+        SpecError, match="keep 'stme': the model has no coupling group or module of that name; closest: stem"
+    ):
+        index.keeping(["stme"])
+    assert set(index.keeping(["pool"]).groups) == set(index.groups)  # a module no group covers is whole already

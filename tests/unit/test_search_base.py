@@ -196,6 +196,11 @@ def test_the_job_file_names_the_tracer_and_the_leaf_modules(tmp_path):
     assert "branches" in leaf.nx and "branches_left" not in leaf.nx
     assert leaf.totals.macs == whole.totals.macs  # a leaf's MACs are measured, not lost
     assert load_job_model(parse_config({**base, "tracer": "export"})).tracer == "export"
+    kept = job_model(parse_config({**base, "keep": ["stem"]}))
+    assert "stem" not in kept.index and "stem" in job_model(parse_config(base)).index
+    assert "stem" not in kept.graph.nx.graph["groups"] and "keep stem" in kept.index.skipped["stem"]
+    with pytest.raises(SpecError, match="keep 'stme'.*closest: stem"):
+        job_model(parse_config({**base, "keep": ["stme"]}))
 
 
 def test_a_run_with_leaf_modules_exports(tmp_path):
