@@ -165,8 +165,7 @@ class SearchDriver:
         resubmit = reconcile(self.searcher, checkpoint, records, self.space)
         self.pending = {p.candidate.id: p for p in resubmit}
         for p in resubmit:  # what the levels below gave, for the ladder
-            for level, result in enumerate(p.done):
-                self.results.climbs(level, result)
+            self.results.resumed(p.candidate, p.done)
         self.elapsed_before = checkpoint.elapsed_s if checkpoint else 0.0
         self.retried = self.resubmitted = 0
         self.writer = CheckpointWriter(self.folder)

@@ -96,10 +96,18 @@ class RunResults:
         `candidate` climbs every level)."""
         if self.top == 0:
             return False
-        self.ladder.add(level, evaluation)
-        if level < self.top and candidate is not None and tuple(self.space.repair(candidate.genome)) in self.baselines:
+        baseline = candidate is not None and self._baseline(candidate)
+        self.ladder.add(level, evaluation, free=baseline)
+        if level < self.top and baseline:
             return evaluation.ok
         return self.ladder.climbs(level, evaluation.candidate_id)
+
+    def resumed(self, candidate: Candidate, done: Sequence[Evaluation]) -> None:
+        """Add the results a candidate in flight had at the levels below its own (it climbed from each)."""
+        if self.top == 0:
+            return
+        for level, result in enumerate(done):
+            self.ladder.add(level, result, free=self._baseline(candidate), climbed=True)
 
     def record(
         self,
@@ -155,4 +163,7 @@ class RunResults:
             return
         for level, result in enumerate([*lower, evaluation]):
             if result.ok:
-                self.ladder.add(level, result)
+                self.ladder.add(level, result, free=self._baseline(candidate))
+
+    def _baseline(self, candidate: Candidate) -> bool:
+        return tuple(self.space.repair(candidate.genome)) in self.baselines

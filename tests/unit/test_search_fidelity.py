@@ -44,6 +44,31 @@ def test_about_one_in_reduction_climbs():
     assert ladder.seen(0) == 90
 
 
+def test_a_converging_searcher_still_sends_only_about_one_in_reduction_up():
+    # each candidate better than every one before it: by rank alone every one would climb
+    ladder = Ladder([ACC, MACS], [], levels=3, reduction=3)
+    climbed = 0
+    for cid in range(90):
+        ladder.add(0, result(cid, 0.5 + cid / 200, 1.0))
+        climbed += ladder.climbs(0, cid)
+    assert climbed == ladder.climbed(0) == 30
+    assert ladder.climbs(0, 89) == (89 in ladder._climbed[0])  # asking again takes no second place
+    assert ladder.climbed(0) == 30
+
+
+def test_free_results_climb_outside_the_places_and_a_resumed_ladder_keeps_them():
+    ladder = Ladder([ACC, MACS], [], levels=3, reduction=3)
+    ladder.add(0, result(0, 0.99, 1.0), free=True)
+    ladder.add(1, result(0, 0.99, 1.0), free=True)  # the reference climbed: no place taken
+    assert ladder.climbed(0) == 0
+    ladder.add(0, result(1, 0.98, 1.0))
+    assert ladder.climbs(0, 1)  # 2 results: 1 place, which the better free one does not take
+    ladder.add(0, result(2, 0.97, 1.0), climbed=True)  # a resumed candidate in flight at level 1
+    assert ladder.climbed(0) == 2
+    ladder.add(0, result(3, 0.999, 1.0))
+    assert not ladder.climbs(0, 3)  # best so far, but 4 // 3 = 1 place and 2 are taken
+
+
 def test_a_candidate_climbs_when_among_the_best_so_far_and_never_from_the_top():
     ladder = Ladder([ACC, MACS], [], levels=2, reduction=2)
     ladder.add(0, result(0, 0.9, 1.0))
@@ -51,7 +76,9 @@ def test_a_candidate_climbs_when_among_the_best_so_far_and_never_from_the_top():
     ladder.add(0, result(1, 0.5, 1.0))
     assert not ladder.climbs(0, 1)  # the best 1 of 2 is candidate 0
     ladder.add(0, result(2, 0.95, 1.0))
-    assert ladder.climbs(0, 2)
+    assert not ladder.climbs(0, 2)  # among the best 1 of 3, but the one place is taken
+    ladder.add(0, result(3, 0.96, 1.0))
+    assert ladder.climbs(0, 3)  # 4 results: 2 places
     ladder.add(1, result(0, 0.97, 1.0))
     assert not ladder.climbs(1, 0)  # the top level
 
