@@ -494,6 +494,26 @@ class Reorder(nn.Module):
         return self.head(y)
 
 
+class ShuffleUnit(nn.Module):
+    """A ShuffleNet V2 unit: half the channels pass, half go through a bottleneck, then the halves are
+    concatenated and shuffled (a view to (batch, 2, channels / 2, ...), a transpose, a view back)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.a, self.b, self.head = (
+            nn.Conv2d(3, 8, 1),
+            nn.Conv2d(4, 6, 1),
+            nn.Conv2d(6, 4, 1),
+            nn.Conv2d(8, 2, 1),
+        )
+
+    def forward(self, x):
+        left, right = torch.relu(self.stem(x)).chunk(2, dim=1)
+        y = torch.cat([left, self.b(torch.relu(self.a(right)))], 1)
+        b, c, h, w = y.shape
+        return self.head(y.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, c, h, w))
+
+
 def _reorder(op: str) -> type[Reorder]:
     return type(f"Reorder{op.title()}", (Reorder,), {"op": op})
 
@@ -552,6 +572,7 @@ TOPOLOGIES = {  # name -> (model class, input shapes; "tokens" for token ids in 
     "channel_flip": (_reorder("flip"), [IMAGE]),
     "channel_roll": (_reorder("roll"), [IMAGE]),
     "channel_shuffle": (_reorder("shuffle"), [IMAGE]),
+    "shuffle_unit": (ShuffleUnit, [IMAGE]),
     "channel_index": (_reorder("index"), [IMAGE]),
     "channel_softmax": (_reorder("softmax"), [IMAGE]),
     "channel_mean": (ChannelMean, [IMAGE]),

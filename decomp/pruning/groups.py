@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch_pruning.dependency import index_mapping as tp_index_mapping
 
 from decomp.errors import SpecError, TracingError
 from decomp.graph import ModelGraph
@@ -138,7 +139,7 @@ def find_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], keep
     model.eval()
     names = {id(m): n for n, m in model.named_modules()}
     names.update((id(p), n) for n, p in model.named_parameters())
-    dg, returned = _dependency_graph(model, tuple(example_inputs))
+    dg, returned, unmapped = _dependency_graph(model, tuple(example_inputs))
     outputs = output_layers(dg, flat_tensors(returned), model) if keep_output else set()
     modules = dict(model.named_modules())
     order = {name: i for i, name in enumerate(modules)}
@@ -149,6 +150,8 @@ def find_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], keep
     for root, group, error in _tp_groups(dg, roots):
         if error is not None:
             why = f"Torch-Pruning cannot follow its channels ({type(error).__name__}: {error})"
+            if unmapped:
+                why += f"; the model has {len(unmapped)} reshape(s) it cannot map, e.g. a channel shuffle"
             left_out[names[id(root)]] = (why, {names[id(root)]})
             continue
         items = [(item.dep.target.module, pruned_side(item.dep.handler), item) for item in group]
@@ -161,6 +164,10 @@ def find_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], keep
         producers = [p for p, side in layers if side == "out" and isinstance(modules.get(p), roots)]
         gid = min(producers, key=order.__getitem__)
         channels = len(group[0].idxs)
+        through = [unmapped[id(t)] for t, _, _ in items if id(t) in unmapped]
+        if through:
+            left_out[gid] = (through[0], {path for path, _ in layers})
+            continue
         slices, why = _slices(dg, items, channels, names)
         if why is None:
             slices, why = _closure(dg, modules[gid], channels, slices)
@@ -177,7 +184,9 @@ def find_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], keep
 
 
 def _dependency_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...]):
-    """Torch-Pruning's dependency graph of `model`, and what the model returned while it was traced."""
+    """Torch-Pruning's dependency graph of `model`, what the model returned while it was traced, and the
+    reshapes whose channel mapping it could not work out (the op module's id -> why groups through it are
+    left out)."""
     returned = []
 
     def keep(out):
@@ -193,10 +202,42 @@ def _dependency_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...]):
         )
     except Exception as err:  # noqa: BLE001 - any failure of the dependency tracer
         raise TracingError(
-            f"cannot find coupling groups of {type(model).__name__}: {type(err).__name__}: {err}. "
-            "Check the example inputs; structured pruning needs a model Torch-Pruning can trace."
+            f"cannot find coupling groups of {type(model).__name__}: Torch-Pruning's dependency tracer failed "
+            f"({type(err).__name__}: {err}). If the model runs on these example inputs, the tracer does not support "
+            "its topology and it cannot be pruned structurally; unstructured pruning (--method magnitude, han or "
+            "nm) still works. If it does not run on them, fix the input shapes (--input-shape)."
         ) from err
-    return dg, returned
+    return dg, returned, getattr(dg, UNMAPPED, {})
+
+
+UNMAPPED = "decomp_unmapped"  # attribute of a Torch-Pruning graph: reshape op module id -> why
+
+
+def _guard_reshape_mapping() -> None:
+    """Make Torch-Pruning note, not raise, a reshape whose channel mapping it cannot work out (a channel
+    shuffle's view to (batch, groups, channels / groups, ...) gives it a channel count of 0 and it divides
+    by it). Its `update_index_mapping` runs on every `build_dependency` and `get_pruning_group` and would
+    end each of them; guarded, the reshape is noted on the graph (`UNMAPPED`) and `find_groups` leaves out
+    the groups whose channels pass through it, instead of mapping them as if it kept channels in place.
+    Installed once; a mapping that works is untouched."""
+    original = tp_index_mapping.update_reshape_index_mapping
+    if getattr(original, "decomp_guard", False):
+        return
+
+    def guarded(graph, node) -> None:
+        try:
+            original(graph, node)
+        except Exception as err:  # noqa: BLE001 - its mapping of this one reshape failed
+            graph.__dict__.setdefault(UNMAPPED, {})[id(node.module)] = (
+                f"its channels pass through a reshape ({node.name}) whose channel mapping Torch-Pruning cannot "
+                f"work out ({type(err).__name__}: {err}), e.g. a channel shuffle"
+            )
+
+    guarded.decomp_guard = True
+    tp_index_mapping.update_reshape_index_mapping = guarded
+
+
+_guard_reshape_mapping()
 
 
 def _tp_groups(dg: tp.DependencyGraph, roots: tuple[type, ...]):

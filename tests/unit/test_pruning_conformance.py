@@ -70,6 +70,7 @@ EXPECTED = {
     "channel_flip": (set(), {"conv": WRONG}),
     "channel_roll": (set(), {"conv": WRONG}),
     "channel_shuffle": (set(), {"conv": WRONG}),
+    "shuffle_unit": ({"a"}, {"stem": DOES_NOT_RUN}),
     "channel_index": (set(), {"conv": DOES_NOT_RUN}),
     "channel_softmax": (set(), {"conv": WRONG}),
     "channel_mean": (set(), {"conv": "onto input channel 7 of head, which has 1"}),
