@@ -6,6 +6,7 @@ A spec may carry constructor options after a `?`, e.g. `torchvision:resnet18?num
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from decomp.errors import SpecError, WeightsError
+from decomp.resources import available_memory
 from decomp.spec_text import format_options, import_factory, parse_options
 
 __all__ = ["ModelSpec", "LoadedModel", "parse_spec", "load_model", "parse_input_shape", "load_weights"]
@@ -143,20 +145,66 @@ def _load_hf(spec: ModelSpec, input_shapes) -> LoadedModel:
             f"transformers has no model type {spec.name!r}; use a config model_type such as "
             f"gpt2, bert, llama, t5 ({len(known)} known, see transformers.CONFIG_MAPPING)"
         ) from None
-    for key, value in spec.options:
+    for key, _ in spec.options:
         if not hasattr(config, key):
             raise SpecError(f"{type(config).__name__} has no option {key!r} (from spec {spec})")
-        setattr(config, key, value)
+    if spec.options:  # through the constructor, so values derived from them (e.g. Llama's head_dim) follow
+        try:
+            config = transformers.AutoConfig.for_model(spec.name, **dict(spec.options))
+        except (ValueError, TypeError) as err:
+            raise SpecError(f"bad option for hf:{spec.name}: {err}") from None
     if hasattr(config, "use_cache"):
         config.use_cache = False  # a graph of one forward pass; no KV cache outputs
+    _check_fits(spec, config)
     module = transformers.AutoModel.from_config(config)
+    main = getattr(module, "main_input_name", "input_ids")
+    gen = torch.Generator().manual_seed(0)
+    if main == "pixel_values":
+        if input_shapes is None:
+            size = getattr(config, "image_size", 224)
+            size = size if isinstance(size, int) else size[0]
+            input_shapes = [(1, getattr(config, "num_channels", 3), size, size)]
+        return LoadedModel(module, _random_images(input_shapes), spec, "export", (main,))
+    if main != "input_ids":
+        raise SpecError(f"hf:{spec.name} takes {main!r} as its main input; decomp makes token ids or images only")
     if input_shapes is None:
         seq = min(128, getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 128))
         input_shapes = [(1, seq)]
     vocab = getattr(config, "vocab_size", 1000)
-    gen = torch.Generator().manual_seed(0)
     ids = tuple(torch.randint(0, vocab, s, generator=gen) for s in input_shapes)
-    return LoadedModel(module, ids, spec, "export", ("input_ids",))
+    if not getattr(config, "is_encoder_decoder", False):
+        return LoadedModel(module, ids, spec, "export", ("input_ids",))
+    # encoder-decoder (T5, BART): the decoder reads token ids of the same shape, passed by position
+    names = [n for n in inspect.signature(module.forward).parameters if n != "self"]
+    if names[:3] != ["input_ids", "attention_mask", "decoder_input_ids"] or len(ids) != 1:
+        raise SpecError(
+            f"hf:{spec.name} is an encoder-decoder whose forward takes {names[:3]}; decomp passes "
+            "(input_ids, attention_mask, decoder_input_ids) and one --input-shape"
+        )
+    start = getattr(config, "decoder_start_token_id", None) or 0
+    decoder = torch.randint(0, vocab, ids[0].shape, generator=gen)
+    decoder[:, 0] = start
+    inputs = (ids[0], torch.ones_like(ids[0]), decoder)
+    return LoadedModel(module, inputs, spec, "export", tuple(names[:3]))
+
+
+def _check_fits(spec: ModelSpec, config) -> None:
+    """Refuse, before any weight is made, a model whose float32 weights and the working copies pruning
+    makes (about four) do not fit in this machine's available memory."""
+    import transformers
+
+    with torch.device("meta"):
+        params = sum(p.numel() for p in transformers.AutoModel.from_config(config).parameters())
+    need, have = 4 * 4 * params, available_memory()
+    if have is not None and need > have:
+        count = f"{params / 1e9:.2f}B" if params >= 1e9 else f"{params / 1e6:.2f}M"
+        raise SpecError(
+            f"hf:{spec.name} from this config has {count} parameters; pruning it needs about "
+            f"{need / 2**30:.1f} GiB (float32 weights and working copies), this machine has "
+            f"{have / 2**30:.1f} GiB available. Give a smaller config in the spec, e.g. "
+            f"hf:{spec.name}?num_hidden_layers=2&hidden_size=256&intermediate_size=688&num_attention_heads=8 "
+            "(option names are the config class's)"
+        )
 
 
 def _load_python(spec: ModelSpec, input_shapes) -> LoadedModel:

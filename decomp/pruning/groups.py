@@ -24,6 +24,7 @@ from torch_pruning.dependency import index_mapping as tp_index_mapping
 
 from decomp.errors import SpecError, TracingError
 from decomp.graph import ModelGraph
+from decomp.pruning.bounds import Bounds, DiscoveryLimit, GroupLimit, bounded
 from decomp.pruning.coverage import flat_tensors, output_layers, unpruned_layers
 from decomp.pruning.heads import head_layout
 from decomp.pruning.layers import custom_pruners, custom_root_types
@@ -139,15 +140,29 @@ def find_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], keep
     model.eval()
     names = {id(m): n for n, m in model.named_modules()}
     names.update((id(p), n) for n, p in model.named_parameters())
-    dg, returned, unmapped = _dependency_graph(model, tuple(example_inputs))
-    outputs = output_layers(dg, flat_tensors(returned), model) if keep_output else set()
     modules = dict(model.named_modules())
+    try:
+        with bounded() as bounds:
+            dg, returned, unmapped = _dependency_graph(model, tuple(example_inputs))
+            claimed = _head_owned(modules)
+            found = list(_tp_groups(dg, (*ROOT_TYPES, *custom_root_types()), claimed, bounds))
+    except DiscoveryLimit as limit:
+        raise TracingError(
+            f"finding the coupling groups of {type(model).__name__} stopped: {limit}. Torch-Pruning's enumeration "
+            "grows without bound on some topologies (index maps through many slices, rolls and reshapes); this "
+            "model cannot be pruned structurally here. Unstructured pruning (--method magnitude, han or nm) "
+            "still works."
+        ) from None
+    outputs = output_layers(dg, flat_tensors(returned), model) if keep_output else set()
     order = {name: i for i, name in enumerate(modules)}
     groups: dict[str, CouplingGroup] = {}
     left_out: dict[str, tuple[str, set[str]]] = {}
     at_output: set[str] = set()
     roots = (*ROOT_TYPES, *custom_root_types())
-    for root, group, error in _tp_groups(dg, roots):
+    for root, group, error in found:
+        if isinstance(error, GroupLimit):
+            left_out[names[id(root)]] = (f"{error}; left whole (a bound on discovery)", {names[id(root)]})
+            continue
         if error is not None:
             why = f"Torch-Pruning cannot follow its channels ({type(error).__name__}: {error})"
             if unmapped:
@@ -240,11 +255,14 @@ def _guard_reshape_mapping() -> None:
 _guard_reshape_mapping()
 
 
-def _tp_groups(dg: tp.DependencyGraph, roots: tuple[type, ...]):
+def _tp_groups(dg: tp.DependencyGraph, roots: tuple[type, ...], claimed: set[int], bounds: Bounds):
     """(root layer, Torch-Pruning group, None) per root layer not yet in an earlier group, or
     (root layer, None, error) where Torch-Pruning's index mapping fails on the topology (it raises
-    from inside; its own `get_all_groups` would end the whole enumeration there)."""
-    done: set[int] = set()
+    from inside; its own `get_all_groups` would end the whole enumeration there) or its enumeration
+    runs past the group's time bound (`GroupLimit`). Layers in `claimed` (an attention module's
+    query, key and value, pruned by whole heads) are not enumerated: their groups are replaced anyway,
+    and the index maps of rotary embeddings make Torch-Pruning's enumeration of them explode."""
+    done: set[int] = set(claimed)
     for module in list(dg.module2node):
         if not isinstance(module, roots) or id(module) in done or module in dg.IGNORED_LAYERS_IN_TRACING:
             continue
@@ -253,7 +271,12 @@ def _tp_groups(dg: tp.DependencyGraph, roots: tuple[type, ...]):
         if width is None:
             continue
         try:
-            group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
+            with bounds.group():
+                group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
+        except GroupLimit as limit:
+            done.add(id(module))
+            yield module, None, limit
+            continue
         except Exception as err:  # noqa: BLE001 - Torch-Pruning's index mapping failed on this group
             done.add(id(module))
             yield module, None, err
@@ -326,6 +349,16 @@ def _blocks(module) -> tuple[int, str] | None:
     if isinstance(module, nn.MultiheadAttention):
         return module.num_heads, "heads"
     return None
+
+
+def _head_owned(modules: dict[str, nn.Module]) -> set[int]:
+    """ids of the layers whose channel groups attention head groups replace."""
+    owned = set()
+    for path, module in modules.items():
+        layout = head_layout(module)
+        if layout is not None:
+            owned.update(id(modules[f"{path}.{child}"]) for child in layout.owned)
+    return owned
 
 
 def _add_head_groups(

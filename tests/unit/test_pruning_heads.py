@@ -79,3 +79,47 @@ def test_conv1d_layers_take_unstructured_and_n_m_along_their_inputs(gpt2):
     assert bool(((weight != 0).t().reshape(128, 8, 4).sum(-1) == 2).all())
     assert int((pruned.h[0].attn.c_proj.weight != 0).sum()) == 32 * 32 // 2
     assert sparse_size(pruned).nonzeros < sparse_size(model).nonzeros
+
+
+# Other attention layouts, recognised by structure: BERT's query/key/value + output.dense, and the
+# q/k/v/o projections of Llama (with grouped-query attention: a unit is a key/value head and the query
+# heads that read it) and of Hugging Face's ViT.
+LAYOUTS = {
+    "bert": (
+        "hf:bert?num_hidden_layers=1&hidden_size=32&intermediate_size=64&num_attention_heads=4&vocab_size=50",
+        [(2, 8)],
+    ),
+    "llama": (
+        "hf:llama?num_hidden_layers=1&hidden_size=32&intermediate_size=64&num_attention_heads=8"
+        "&num_key_value_heads=4&vocab_size=50&max_position_embeddings=16",
+        [(2, 8)],
+    ),
+    "vit": (
+        "hf:vit?num_hidden_layers=1&hidden_size=32&intermediate_size=64&num_attention_heads=4&image_size=16&patch_size=8",
+        [(2, 3, 16, 16)],
+    ),
+}
+ATTENTION = {"bert": "encoder.layer.0.attention", "llama": "layers.0.self_attn", "vit": "layers.0.attention"}
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_heads_of_other_layouts_are_removed_whole_and_match_masking(name):
+    spec, shapes = LAYOUTS[name]
+    loaded = load_model(spec, input_shapes=shapes)
+    model, inputs = loaded.module, loaded.example_inputs
+    index = find_groups(model, inputs)
+    attention = ATTENTION[name]
+    assert index[attention].kind == "heads" and index[attention].channels == 4
+    assert not any(g.id.startswith(attention) and g.kind != "heads" for g in index)  # q/k/v not also channel groups
+    plan = PruningPlan(groups=(GroupChoice(attention, keep=(0, 3)),))
+    physical, masked = apply_plan(model, plan, inputs, "physical"), apply_plan(model, plan, inputs, "mask")
+    torch.testing.assert_close(_hidden(physical.module, inputs), _hidden(masked.module, inputs), atol=1e-5, rtol=1e-4)
+    module = physical.module.get_submodule(attention)
+    query = {"bert": lambda m: m.self.query, "llama": lambda m: m.q_proj, "vit": lambda m: m.q_proj}[name](module)
+    # bert, vit: a unit is one head of 8; llama: two query heads of 4 sharing a key/value head of 4
+    assert query.weight.shape == (16, 32) and query.out_features == 16
+    if name == "llama":
+        assert module.k_proj.weight.shape == (8, 32) and module.num_key_value_groups == 2
+        original = model.get_submodule(attention)
+        assert torch.equal(module.q_proj.weight[8:], original.q_proj.weight[24:32])  # unit 3's query heads 6, 7
+        assert torch.equal(module.k_proj.weight[4:], original.k_proj.weight[12:16])  # and its key head 3

@@ -108,3 +108,31 @@ def test_weights_are_never_unpickled(tmp_path):
         load_weights(TinyNet(), path)
     with pytest.raises(WeightsError, match="does not exist"):
         load_weights(TinyNet(), tmp_path / "missing.pt")
+
+
+def test_hf_options_go_through_the_config_constructor_so_derived_values_follow():
+    loaded = load_model(
+        "hf:llama?num_hidden_layers=1&hidden_size=32&intermediate_size=64&num_attention_heads=4&vocab_size=50"
+    )
+    assert loaded.module.layers[0].self_attn.head_dim == 8  # 32 / 4, not the default config's 128
+
+
+def test_hf_image_models_get_pixel_values_and_encoder_decoders_get_decoder_ids():
+    vit = load_model(
+        "hf:vit?num_hidden_layers=1&hidden_size=32&intermediate_size=64&num_attention_heads=4&image_size=16"
+    )
+    assert [tuple(x.shape) for x in vit.example_inputs] == [(1, 3, 16, 16)] and vit.input_names == ("pixel_values",)
+    t5 = load_model("hf:t5?num_layers=1&d_model=32&d_ff=64&num_heads=2&d_kv=16&vocab_size=50", input_shapes=[(2, 6)])
+    assert t5.input_names == ("input_ids", "attention_mask", "decoder_input_ids")
+    ids, mask, decoder = t5.example_inputs
+    assert ids.shape == mask.shape == decoder.shape == (2, 6) and bool((decoder[:, 0] == 0).all())
+    with torch.no_grad():
+        assert t5.module(*t5.example_inputs).last_hidden_state.shape == (2, 6, 32)
+
+
+def test_an_hf_model_too_large_for_this_machine_is_refused_before_its_weights_are_made(monkeypatch):
+    import decomp.specs
+
+    monkeypatch.setattr(decomp.specs, "available_memory", lambda: 1024)
+    with pytest.raises(SpecError, match=r"has 0.\d\dM parameters; pruning it needs about .* Give a smaller config"):
+        load_model("hf:gpt2?n_layer=1&n_embd=32&n_head=2&vocab_size=50")
