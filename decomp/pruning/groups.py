@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,7 +40,8 @@ class CouplingGroup:
     """Channels that are pruned together. `layers` lists (module path, 'out' | 'in') per coupled layer.
 
     `kind` is `channels` (a Torch-Pruning group) or `heads` (an attention module's heads, `channels`
-    then counts heads, removed whole).
+    then counts heads, removed whole; `members`: the attention modules that keep the same heads, where
+    they share per-head state, as T5's layers share one relative position bias; else the group id).
     `slices` > 1 when a grouped convolution, a GroupNorm or an `nn.MultiheadAttention` runs through the
     group: its channels form `slices` equal slices (conv groups, norm groups, heads), and a removal must
     take the same positions from every slice, so each keeps the same width. `multiple`: the kept count
@@ -52,6 +54,12 @@ class CouplingGroup:
     slices: int = 1
     multiple: int = 1
     kind: str = "channels"
+    members: tuple[str, ...] = ()
+
+    @property
+    def head_modules(self) -> tuple[str, ...]:
+        """The attention modules a head group prunes alike."""
+        return self.members or (self.id,)
 
     @property
     def producers(self) -> tuple[str, ...]:
@@ -209,12 +217,14 @@ def _dependency_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...]):
         return out
 
     try:
-        dg = tp.DependencyGraph().build_dependency(
-            model,
-            example_inputs=inputs if len(inputs) > 1 else inputs[0],
-            customized_pruners=custom_pruners(model),
-            output_transform=keep,
-        )
+        with warnings.catch_warnings():  # its note on parameters outside layers: decomp's oracle checks those
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected", category=UserWarning)
+            dg = tp.DependencyGraph().build_dependency(
+                model,
+                example_inputs=inputs if len(inputs) > 1 else inputs[0],
+                customized_pruners=custom_pruners(model),
+                output_transform=keep,
+            )
     except Exception as err:  # noqa: BLE001 - any failure of the dependency tracer
         raise TracingError(
             f"cannot find coupling groups of {type(model).__name__}: Torch-Pruning's dependency tracer failed "
@@ -364,7 +374,9 @@ def _head_owned(modules: dict[str, nn.Module]) -> set[int]:
 def _add_head_groups(
     modules: dict[str, nn.Module], groups: dict[str, CouplingGroup], left_out: dict[str, tuple[str, set[str]]]
 ) -> None:
-    """Replace Torch-Pruning's groups inside known attention modules by one group of whole heads."""
+    """Replace Torch-Pruning's groups inside known attention modules by groups of whole heads: one per
+    module, or one per set of modules its layout ties together (they keep the same heads)."""
+    tied: dict[str, list[str]] = {}
     for path, module in modules.items():
         layout = head_layout(module)
         if layout is None:
@@ -374,8 +386,29 @@ def _add_head_groups(
             del groups[gid]
         for gid in owned & set(left_out):
             del left_out[gid]
-        layers = tuple(sorted({(f"{path}.{name.rpartition('.')[0]}", "heads") for name, _, _ in layout.slices(module)}))
-        groups[path] = CouplingGroup(path, layout.heads(module), layers, kind="heads")
+        tied.setdefault(layout.tie(path) or path, []).append(path)
+    for members in tied.values():
+        first = modules[members[0]]
+        layout, heads = head_layout(first), head_layout(first).heads(first)
+        if any(head_layout(modules[p]).heads(modules[p]) != heads for p in members):
+            for path in members:
+                left_out[path] = (
+                    f"the attention modules {', '.join(members)} share per-head state but not a head count",
+                    {path},
+                )
+            continue
+        layers = tuple(
+            sorted(
+                {
+                    (f"{p}.{name.rpartition('.')[0]}", "heads")
+                    for p in members
+                    for name, _, _ in layout.slices(modules[p])
+                }
+            )
+        )
+        groups[members[0]] = CouplingGroup(
+            members[0], heads, layers, kind="heads", members=tuple(members) if len(members) > 1 else ()
+        )
 
 
 def _conv_slices(module) -> int:

@@ -10,6 +10,10 @@ channel groups. Layouts are recognised by structure, so relatives of the models 
 - projections: a module with `q_proj`, `k_proj`, `v_proj`, `o_proj` Linears and `head_dim` (Llama,
   Mistral, Qwen2, Hugging Face ViT, ...). With grouped-query attention the unit is one key/value head
   together with the query heads that read it, so every kept query head keeps its key/value head.
+- T5: `q`, `k`, `v`, `o` Linears with `n_heads` and `key_value_proj_dim`, and in a stack's first layer a
+  relative position bias per head that every later layer of the stack adds to its own scores: the
+  self-attention modules of one stack are tied (they keep the same heads), as are its cross-attention
+  modules (they share one bias tensor whose head count must match).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class HeadLayout:
     heads: Callable[[nn.Module], int]  # units
     slices: Callable[[nn.Module], Slices]
     finish: Callable[[nn.Module, int], None]  # update attributes for the new unit count
+    tie: Callable[[str], str | None] = lambda path: None  # modules with the same key keep the same units
 
 
 def _blocks(width: int, size: int) -> list[list[int]]:
@@ -137,6 +142,39 @@ _PROJECTIONS = HeadLayout(
 )
 
 
+def _t5(m: nn.Module) -> bool:
+    layers = [getattr(m, n, None) for n in ("q", "k", "v", "o")]
+    hd, heads = getattr(m, "key_value_proj_dim", None), getattr(m, "n_heads", None)
+    if not isinstance(hd, int) or not isinstance(heads, int) or not all(isinstance(x, nn.Linear) for x in layers):
+        return False
+    q, k, v, o = layers
+    return q.out_features == k.out_features == v.out_features == o.in_features == heads * hd
+
+
+def _t5_slices(m: nn.Module) -> Slices:
+    per_head = _blocks(m.q.out_features, m.key_value_proj_dim)
+    out: Slices = []
+    for name in ("q", "k", "v"):
+        out += _linear_slices(name, getattr(m, name), per_head, 0)
+    out += _linear_slices("o", m.o, per_head, 1)
+    if getattr(m, "has_relative_attention_bias", False):
+        out.append(("relative_attention_bias.weight", 1, [[h] for h in range(len(per_head))]))
+    return out
+
+
+def _t5_finish(m: nn.Module, heads: int) -> None:
+    m.n_heads, m.inner_dim = heads, heads * m.key_value_proj_dim
+
+
+def _t5_tie(path: str) -> str | None:
+    """`encoder.block.3.layer.0.SelfAttention` -> `encoder.*.SelfAttention`: one stack, one role."""
+    stack, sep, rest = path.partition(".block.")
+    return f"{stack}.*.{rest.rpartition('.')[2]}" if sep else None
+
+
+_T5 = HeadLayout(owned=("q", "k", "v"), heads=lambda m: m.n_heads, slices=_t5_slices, finish=_t5_finish, tie=_t5_tie)
+
+
 def head_layout(module: nn.Module) -> HeadLayout | None:
     cls = type(module)
     if f"{cls.__module__}.{cls.__qualname__}" == "transformers.models.gpt2.modeling_gpt2.GPT2Attention":
@@ -145,6 +183,8 @@ def head_layout(module: nn.Module) -> HeadLayout | None:
         return _PAIRED
     if _projections(module):
         return _PROJECTIONS
+    if _t5(module):
+        return _T5
     return None
 
 
@@ -173,4 +213,6 @@ def prune_heads(module: nn.Module, keep: list[int]) -> None:
         layer = owners[owner]
         if isinstance(layer, nn.Linear):
             layer.out_features, layer.in_features = layer.weight.shape
+        elif isinstance(layer, nn.Embedding):
+            layer.num_embeddings, layer.embedding_dim = layer.weight.shape
     layout.finish(module, len(keep))

@@ -43,7 +43,8 @@ def channel_importance(index: GroupIndex, group_id: str, criterion: str = "l1") 
     if index[group_id].kind == "heads":
         if criterion not in ("l1", "l2"):
             raise InvalidPlanError(f"attention head group {group_id} is ranked by l1 or l2, not {criterion}")
-        return head_importance(index.model.get_submodule(group_id), p=1 if criterion == "l1" else 2)
+        p = 1 if criterion == "l1" else 2
+        return sum(head_importance(index.model.get_submodule(path), p=p) for path in index[group_id].head_modules)
     group = index.tp_group(group_id)
     if criterion == "taylor" and any(
         p.grad is None for item in group for p in getattr(item.dep.target.module, "parameters", lambda: [])()

@@ -88,7 +88,8 @@ def prune_structure(
             raise InvalidPlanError(f"group {choice.group} cannot be pruned on a copy of the model: {why}")
         removed = sorted(set(range(index[choice.group].channels)) - set(choice.keep))
         if removed and index[choice.group].kind == "heads":
-            prune_heads(encoded.get_submodule(choice.group), list(choice.keep))
+            for path in index[choice.group].head_modules:
+                prune_heads(encoded.get_submodule(path), list(choice.keep))
         elif removed:
             index.tp_group(choice.group, removed).prune()
     sync_attributes(encoded)

@@ -63,9 +63,10 @@ def width_problems(
     for choice in plan.groups:
         group, kept = index[choice.group], len(choice.keep)
         if group.kind == "heads":
-            heads = head_layout(after[group.id]).heads(after[group.id])
-            if heads != kept:
-                problems[group.id] = f"the plan keeps {kept} heads of {group.id}, the pruned model has {heads}"
+            for path in group.head_modules:
+                heads = head_layout(after[path]).heads(after[path])
+                if heads != kept:
+                    problems[group.id] = f"the plan keeps {kept} heads of {group.id}, the pruned {path} has {heads}"
             continue
         for path, side in group.layers:
             if side != "out" or path not in after:

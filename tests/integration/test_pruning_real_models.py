@@ -78,3 +78,37 @@ def test_shufflenet_prunes_its_branches_and_leaves_the_shuffled_channels_whole()
     pruned = apply_plan(model, plan_for_ratio(index, 0.5), (x,), "physical", skip_failing=True)
     before, after = build_graph(model, x), build_graph(pruned.module, x)
     assert after.totals.macs < 0.7 * before.totals.macs
+
+
+HF = {  # from their config classes, a few layers wide enough that the attention and MLP hold most MACs
+    "bert": "hf:bert?num_hidden_layers=3&hidden_size=256&intermediate_size=1024&num_attention_heads=8&vocab_size=1000",
+    "gpt2": "hf:gpt2?n_layer=3&n_embd=256&n_head=8&vocab_size=1000&n_positions=64",
+    "t5": "hf:t5?num_layers=2&num_decoder_layers=2&d_model=256&d_ff=1024&num_heads=8&d_kv=32&vocab_size=1000",
+    "llama": "hf:llama?num_hidden_layers=3&hidden_size=256&intermediate_size=688&num_attention_heads=8"
+    "&num_key_value_heads=4&vocab_size=1000&max_position_embeddings=64",
+    "vit": "hf:vit?num_hidden_layers=3&hidden_size=256&intermediate_size=1024&num_attention_heads=8&image_size=224",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HF))
+def test_hugging_face_half_heads_and_mlp_then_graph_split_and_export(tmp_path, name):
+    from decomp import load_model
+    from decomp.partition.export import export_split, verify_export
+    from decomp.partition.plan import PartitionPlan
+    from decomp.partition.split import split_model
+
+    loaded = load_model(HF[name], input_shapes=None if name == "vit" else [(1, 32)])
+    model, inputs = loaded.module, loaded.example_inputs
+    index = find_groups(model, inputs)
+    heads = [g for g in index if g.kind == "heads"]
+    assert heads and len(index) > len(heads)  # heads and MLP channels
+    pruned = apply_plan(model, plan_for_ratio(index, 0.5), inputs, "physical")  # the oracle checks the outputs
+    kept = {g.group: len(g.keep) for g in pruned.plan.groups}
+    assert all(kept[g.id] == g.channels // 2 for g in heads)
+    before = build_graph(model, inputs, tracer="export")
+    after = build_graph(pruned.module, inputs, tracer="export")
+    assert after.totals.macs < 0.55 * before.totals.macs
+    n = len(after.compute_nodes())
+    split = split_model(pruned.module, inputs, PartitionPlan.pipeline(after, [n // 2]), tracer="export")
+    folder = export_split(split, tmp_path / "export", source=HF[name], pruning_plan=pruned.plan)
+    assert verify_export(folder, pruned.module, inputs) <= 1e-5

@@ -123,3 +123,38 @@ def test_heads_of_other_layouts_are_removed_whole_and_match_masking(name):
         original = model.get_submodule(attention)
         assert torch.equal(module.q_proj.weight[8:], original.q_proj.weight[24:32])  # unit 3's query heads 6, 7
         assert torch.equal(module.k_proj.weight[4:], original.k_proj.weight[12:16])  # and its key head 3
+
+
+def test_t5_heads_are_tied_across_a_stack_that_shares_one_position_bias():
+    loaded = load_model(
+        "hf:t5?num_layers=2&num_decoder_layers=2&d_model=32&d_ff=64&num_heads=4&d_kv=8&vocab_size=50",
+        input_shapes=[(2, 6)],
+    )
+    model, inputs = loaded.module, loaded.example_inputs
+    index = find_groups(model, inputs)
+    heads = {g.id: g for g in index if g.kind == "heads"}
+    assert set(heads) == {
+        "encoder.block.0.layer.0.SelfAttention",
+        "decoder.block.0.layer.0.SelfAttention",
+        "decoder.block.0.layer.1.EncDecAttention",
+    }
+    assert heads["encoder.block.0.layer.0.SelfAttention"].head_modules == (
+        "encoder.block.0.layer.0.SelfAttention",
+        "encoder.block.1.layer.0.SelfAttention",
+    )
+    plan = PruningPlan(
+        groups=(
+            GroupChoice("encoder.block.0.layer.0.SelfAttention", keep=(1, 2)),
+            GroupChoice("decoder.block.0.layer.1.EncDecAttention", keep=(0, 3)),
+        )
+    )
+    physical, masked = apply_plan(model, plan, inputs, "physical"), apply_plan(model, plan, inputs, "mask")
+    torch.testing.assert_close(_hidden(physical.module, inputs), _hidden(masked.module, inputs), atol=1e-5, rtol=1e-4)
+    pruned = physical.module
+    assert [b.layer[0].SelfAttention.n_heads for b in pruned.encoder.block] == [2, 2]
+    bias = pruned.encoder.block[0].layer[0].SelfAttention.relative_attention_bias
+    assert bias.weight.shape[1] == bias.embedding_dim == 2
+    assert torch.equal(
+        bias.weight, model.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight[:, 1:3]
+    )
+    assert [b.layer[0].SelfAttention.n_heads for b in pruned.decoder.block] == [4, 4]  # its own group, kept
