@@ -4,9 +4,9 @@ Torch-Pruning's enumeration of a group can grow without limit on some topologies
 many slices, rolls and reshapes multiply), in time and in memory, and it runs inside one call decomp
 cannot split. `bounded` runs discovery under a timer that checks, four times a second, the elapsed time
 of the whole discovery and of the group being enumerated, and how far the process's memory has grown:
-a group past its share is interrupted (`GroupLimit`: the group is left out with the reason), the
-whole discovery past its cap is ended (`DiscoveryLimit`: a clear error). Both derive from
-BaseException so that no `except Exception` inside Torch-Pruning or decomp swallows them.
+a group past its share (time, or memory growth) is interrupted (`GroupLimit`: the group is left out
+with the reason), the whole discovery past its cap is ended (`DiscoveryLimit`: a clear error). Both
+derive from BaseException so that no `except Exception` inside Torch-Pruning or decomp swallows them.
 
 The timer needs the main thread (signals); elsewhere discovery runs unbounded, as before.
 """
@@ -25,6 +25,7 @@ __all__ = ["Bounds", "DiscoveryLimit", "GroupLimit", "bounded", "DISCOVERY_SECON
 
 DISCOVERY_SECONDS = 600.0  # the whole discovery (dependency graph and every group)
 GROUP_SECONDS = 60.0  # one group's enumeration
+GROUP_MEMORY = 2 * 2**30  # bytes one group's enumeration may grow the process by
 MEMORY_SHARE = 0.6  # of the memory available when discovery starts
 TICK = 0.25
 
@@ -44,12 +45,13 @@ class Bounds:
         self.seconds, self.memory_bytes = seconds, memory_bytes
         self.start, self.base = time.monotonic(), resident_memory()
         self.group_deadline: float | None = None
-        self.group_seconds = GROUP_SECONDS
+        self.group_seconds, self.group_base = GROUP_SECONDS, 0
 
     @contextmanager
     def group(self, seconds: float | None = None) -> Iterator[None]:
         seconds = GROUP_SECONDS if seconds is None else seconds
         self.group_deadline, self.group_seconds = time.monotonic() + seconds, seconds
+        self.group_base = resident_memory()
         try:
             yield
         finally:
@@ -65,9 +67,18 @@ class Bounds:
                 f"its memory grew by {grown / 2**30:.1f} GiB, past its {self.memory_bytes / 2**30:.1f} GiB cap "
                 f"({MEMORY_SHARE:.0%} of the memory available when it started)"
             )
-        if self.group_deadline is not None and now > self.group_deadline:
+        if self.group_deadline is None:
+            return
+        if now > self.group_deadline:
             self.group_deadline = None
             raise GroupLimit(f"Torch-Pruning's enumeration of it ran past {self.group_seconds:g} s")
+        grown = resident_memory() - self.group_base
+        if grown > GROUP_MEMORY:
+            self.group_deadline = None
+            raise GroupLimit(
+                f"Torch-Pruning's enumeration of it grew memory by {grown / 2**30:.1f} GiB, past "
+                f"{GROUP_MEMORY / 2**30:g} GiB"
+            )
 
 
 @contextmanager

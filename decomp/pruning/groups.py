@@ -283,13 +283,13 @@ def _tp_groups(dg: tp.DependencyGraph, roots: tuple[type, ...], claimed: set[int
         try:
             with bounds.group():
                 group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
-        except GroupLimit as limit:
+        except GroupLimit as limit:  # without its traceback, whose frames hold what the enumeration built
             done.add(id(module))
-            yield module, None, limit
+            yield module, None, limit.with_traceback(None)
             continue
         except Exception as err:  # noqa: BLE001 - Torch-Pruning's index mapping failed on this group
             done.add(id(module))
-            yield module, None, err
+            yield module, None, err.with_traceback(None)
             continue
         done.update(id(item.dep.target.module) for item in group if dg.is_out_channel_pruning_fn(item.dep.handler))
         yield module, group, None

@@ -78,3 +78,26 @@ def test_find_groups_past_the_discovery_cap_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(bounds, "DISCOVERY_SECONDS", 0.5)
     with pytest.raises(TracingError, match="stopped: it ran past its 0.5 s cap.*Unstructured pruning"):
         find_groups(model, (x,))
+
+
+def test_a_group_whose_enumeration_grows_memory_too_far_is_left_out_and_its_memory_freed(monkeypatch):
+    import weakref
+
+    model, x = Net().eval(), torch.randn(1, 3, 8, 8)
+    original = tp.DependencyGraph.get_pruning_group
+    made, alive_later = [], []
+
+    def hungry(self, module, fn, idxs):
+        if module is model.conv1:
+            held = [torch.ones(2**20) for _ in range(96)]  # 384 MiB, touched
+            made.append(weakref.ref(held[0]))
+            _spin(30)
+        elif made:  # a later group: what the interrupted one built must be gone by now, not at the end
+            alive_later.append(made[0]() is not None)
+        return original(self, module, fn, idxs)
+
+    monkeypatch.setattr(tp.DependencyGraph, "get_pruning_group", hungry)
+    monkeypatch.setattr(bounds, "GROUP_MEMORY", 128 * 2**20)
+    index = find_groups(model, (x,))
+    assert "grew memory by" in index.skipped["conv1"] and "conv2" in index
+    assert alive_later and not any(alive_later)  # nothing kept what the interrupted enumeration held
