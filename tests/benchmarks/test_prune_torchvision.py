@@ -10,7 +10,8 @@ it writes, so exit 0 means the physically pruned model computes what the plan sa
 - crashed: any other exit (a traceback: a bug), or over a cap.
 
 Full size runs all of `torchvision.models.list_models(module=torchvision.models)` and asserts the goal
-(>= 80 pruned, none crashed); smoke runs three small ones.
+(>= 80 pruned, none crashed); smoke runs three small ones. A full sweep takes hours on 2 cores:
+DECOMP_BENCH_REUSE=FOLDER keeps each model's report in FOLDER and resumes from them.
 """
 
 from __future__ import annotations
@@ -86,11 +87,27 @@ def prune(name: str, folder: Path) -> dict:
                 break
             time.sleep(0.2)
         text = child.stdout.read()
-    seconds = time.perf_counter() - start
+    (folder / f"{name}.log").write_text(text)
+    return _row(name, folder, time.perf_counter() - start, peak, over, text, child.returncode)
+
+
+def reused(name: str, folder: Path) -> dict | None:
+    """The row of an earlier run's finished report for `name` in `folder`, or None (a run stopped at a
+    cap leaves no report, so it runs again)."""
+    report = folder / f"{name}.json"
+    if not report.exists():
+        return None
+    done, log = json.loads(report.read_text()), folder / f"{name}.log"
+    text = log.read_text() if log.exists() else ""
+    return _row(name, folder, done["seconds"], done["peak_gib"], None, text, done["rc"]) | {"reused": True}
+
+
+def _row(name: str, folder: Path, seconds: float, peak: float, over: str | None, text: str, rc: int) -> dict:
+    out, report = folder / name, folder / f"{name}.json"
     row = {"name": name, "seconds": seconds, "peak_gib": peak, "before": None, "after": None, "whole": 0}
     if over is not None:
         return row | {"result": "crashed", "why": over}
-    done = json.loads(report.read_text()) if report.exists() else {"rc": child.returncode}
+    done = json.loads(report.read_text()) if report.exists() else {"rc": rc}
     row["peak_gib"] = max(peak, done.get("peak_gib", 0.0))
     if done["rc"] == 0:
         summary = json.loads((out / "summary.json").read_text())
@@ -110,7 +127,11 @@ def _macs(value: int | None) -> str:
 
 
 def test_every_torchvision_classifier_is_pruned_or_refused_clearly(tmp_path):
-    rows = [prune(name, tmp_path) for name in NAMES]
+    # DECOMP_BENCH_REUSE=FOLDER resumes a sweep: models with a finished report there are not run again
+    folder = Path(os.environ.get("DECOMP_BENCH_REUSE") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [reused(name, folder) or prune(name, folder) for name in NAMES]
+    again = sum(bool(row.get("reused")) for row in rows)
     counts = {r: sum(row["result"] == r for row in rows) for r in ("pruned", "nothing pruned", "refused", "crashed")}
     table = [
         f"| {row['name']} | {row['result']} | {_macs(row['before'])} -> {_macs(row['after'])} | {row['whole']} | "
@@ -125,7 +146,12 @@ def test_every_torchvision_classifier_is_pruned_or_refused_clearly(tmp_path):
             "Each in its own process as a user runs it (the equivalence oracle checks what it writes), capped at "
             f"{CAP_S:g} s and {CAP_GIB:g} GiB; one example image at the crop size each model's weights name (224 for "
             "most, up to 600 for efficientnet_b7). 'left whole': "
-            "coupling groups not pruned, each with a reason in the summary. Seconds on a shared 2-core VM.",
+            "coupling groups not pruned, each with a reason in the summary. Seconds on a shared 2-core VM."
+            + (
+                f" {again} rows are from an earlier run resumed in the same folder (DECOMP_BENCH_REUSE)."
+                if again
+                else ""
+            ),
             "",
             f"**{counts['pruned']} pruned**, {counts['nothing pruned']} with nothing pruned, {counts['refused']} "
             f"refused with a named reason, {counts['crashed']} crashed or over a cap (goal: >= {GOAL} pruned "
