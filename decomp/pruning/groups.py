@@ -27,7 +27,7 @@ from decomp.errors import SpecError, TracingError
 from decomp.graph import ModelGraph
 from decomp.pruning.bounds import Bounds, DiscoveryLimit, GroupLimit, bounded
 from decomp.pruning.coverage import flat_tensors, output_layers, unpruned_layers
-from decomp.pruning.heads import head_layout
+from decomp.pruning.heads import HeadLayout, head_layout
 from decomp.pruning.layers import custom_pruners, custom_root_types
 
 __all__ = ["CouplingGroup", "GroupIndex", "ROOT_TYPES", "annotate_graph", "find_groups", "pruned_side"]
@@ -152,7 +152,8 @@ def find_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], keep
     try:
         with bounded() as bounds:
             dg, returned, unmapped = _dependency_graph(model, tuple(example_inputs))
-            claimed = _head_owned(modules)
+            layouts = {path: layout for path, m in modules.items() if (layout := head_layout(m)) is not None}
+            claimed = _head_owned(modules, layouts)
             found = list(_tp_groups(dg, (*ROOT_TYPES, *custom_root_types()), claimed, bounds))
     except DiscoveryLimit as limit:
         raise TracingError(
@@ -199,7 +200,7 @@ def find_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], keep
             continue
         multiple = math.lcm(1, *(t.num_heads for t, _, _ in items if isinstance(t, nn.MultiheadAttention)))
         groups[gid] = CouplingGroup(gid, channels, tuple(layers), slices, multiple)
-    _add_head_groups(modules, groups, left_out)
+    _add_head_groups(modules, layouts, groups, left_out)
     covered = {path for g in groups.values() for path, _ in g.layers}
     unpruned = unpruned_layers(model, dg, covered, left_out, at_output)
     ordered = dict(sorted(groups.items(), key=lambda kv: order[kv[0]]))
@@ -361,26 +362,21 @@ def _blocks(module) -> tuple[int, str] | None:
     return None
 
 
-def _head_owned(modules: dict[str, nn.Module]) -> set[int]:
+def _head_owned(modules: dict[str, nn.Module], layouts: dict[str, HeadLayout]) -> set[int]:
     """ids of the layers whose channel groups attention head groups replace."""
-    owned = set()
-    for path, module in modules.items():
-        layout = head_layout(module)
-        if layout is not None:
-            owned.update(id(modules[f"{path}.{child}"]) for child in layout.owned)
-    return owned
+    return {id(modules[f"{path}.{child}"]) for path, layout in layouts.items() for child in layout.owned}
 
 
 def _add_head_groups(
-    modules: dict[str, nn.Module], groups: dict[str, CouplingGroup], left_out: dict[str, tuple[str, set[str]]]
+    modules: dict[str, nn.Module],
+    layouts: dict[str, HeadLayout],
+    groups: dict[str, CouplingGroup],
+    left_out: dict[str, tuple[str, set[str]]],
 ) -> None:
     """Replace Torch-Pruning's groups inside known attention modules by groups of whole heads: one per
     module, or one per set of modules its layout ties together (they keep the same heads)."""
     tied: dict[str, list[str]] = {}
-    for path, module in modules.items():
-        layout = head_layout(module)
-        if layout is None:
-            continue
+    for path, layout in layouts.items():
         owned = {f"{path}.{child}" for child in layout.owned}
         for gid in [g.id for g in groups.values() if owned & set(g.producers)]:
             del groups[gid]
@@ -388,9 +384,9 @@ def _add_head_groups(
             del left_out[gid]
         tied.setdefault(layout.tie(path) or path, []).append(path)
     for members in tied.values():
-        first = modules[members[0]]
-        layout, heads = head_layout(first), head_layout(first).heads(first)
-        if any(head_layout(modules[p]).heads(modules[p]) != heads for p in members):
+        layout = layouts[members[0]]
+        heads = layout.heads(modules[members[0]])
+        if any(layouts[p].heads(modules[p]) != heads for p in members):
             for path in members:
                 left_out[path] = (
                     f"the attention modules {', '.join(members)} share per-head state but not a head count",
