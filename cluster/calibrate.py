@@ -156,7 +156,7 @@ def _candidates(request: CalibrateRequest, table: OpTable, key: str, note: Calla
             model = loaded.module
             if ratio > 0:
                 index = find_groups(model, inputs)
-                model = apply_plan(model, plan_for_ratio(index, ratio), inputs).module
+                model = apply_plan(model, plan_for_ratio(index, ratio), inputs, index=index).module
             pruned.append((spec, ratio, held_out, model, inputs, loaded.tracer))
     graphs = []
     for r in range(request.rounds):  # each round profiles every op into a fresh table; least times kept

@@ -47,11 +47,17 @@ class Measurer:
     and the device; `measure` runs one candidate at one level."""
 
     def __init__(
-        self, config: JobConfig, model: nn.Module, inputs: tuple[torch.Tensor, ...], measured: Sequence[str]
+        self,
+        config: JobConfig,
+        model: nn.Module,
+        inputs: tuple[torch.Tensor, ...],
+        measured: Sequence[str],
+        index=None,
     ) -> None:
         from decomp.data import load_data
 
         self.config, self.model, self.measured = config, model, tuple(measured)
+        self.index = index  # the model's coupling groups (a GroupIndex), so each candidate does not find them again
         accuracy = config.accuracy
         self.one = tuple(x[:1] for x in inputs)  # apply_plan checks the pruned model on one sample
         self.seed = config.searcher.seed
@@ -77,7 +83,7 @@ class Measurer:
         from decomp.pruning import PruningPlan, apply_plan, make_permanent, mask_in_place, recalibrate_batchnorm
 
         plan = candidate.pruning or PruningPlan()
-        pruned = apply_plan(self.model, plan, self.one, mode="physical").module.to(self.device)
+        pruned = apply_plan(self.model, plan, self.one, mode="physical", index=self.index).module.to(self.device)
         if self.data is not None and plan.prunes():
             if self.config.accuracy.bn_batches:
                 recalibrate_batchnorm(pruned, self._training_inputs(self.config.accuracy.bn_batches))

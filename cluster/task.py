@@ -125,7 +125,7 @@ def _exact_groups(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], ind
     if not len(index) or lowest >= 1.0:
         return index
     one = tuple(x[:1] for x in inputs)
-    refused = apply_plan(module, plan_for_ratio(index, 1.0 - lowest), one, skip_failing=True).skipped
+    refused = apply_plan(module, plan_for_ratio(index, 1.0 - lowest), one, skip_failing=True, index=index).skipped
     return index.without(refused) if refused else index
 
 
@@ -257,7 +257,7 @@ class _Problem:
             CostModel(self.graph, self._latency_model(self.cluster), latency.micro_batches, importances=importances)
         )
         if measured:
-            self.measurer = Measurer(self.config, self.model, self.inputs, measured)
+            self.measurer = Measurer(self.config, self.model, self.inputs, measured, self.index)
 
     def _latency_model(self, cluster):
         from decomp.latency import LatencyModel, OpTable, default_table_path, load_calibration

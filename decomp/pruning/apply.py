@@ -161,6 +161,7 @@ def apply_plan(
     example_inputs: tuple[torch.Tensor, ...],
     mode: str = "physical",
     skip_failing: bool = False,
+    index: GroupIndex | None = None,
 ) -> PrunedModel:
     """Apply `plan` to a copy of `model` (left untouched). `physical` removes channels; `mask` zeroes
     them through `torch.nn.utils.prune` masks (weights kept under `*_orig`, shapes unchanged).
@@ -168,13 +169,17 @@ def apply_plan(
     Every structured prune is checked (`decomp.pruning.oracle`): the kept widths must be the plan's, and
     a physical model must compute what the dense model with the removed channels zeroed computes. A
     failure raises `InvalidPlanError` naming the groups at fault and their layers, or, with
-    `skip_failing`, leaves those groups whole and lists them in `PrunedModel.skipped`.
+    `skip_failing`, leaves those groups whole and lists them in `PrunedModel.skipped`. `index`: the
+    coupling groups of `model` where the caller has them (else they are found here).
     """
     if mode not in MODES:
         raise InvalidPlanError(f"unknown pruning mode {mode!r}; choose one of {', '.join(MODES)}")
     model.eval()
     inputs = tuple(example_inputs)
-    index = find_groups(model, inputs) if plan.groups else None
+    if index is not None and index.model is not model:
+        raise ValueError("apply_plan: `index` holds the coupling groups of another model; pass this model's")
+    if plan.groups and index is None:
+        index = find_groups(model, inputs)
     skipped: dict[str, str] = {}
     if skip_failing and index is not None:
         skipped = {c.group: index.skipped[c.group] for c in plan.groups if c.group in index.skipped}
@@ -208,7 +213,7 @@ def _attempt(model: nn.Module, inputs: tuple[torch.Tensor, ...], plan: PruningPl
         _sparsify(physical, plan, masks)
         return physical.eval(), masks, {}
     try:
-        physical, norms = prune_structure(model, inputs, plan)
+        physical, norms = prune_structure(model, inputs, plan, index)
     except Exception as err:  # noqa: BLE001 - Torch-Pruning failing inside a group's pruning functions
         return None, {}, {"": f"Torch-Pruning fails while pruning ({type(err).__name__}: {err})"}
     twin = copy.deepcopy(physical) if mode == "physical" else None  # the structure, for re-drawn weights

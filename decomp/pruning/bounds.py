@@ -23,7 +23,8 @@ from decomp.resources import available_memory, resident_memory
 
 __all__ = ["Bounds", "DiscoveryLimit", "GroupLimit", "bounded", "DISCOVERY_SECONDS", "GROUP_SECONDS"]
 
-DISCOVERY_SECONDS = 600.0  # the whole discovery (dependency graph and every group)
+# the whole discovery (dependency graph and every group); the rest of a 10-minute budget is for pruning and its check
+DISCOVERY_SECONDS = 420.0
 GROUP_SECONDS = 60.0  # one group's enumeration
 GROUP_MEMORY = 2 * 2**30  # bytes one group's enumeration may grow the process by
 MEMORY_SHARE = 0.6  # of the memory available when discovery starts

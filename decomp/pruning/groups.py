@@ -126,6 +126,13 @@ class GroupIndex:
                 reasons.setdefault(gid, f"kept whole as asked (keep {name})")
         return self.without(reasons)
 
+    def on_copy(self, copy: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> GroupIndex:
+        """These groups over `copy`, a copy of the model (the index-encoded one the pruning runs on): its own
+        dependency graph is traced, but the groups are not enumerated again (on large models that
+        enumeration is most of the discovery's time); `tp_group` finds each from its root layer."""
+        dg, _, _ = _dependency_graph(copy, tuple(example_inputs))
+        return GroupIndex(copy, dg, self.groups, self.skipped, self.unpruned)
+
     def tp_group(self, group_id: str, idxs: list[int] | None = None) -> tp.Group:
         """The Torch-Pruning group rooted at `group_id`'s layer, for the given channel indices."""
         root = self._modules[group_id]
@@ -175,7 +182,7 @@ def find_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], keep
         if error is not None:
             why = f"Torch-Pruning cannot follow its channels ({type(error).__name__}: {error})"
             if unmapped:
-                why += f"; the model has {len(unmapped)} reshape(s) it cannot map, e.g. a channel shuffle"
+                why += f"; the model has {len(unmapped)} reshape(s) or concat(s) it cannot map, e.g. a channel shuffle"
             left_out[names[id(root)]] = (why, {names[id(root)]})
             continue
         items = [(item.dep.target.module, pruned_side(item.dep.handler), item) for item in group]
@@ -220,6 +227,8 @@ def _dependency_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...]):
     try:
         with warnings.catch_warnings():  # its note on parameters outside layers: decomp's oracle checks those
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected", category=UserWarning)
+            # its channel inference giving up; where that matters the op is noted (see _guard_index_mapping)
+            warnings.filterwarnings("ignore", message="Maximum recursive depth reached", category=UserWarning)
             dg = tp.DependencyGraph().build_dependency(
                 model,
                 example_inputs=inputs if len(inputs) > 1 else inputs[0],
@@ -239,31 +248,33 @@ def _dependency_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...]):
 UNMAPPED = "decomp_unmapped"  # attribute of a Torch-Pruning graph: reshape op module id -> why
 
 
-def _guard_reshape_mapping() -> None:
-    """Make Torch-Pruning note, not raise, a reshape whose channel mapping it cannot work out (a channel
-    shuffle's view to (batch, groups, channels / groups, ...) gives it a channel count of 0 and it divides
-    by it). Its `update_index_mapping` runs on every `build_dependency` and `get_pruning_group` and would
-    end each of them; guarded, the reshape is noted on the graph (`UNMAPPED`) and `find_groups` leaves out
-    the groups whose channels pass through it, instead of mapping them as if it kept channels in place.
-    Installed once; a mapping that works is untouched."""
-    original = tp_index_mapping.update_reshape_index_mapping
+def _guard_index_mapping(name: str, what: str) -> None:
+    """Make Torch-Pruning note, not raise, a reshape or concat whose channel mapping it cannot work out (a
+    channel shuffle's view to (batch, groups, channels / groups, ...) gives it a channel count of 0 and it
+    divides by it; in a deep Swin its channel inference gives up before a concat and it adds None). Its
+    `update_index_mapping` runs on every `build_dependency` and `get_pruning_group` and would end each of
+    them; guarded, the op is noted on the graph (`UNMAPPED`) and `find_groups` leaves out the groups whose
+    channels pass through it, instead of mapping them as if it kept channels in place. Installed once per
+    function; a mapping that works is untouched."""
+    original = getattr(tp_index_mapping, name)
     if getattr(original, "decomp_guard", False):
         return
 
     def guarded(graph, node) -> None:
         try:
             original(graph, node)
-        except Exception as err:  # noqa: BLE001 - its mapping of this one reshape failed
+        except Exception as err:  # noqa: BLE001 - its mapping of this one op failed
             graph.__dict__.setdefault(UNMAPPED, {})[id(node.module)] = (
-                f"its channels pass through a reshape ({node.name}) whose channel mapping Torch-Pruning cannot "
-                f"work out ({type(err).__name__}: {err}), e.g. a channel shuffle"
+                f"its channels pass through a {what} ({node.name}) whose channel mapping Torch-Pruning cannot "
+                f"work out ({type(err).__name__}: {err})"
             )
 
     guarded.decomp_guard = True
-    tp_index_mapping.update_reshape_index_mapping = guarded
+    setattr(tp_index_mapping, name, guarded)
 
 
-_guard_reshape_mapping()
+_guard_index_mapping("update_reshape_index_mapping", "reshape, e.g. a channel shuffle,")
+_guard_index_mapping("update_concat_index_mapping", "concat")
 
 
 def _tp_groups(dg: tp.DependencyGraph, roots: tuple[type, ...], claimed: set[int], bounds: Bounds):

@@ -158,4 +158,5 @@ def remove_dead_neurons(model: nn.Module, example_inputs: tuple[torch.Tensor, ..
                 alive.append(c)
         if len(alive) < group.channels:
             choices.append(GroupChoice(group.id, keep=tuple(alive or [0])))
-    return apply_plan(model, PruningPlan(groups=tuple(choices)), example_inputs, "physical", skip_failing=True)
+    plan = PruningPlan(groups=tuple(choices))
+    return apply_plan(model, plan, example_inputs, "physical", skip_failing=True, index=index)

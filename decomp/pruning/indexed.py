@@ -18,7 +18,7 @@ from torch import nn
 
 from decomp.errors import InvalidPlanError
 from decomp.pruning.fixups import sync_attributes
-from decomp.pruning.groups import find_groups
+from decomp.pruning.groups import GroupIndex
 from decomp.pruning.heads import prune_heads
 from decomp.pruning.plan import PruningPlan
 
@@ -74,18 +74,18 @@ def decode(structure: nn.Module, original: nn.Module) -> dict[str, torch.Tensor]
 
 
 def prune_structure(
-    model: nn.Module, inputs: tuple[torch.Tensor, ...], plan: PruningPlan
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], plan: PruningPlan, groups: GroupIndex
 ) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """The plan's channel groups pruned on an index-encoded copy of `model` (the structure, for
-    `decode`), and the kept channels of norms without weights (masks by module path)."""
+    """The plan's channel groups (of `groups`, the index of `model`) pruned on an index-encoded copy of
+    `model` (the structure, for `decode`), and the kept channels of norms without weights (masks by
+    module path)."""
     encoded = _encode(model)
     probes = add_norm_probes(encoded)
     doubled = tuple(x.double() if x.is_floating_point() else x for x in inputs)
-    index = find_groups(encoded, doubled, keep_output=False)
+    index = groups.on_copy(encoded, doubled)
     for choice in plan.groups:
-        if choice.group not in index:  # Torch-Pruning's enumeration is not always the same on the copy
-            why = index.skipped.get(choice.group, "it is not found")
-            raise InvalidPlanError(f"group {choice.group} cannot be pruned on a copy of the model: {why}")
+        if choice.group not in index:
+            raise InvalidPlanError(f"the model has no coupling group {choice.group!r}")
         removed = sorted(set(range(index[choice.group].channels)) - set(choice.keep))
         if removed and index[choice.group].kind == "heads":
             for path in index[choice.group].head_modules:

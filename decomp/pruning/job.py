@@ -189,7 +189,7 @@ def _prune(request: PruneRequest, loaded: LoadedModel, data: DataSplits | None, 
             accumulate_gradients(model, [next(iter(loaders[0]))])
         index = find_groups(model, inputs).keeping(request.keep)
         plan = plan_for_ratio(index, request.ratio, request.method, request.scope, request.round_to)
-        pruned = apply_plan(model, plan, inputs, "physical", skip_failing=True)
+        pruned = apply_plan(model, plan, inputs, "physical", skip_failing=True, index=index)
         if data is not None and retrain.epochs:
             train(pruned.module, loaders[0], retrain, teacher=teacher)
         return _Outcome(pruned.module, pruned.plan, *_left_whole(index, pruned))
