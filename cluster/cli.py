@@ -231,6 +231,13 @@ def run(
     batches: Annotated[int, typer.Option(help="batches to measure (after one warm-up batch)")] = 10,
     threads: Annotated[int, typer.Option(help="torch threads per part")] = 1,
     local: Annotated[bool, typer.Option(help="run the parts in this process instead of Ray actors")] = False,
+    transport: Annotated[
+        str,
+        typer.Option(
+            help="how tensors travel between parts: auto (NCCL between GPU parts, else the object store), nccl, "
+            "gloo (CPU parts, Ray Direct Transport) or object-store"
+        ),
+    ] = "auto",
     json_path: JsonOut = None,
 ) -> None:
     """Run an export on random inputs, one Ray actor per part, and report throughput, latency and busy time."""
@@ -239,7 +246,7 @@ def run(
 
     where = "in this process" if local else "on Ray"
     with console.status(f"running {export} {where} ..."):
-        report = run_export(export, batch_size, micro_batches, batches, threads, local)
+        report = run_export(export, batch_size, micro_batches, batches, threads, local, transport=transport)
     console.print(run_table(report))
     write_json(json_path, report.to_json())
 

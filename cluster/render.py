@@ -153,7 +153,10 @@ def run_table(report) -> Table:
     table.add_row("latency per batch (median)", f"{1000 * report.latency_median_s:.1f} ms")
     table.add_row("latency per batch (max)", f"{1000 * report.latency_max_s:.1f} ms")
     for k, (busy, share) in enumerate(zip(report.busy_s, report.busy_share, strict=True)):
-        table.add_row(f"part {k} busy", f"{busy:.3f} s ({100 * share:.0f}%)")
+        where = ""
+        if report.devices:
+            where = f" on {report.devices[k]}, outputs by {report.transports[k]}"
+        table.add_row(f"part {k} busy", f"{busy:.3f} s ({100 * share:.0f}%){where}")
     return table
 
 

@@ -8,6 +8,13 @@ micro-batches at once. Outputs come back in submission order; `max_in_flight` bo
 submitted but not yet collected. Parts are stateless, so an actor that dies is restarted and its
 unfinished calls are retried (`max_restarts`, Ray's `max_task_retries`).
 
+Between parts, tensors travel by the runner's `transport`: the object store (CPU tensors as numpy arrays,
+`to_wire`), or Ray Direct Transport, where a part's outputs stay where it made them (on its GPU) and go to
+the parts that read them by NCCL between GPU parts or gloo between CPU parts, through a collective group
+of the parts' actors. A part whose outputs the caller collects (the model's outputs) or that feeds parts of
+both kinds returns them through the object store; `RayRunner.transports` says which each part's outputs took.
+With a direct transport a dead worker ends the run (a restarted actor would not be in the group).
+
 `LocalRunner` runs the same layout in this process, one part after another. `cluster.runtime` measures
 either and runs export folders.
 """
@@ -34,6 +41,7 @@ from decomp.partition.manifest import read_manifest
 from decomp.partition.parts import PartsLayout, as_tuple, run_local
 
 __all__ = [
+    "TRANSPORTS",
     "LocalRunner",
     "Loader",
     "RayRunner",
@@ -45,6 +53,8 @@ __all__ = [
 ]
 
 Loader = Callable[[], Callable[..., Any]]
+
+TRANSPORTS = ("auto", "nccl", "gloo", "object-store")
 
 
 class RuntimeFailure(DecompError):
@@ -79,13 +89,20 @@ class _Part:
         self.busy, self.calls = 0.0, 0
 
     def run(self, *tensors: Any) -> Any:
+        out = tuple(o.cpu() if isinstance(o, torch.Tensor) else o for o in self.call(*tensors))
+        return out if len(out) > 1 else out[0]
+
+    def call(self, *tensors: Any) -> tuple[Any, ...]:
+        """The part's outputs on its own device, as a tuple."""
         start = time.perf_counter()
         with torch.inference_mode():
             args = [t.to(self.device) if isinstance(t, torch.Tensor) else t for t in tensors]
-            out = tuple(o.cpu() if isinstance(o, torch.Tensor) else o for o in as_tuple(self.module(*args)))
+            out = as_tuple(self.module(*args))
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # busy time is the kernels' time, not their launch's
         self.busy += time.perf_counter() - start
         self.calls += 1
-        return out if len(out) > 1 else out[0]
+        return out
 
     def stats(self) -> dict[str, Any]:
         return {"busy_s": self.busy, "calls": self.calls, "pid": os.getpid(), "threads": torch.get_num_threads()}
@@ -133,14 +150,24 @@ def from_wire(value: Any, copy: bool = False) -> Any:
 
 
 class _RemotePart(_Part):
-    """A part in a Ray actor: tensors arrive and leave as numpy arrays (`to_wire`)."""
+    """A part in a Ray actor: tensors arrive and leave as numpy arrays (`to_wire`) through the object store,
+    or, by `run_direct`, as one tuple of tensors on the part's device (Ray Direct Transport)."""
 
     def run(self, *tensors: Any) -> Any:
         out = super().run(*(from_wire(t) for t in tensors))
         return tuple(to_wire(o) for o in out) if isinstance(out, tuple) else to_wire(out)
 
+    def run_direct(self, picks: tuple[tuple[int, int | None], ...], wire: bool, *values: Any) -> tuple[Any, ...]:
+        """Inputs are `values[a]` or element `e` of the tuple `values[a]` (another part's outputs), per (a, e)
+        in `picks`; returns all outputs as one tuple: tensors on the part's device for a direct transport, or
+        with `wire` numpy arrays for the object store."""
+        tensors = [from_wire(values[a] if e is None else values[a][e]) for a, e in picks]
+        out = self.call(*tensors)
+        return tuple(to_wire(o.cpu() if isinstance(o, torch.Tensor) else o) for o in out) if wire else out
+
 
 _PartActor = ray.remote(_RemotePart)
+_DirectPartActor = ray.remote(enable_tensor_transport=True)(_RemotePart)
 
 
 class LocalRunner:
@@ -168,7 +195,8 @@ class LocalRunner:
 
 
 class RayRunner:
-    """One Ray actor per part; see the module docstring. `threads`: torch threads per CPU part."""
+    """One Ray actor per part; see the module docstring. `threads`: torch threads per CPU part; `transport`:
+    one of `TRANSPORTS` (`auto`: NCCL between GPU parts, the object store between CPU parts)."""
 
     def __init__(
         self,
@@ -178,14 +206,17 @@ class RayRunner:
         devices: Sequence[str] = (),
         max_in_flight: int | None = None,
         max_restarts: int = 2,
+        transport: str = "auto",
     ) -> None:
         if len(loaders) != len(layout.parts):
             raise DecompError(f"{len(loaders)} loaders for {len(layout.parts)} parts")
+        if transport not in TRANSPORTS:
+            raise DecompError(f"unknown transport {transport!r}; choose one of {', '.join(TRANSPORTS)}")
         connect()
         self.layout = layout
         self.max_in_flight = max_in_flight or 2 * len(layout.parts)
         gpus = cluster_gpus()
-        cpus = 0.0 if gpus else _free_cpus(float(threads) * len(layout.parts))
+        cpus = 0.0 if gpus else _free_cpus(min(float(threads) * len(layout.parts), cluster_cpus()))
         if not gpus and cpus <= 0:
             raise RuntimeFailure(
                 f"the Ray cluster has no free CPU for {len(layout.parts)} part(s) ({cluster_cpus():g} CPUs, all "
@@ -193,30 +224,62 @@ class RayRunner:
             )
         # ask for no more CPU than is free, or the last actors would wait forever for a slot
         cpu_share = min(float(threads), cpus / len(layout.parts))
-        self.devices, self.actors = [], []
-        for k, (part, loader) in enumerate(zip(layout.parts, loaders, strict=True)):
+        self.devices = []
+        for k, part in enumerate(layout.parts):
             hint = devices[k] if devices else part.device
             on_gpu = gpus > 0 and not hint.startswith("cpu")
-            device = (hint if hint.startswith("cuda") else "cuda") if on_gpu else "cpu"
+            self.devices.append((hint if hint.startswith("cuda") else "cuda") if on_gpu else "cpu")
+        self.transports = _transports(layout, self.devices, transport)
+        direct = any(t != "object-store" for t in self.transports)
+        actor_class = _DirectPartActor if direct else _PartActor
+        restarts = 0 if direct else max_restarts  # a restarted actor is not in the collective group
+        self.actors = []
+        for part, loader, device in zip(layout.parts, loaders, self.devices, strict=True):
+            on_gpu = device.startswith("cuda")
             options = {"num_gpus": min(1.0, gpus / len(layout.parts))} if on_gpu else {"num_cpus": cpu_share}
-            actor = _PartActor.options(max_restarts=max_restarts, max_task_retries=max_restarts, **options).remote(
+            actor = actor_class.options(max_restarts=restarts, max_task_retries=restarts, **options).remote(
                 part.name, loader, threads, device
             )
-            self.devices.append(device)
             self.actors.append(actor)
+        self._groups = []
+        for kind, backend in (("nccl", "nccl"), ("gloo", "torch_gloo")):
+            if kind in self.transports:
+                on_gpu = kind == "nccl"
+                members = [a for a, d in zip(self.actors, self.devices, strict=True) if d.startswith("cuda") == on_gpu]
+                from ray.experimental.collective import create_collective_group
+
+                self._groups.append(create_collective_group(members, backend=backend))
         self._get([a.stats.remote() for a in self.actors])  # surface load errors now, not at the first batch
 
-    def submit(self, inputs: Sequence[torch.Tensor]) -> list[ray.ObjectRef]:
-        """Queue one micro-batch on every part; returns the refs of the model outputs."""
+    def submit(self, inputs: Sequence[torch.Tensor]) -> list[tuple[ray.ObjectRef, int | None]]:
+        """Queue one micro-batch on every part; returns where the model outputs will be: (ref, element of
+        the tuple it holds, or None where it holds the output itself)."""
         if len(inputs) != len(self.layout.inputs):
             raise DecompError(
                 f"the model takes {len(self.layout.inputs)} input(s) ({', '.join(self.layout.inputs)}), "
                 f"got {len(inputs)}"
             )
-        env: dict[str, Any] = {n: ray.put(to_wire(t)) for n, t in zip(self.layout.inputs, inputs, strict=True)}
-        for part, actor in zip(self.layout.parts, self.actors, strict=True):
-            refs = actor.run.options(num_returns=len(part.outputs)).remote(*(env[n] for n in part.inputs))
-            env.update(zip(part.outputs, refs if len(part.outputs) > 1 else [refs], strict=True))
+        # name -> (ref, element of the tuple it holds, or None where the ref holds the value itself)
+        env: dict[str, tuple[ray.ObjectRef, int | None]] = {
+            n: (ray.put(to_wire(t)), None) for n, t in zip(self.layout.inputs, inputs, strict=True)
+        }
+        for part, actor, transport in zip(self.layout.parts, self.actors, self.transports, strict=True):
+            if not self._groups:  # the object store only: one return per output
+                refs = actor.run.options(num_returns=len(part.outputs)).remote(*(env[n][0] for n in part.inputs))
+                env.update((n, (r, None)) for n, r in zip(part.outputs, as_list(refs, len(part.outputs)), strict=True))
+                continue
+            values: list[ray.ObjectRef] = []
+            picks = []
+            for n in part.inputs:
+                ref, element = env[n]
+                if ref not in values:
+                    values.append(ref)
+                picks.append((values.index(ref), element))
+            method = actor.run_direct
+            if transport != "object-store":
+                method = method.options(tensor_transport=transport)
+            bundle = method.remote(tuple(picks), transport == "object-store", *values)
+            env.update((n, (bundle, e)) for e, n in enumerate(part.outputs))
         return [env[n] for n in self.layout.outputs]
 
     def map(self, batches: Iterable[Sequence[torch.Tensor]]) -> Iterator[tuple[Any, ...]]:
@@ -224,7 +287,10 @@ class RayRunner:
         pending: deque[list[ray.ObjectRef]] = deque()
 
         def collect() -> tuple[Any, ...]:  # the caller's own copies, which it may change
-            return tuple(from_wire(o, copy=True) for o in self._get(pending.popleft()))
+            outputs = pending.popleft()
+            bundles = list(dict.fromkeys(ref for ref, _ in outputs))
+            got = dict(zip(bundles, self._get(bundles), strict=True))
+            return tuple(_own(got[r] if e is None else got[r][e]) for r, e in outputs)
 
         for inputs in batches:
             pending.append(self.submit(inputs))
@@ -240,6 +306,12 @@ class RayRunner:
         ]
 
     def close(self) -> None:
+        if self._groups:
+            from ray.experimental.collective import destroy_collective_group
+
+            for group in self._groups:
+                destroy_collective_group(group)
+            self._groups = []
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
@@ -262,6 +334,44 @@ class RayRunner:
             raise RuntimeFailure(f"a part failed on its worker: {cause or err}") from None
         except RayActorError as err:
             raise _died(err) from None
+
+
+def as_list(refs: Any, count: int) -> list[Any]:
+    """Ray's return of a call with `count` returns as a list (one return comes bare)."""
+    return list(refs) if count > 1 else [refs]
+
+
+def _own(value: Any) -> Any:
+    """A returned value as the caller's own CPU tensor (a copy it may change)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    return from_wire(value, copy=True)
+
+
+def _transports(layout: PartsLayout, devices: Sequence[str], asked: str) -> list[str]:
+    """How each part's outputs travel: by `asked` (resolved where `auto`) when every part that reads them runs
+    on the kind of device the transport serves (GPUs for NCCL, CPUs for gloo) as the part does; through the
+    object store where the caller collects one of them, where they feed both kinds or where nothing reads them.
+    An asked transport that no part can use is an error."""
+    readers: dict[int, set[int | None]] = {}
+    for source, reader, _ in layout.edges():
+        if source is not None:
+            readers.setdefault(source, set()).add(reader)
+    out = []
+    for k, device in enumerate(devices):
+        on_gpu = device.startswith("cuda")
+        kind = ("nccl" if on_gpu else "object-store") if asked == "auto" else asked
+        serves = kind != "object-store" and (kind == "nccl") == on_gpu
+        reads = readers.get(k, set())
+        direct = serves and reads and None not in reads and all(devices[r].startswith("cuda") == on_gpu for r in reads)
+        out.append(kind if direct else "object-store")
+    if asked in ("nccl", "gloo") and asked not in out and len(layout.parts) > 1:
+        need = "GPU" if asked == "nccl" else "CPU"
+        raise DecompError(
+            f"transport {asked} carries tensors between {need} parts, and no two parts here run on {need}s "
+            f"(devices: {', '.join(devices)}); use --transport auto"
+        )
+    return out
 
 
 def _free_cpus(wanted: float, wait_s: float = 15.0) -> float:

@@ -46,6 +46,8 @@ class RunReport:
     latency_max_s: float
     busy_s: tuple[float, ...]  # per part, during the measured batches
     busy_share: tuple[float, ...]  # busy / wall time
+    devices: tuple[str, ...] = ()  # per part, where it ran
+    transports: tuple[str, ...] = ()  # per part, how its outputs travelled (`cluster.runners.TRANSPORTS`)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,6 +108,8 @@ def measure(
         latency_max_s=max(latencies),
         busy_s=busy,
         busy_share=tuple(b / seconds for b in busy),
+        devices=tuple(s.get("device", "cpu") for s in runner.stats()),
+        transports=tuple(getattr(runner, "transports", ["in-process"] * len(runner.layout.parts))),
     )
     return report, outputs
 
@@ -143,13 +147,17 @@ def run_export(
     threads: int = 1,
     local: bool = False,
     warmup: int = 1,
+    transport: str = "auto",
 ) -> RunReport:
-    """Run an export folder on random inputs (one Ray actor per part, or in this process with `local`)
-    and measure it."""
+    """Run an export folder on random inputs (one Ray actor per part, with `transport` between them, or in
+    this process with `local`) and measure it."""
     manifest = read_manifest(folder)
     layout, loaders = manifest_layout(manifest), export_loaders(folder)
     inputs = export_inputs(manifest, batch_size)
-    runner = LocalRunner(layout, loaders, threads) if local else RayRunner(layout, loaders, threads=threads)
+    if local:
+        runner = LocalRunner(layout, loaders, threads)
+    else:
+        runner = RayRunner(layout, loaders, threads=threads, transport=transport)
     try:
         report, _ = measure(runner, inputs, batches, micro_batches, warmup)
     finally:

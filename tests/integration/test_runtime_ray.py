@@ -127,8 +127,9 @@ def test_run_export_on_ray_loads_each_part_in_its_actor(tmp_path):
     from decomp.partition.job import SplitRequest, run_split
 
     run_split(SplitRequest("python:tests.tiny_models:tiny_net", 3), tmp_path / "out")
-    report = run_export(tmp_path / "out", batch_size=4, micro_batches=2, batches=3)
+    report = run_export(tmp_path / "out", batch_size=4, micro_batches=2, batches=3, transport="gloo")
     assert report.runner == "RayRunner" and report.parts == 3 and all(b > 0 for b in report.busy_s)
+    assert report.transports == ("gloo", "gloo", "object-store") and report.devices == ("cpu",) * 3
     manifest = read_manifest(tmp_path / "out")
     (x,) = export_inputs(manifest, 6)
     with RayRunner(manifest_layout(manifest), export_loaders(tmp_path / "out")) as runner:
@@ -174,3 +175,46 @@ def test_split_balanced_by_running_candidates_on_ray(tmp_path):
     assert 1 <= len(runs) <= 2 and all(len(r["stage_seconds"]) == 2 and min(r["stage_seconds"]) > 0 for r in runs)
     assert summary["max_abs_diff"] <= 1e-5 and read_manifest(out).expected_costs["tuning_runs"] == runs
     assert "(kept)" in result.output
+
+
+class Fork(nn.Module):
+    def forward(self, x):
+        return x.relu(), x * 3
+
+
+class Join(nn.Module):
+    def forward(self, b, c):
+        return b - c, c.sum(-1)
+
+
+@pytest.mark.parametrize("transport", ["gloo", "object-store", "auto"])
+def test_every_transport_gives_the_in_process_outputs(transport):
+    torch.manual_seed(0)
+    layout = PartsLayout(
+        ["x"],
+        ["y", "s"],
+        [
+            PartSpec("fork", ["x"], ["a", "b"]),
+            PartSpec("mid", ["a"], ["c"]),
+            PartSpec("join", ["b", "c"], ["y", "s"]),
+        ],
+    )
+    modules = [Fork(), nn.Linear(5, 5), Join()]
+    batches = [[torch.randn(4, 5)] for _ in range(6)]
+    with RayRunner(layout, loaders_for(modules), transport=transport) as runner:
+        got = list(runner.map(batches))
+        transports = runner.transports
+    direct = "gloo" if transport == "gloo" else "object-store"
+    assert transports == [direct, direct, "object-store"]  # the caller collects the last part's outputs
+    for out, (x,) in zip(got, batches, strict=True):
+        want = run_local(layout, modules, x)
+        assert len(out) == 2
+        for a, b in zip(out, want, strict=True):
+            assert torch.allclose(a, b, atol=1e-6, rtol=0)
+    out[0].add_(1)  # the caller's own copy
+
+
+def test_a_transport_no_part_can_use_is_refused():
+    layout, modules = _layout_and_modules()
+    with pytest.raises(RuntimeFailure.__mro__[1], match="transport nccl carries tensors between GPU parts"):
+        RayRunner(layout, loaders_for(modules), transport="nccl")
