@@ -238,6 +238,14 @@ def run(
             "gloo (CPU parts, Ray Direct Transport) or object-store"
         ),
     ] = "auto",
+    replicas: Annotated[int, typer.Option(help="copies of the pipeline run side by side, batches dealt in turn")] = 1,
+    placement: Annotated[
+        str,
+        typer.Option(
+            help="how each copy's parts spread over nodes: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD (a part whose "
+            "device names a node, e.g. n1/cpu, runs on that node)"
+        ),
+    ] = "PACK",
     json_path: JsonOut = None,
 ) -> None:
     """Run an export on random inputs, one Ray actor per part, and report throughput, latency and busy time."""
@@ -246,7 +254,17 @@ def run(
 
     where = "in this process" if local else "on Ray"
     with console.status(f"running {export} {where} ..."):
-        report = run_export(export, batch_size, micro_batches, batches, threads, local, transport=transport)
+        report = run_export(
+            export,
+            batch_size,
+            micro_batches,
+            batches,
+            threads,
+            local,
+            transport=transport,
+            replicas=replicas,
+            placement=placement,
+        )
     console.print(run_table(report))
     write_json(json_path, report.to_json())
 

@@ -144,7 +144,9 @@ def split_table(summary: SplitSummary) -> Table:
 def run_table(report) -> Table:
     """Throughput, latency and per-part busy time of `decomp run`."""
     table = Table(
-        title=f"{report.runner}: {report.parts} parts, {report.batches} batches of {report.batch_size} "
+        title=f"{report.runner}: {report.parts} parts"
+        + (f" x {report.replicas} replicas" if report.replicas > 1 else "")
+        + f", {report.batches} batches of {report.batch_size} "
         f"in {report.micro_batches} micro-batches"
     )
     for column in ("", "value"):
@@ -152,11 +154,14 @@ def run_table(report) -> Table:
     table.add_row("throughput", f"{report.throughput:.2f} samples/s")
     table.add_row("latency per batch (median)", f"{1000 * report.latency_median_s:.1f} ms")
     table.add_row("latency per batch (max)", f"{1000 * report.latency_max_s:.1f} ms")
-    for k, (busy, share) in enumerate(zip(report.busy_s, report.busy_share, strict=True)):
+    for i, (busy, share) in enumerate(zip(report.busy_s, report.busy_share, strict=True)):
+        replica, k = divmod(i, report.parts)
         where = ""
         if report.devices:
-            where = f" on {report.devices[k]}, outputs by {report.transports[k]}"
-        table.add_row(f"part {k} busy", f"{busy:.3f} s ({100 * share:.0f}%){where}")
+            node = f" of node {report.nodes[i]}" if report.nodes and report.nodes[i] else ""
+            where = f" on {report.devices[i]}{node}, outputs by {report.transports[k]}"
+        label = f"replica {replica} part {k}" if report.replicas > 1 else f"part {k}"
+        table.add_row(f"{label} busy", f"{busy:.3f} s ({100 * share:.0f}%){where}")
     return table
 
 

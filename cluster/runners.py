@@ -27,12 +27,15 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import ray
 import torch
 from ray.exceptions import RayActorError, RayTaskError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.connect import cluster_cpus, cluster_gpus, connect
 from decomp.errors import DecompError
@@ -41,6 +44,7 @@ from decomp.partition.manifest import read_manifest
 from decomp.partition.parts import PartsLayout, as_tuple, run_local
 
 __all__ = [
+    "PLACEMENTS",
     "TRANSPORTS",
     "LocalRunner",
     "Loader",
@@ -105,7 +109,14 @@ class _Part:
         return out
 
     def stats(self) -> dict[str, Any]:
-        return {"busy_s": self.busy, "calls": self.calls, "pid": os.getpid(), "threads": torch.get_num_threads()}
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        return {
+            "busy_s": self.busy,
+            "calls": self.calls,
+            "pid": os.getpid(),
+            "threads": torch.get_num_threads(),
+            "node_id": node,
+        }
 
 
 # dtypes numpy holds bit for bit (bfloat16 and the float8 kinds have no numpy twin and travel as tensors)
@@ -196,7 +207,9 @@ class LocalRunner:
 
 class RayRunner:
     """One Ray actor per part; see the module docstring. `threads`: torch threads per CPU part; `transport`:
-    one of `TRANSPORTS` (`auto`: NCCL between GPU parts, the object store between CPU parts)."""
+    one of `TRANSPORTS` (`auto`: NCCL between GPU parts, the object store between CPU parts); `replicas`
+    copies of the whole pipeline run side by side, micro-batches dealt to them in turn; `placement`: how
+    each copy's placement group (one bundle per part) spreads over nodes (`PLACEMENTS`)."""
 
     def __init__(
         self,
@@ -207,64 +220,99 @@ class RayRunner:
         max_in_flight: int | None = None,
         max_restarts: int = 2,
         transport: str = "auto",
+        replicas: int = 1,
+        placement: str = "PACK",
+        wait_s: float = 30.0,
     ) -> None:
         if len(loaders) != len(layout.parts):
             raise DecompError(f"{len(loaders)} loaders for {len(layout.parts)} parts")
         if transport not in TRANSPORTS:
             raise DecompError(f"unknown transport {transport!r}; choose one of {', '.join(TRANSPORTS)}")
+        if placement not in PLACEMENTS:
+            raise DecompError(f"unknown placement {placement!r}; choose one of {', '.join(PLACEMENTS)}")
+        if replicas < 1:
+            raise DecompError(f"replicas must be >= 1, got {replicas}")
         connect()
-        self.layout = layout
-        self.max_in_flight = max_in_flight or 2 * len(layout.parts)
+        self.layout, self.replicas = layout, replicas
+        actors_wanted = len(layout.parts) * replicas
+        self.max_in_flight = max_in_flight or 2 * actors_wanted
         gpus = cluster_gpus()
-        cpus = 0.0 if gpus else _free_cpus(min(float(threads) * len(layout.parts), cluster_cpus()))
+        cpus = 0.0 if gpus else _free_cpus(min(float(threads) * actors_wanted, cluster_cpus()))
         if not gpus and cpus <= 0:
             raise RuntimeFailure(
-                f"the Ray cluster has no free CPU for {len(layout.parts)} part(s) ({cluster_cpus():g} CPUs, all "
+                f"the Ray cluster has no free CPU for {actors_wanted} part(s) ({cluster_cpus():g} CPUs, all "
                 "held by other actors); close other runners or add nodes"
             )
         # ask for no more CPU than is free, or the last actors would wait forever for a slot
-        cpu_share = min(float(threads), cpus / len(layout.parts))
-        self.devices = []
+        cpu_share = min(float(threads), cpus / actors_wanted)
+        self.devices, self.nodes_asked = [], []
         for k, part in enumerate(layout.parts):
-            hint = devices[k] if devices else part.device
+            node, _, hint = (devices[k] if devices else part.device).rpartition("/")
             on_gpu = gpus > 0 and not hint.startswith("cpu")
             self.devices.append((hint if hint.startswith("cuda") else "cuda") if on_gpu else "cpu")
+            self.nodes_asked.append(node)
         self.transports = _transports(layout, self.devices, transport)
         direct = any(t != "object-store" for t in self.transports)
         actor_class = _DirectPartActor if direct else _PartActor
         restarts = 0 if direct else max_restarts  # a restarted actor is not in the collective group
-        self.actors = []
-        for part, loader, device in zip(layout.parts, loaders, self.devices, strict=True):
-            on_gpu = device.startswith("cuda")
-            options = {"num_gpus": min(1.0, gpus / len(layout.parts))} if on_gpu else {"num_cpus": cpu_share}
-            actor = actor_class.options(max_restarts=restarts, max_task_retries=restarts, **options).remote(
-                part.name, loader, threads, device
-            )
-            self.actors.append(actor)
-        self._groups = []
+        bundles = []
+        for device, node in zip(self.devices, self.nodes_asked, strict=True):
+            bundle = {"GPU": min(1.0, gpus / actors_wanted)} if device.startswith("cuda") else {"CPU": cpu_share}
+            if node:
+                bundle[node_resource(node)] = 0.001
+            bundles.append(bundle)
+        self._copies: list[_Copy] = []
+        self._turn = 0
+        try:
+            for r in range(replicas):
+                group = _placed(bundles, placement, wait_s, f"replica {r}" if replicas > 1 else "")
+                self._copies.append(_Copy(group, [], []))
+                for k, (part, loader, device) in enumerate(zip(layout.parts, loaders, self.devices, strict=True)):
+                    on_gpu = device.startswith("cuda")
+                    options = {"num_gpus": bundles[k]["GPU"]} if on_gpu else {"num_cpus": cpu_share}
+                    strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=k)
+                    actor = actor_class.options(
+                        max_restarts=restarts, max_task_retries=restarts, scheduling_strategy=strategy, **options
+                    ).remote(part.name, loader, threads, device)
+                    self._copies[-1].actors.append(actor)
+                self._copies[-1].groups.extend(self._collective_groups(self._copies[-1].actors))
+            self._get([a.stats.remote() for a in self.actors])  # surface load errors now, not at the first batch
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def actors(self) -> list[Any]:
+        """Every part's actor, replica after replica."""
+        return [a for copy in self._copies for a in copy.actors]
+
+    def _collective_groups(self, actors: list[Any]) -> list[Any]:
+        groups = []
         for kind, backend in (("nccl", "nccl"), ("gloo", "torch_gloo")):
             if kind in self.transports:
-                on_gpu = kind == "nccl"
-                members = [a for a, d in zip(self.actors, self.devices, strict=True) if d.startswith("cuda") == on_gpu]
                 from ray.experimental.collective import create_collective_group
 
-                self._groups.append(create_collective_group(members, backend=backend))
-        self._get([a.stats.remote() for a in self.actors])  # surface load errors now, not at the first batch
+                on_gpu = kind == "nccl"
+                members = [a for a, d in zip(actors, self.devices, strict=True) if d.startswith("cuda") == on_gpu]
+                groups.append(create_collective_group(members, backend=backend))
+        return groups
 
     def submit(self, inputs: Sequence[torch.Tensor]) -> list[tuple[ray.ObjectRef, int | None]]:
-        """Queue one micro-batch on every part; returns where the model outputs will be: (ref, element of
-        the tuple it holds, or None where it holds the output itself)."""
+        """Queue one micro-batch on every part of the next replica; returns where the model outputs will be:
+        (ref, element of the tuple it holds, or None where it holds the output itself)."""
         if len(inputs) != len(self.layout.inputs):
             raise DecompError(
                 f"the model takes {len(self.layout.inputs)} input(s) ({', '.join(self.layout.inputs)}), "
                 f"got {len(inputs)}"
             )
+        copy = self._copies[self._turn % len(self._copies)]
+        self._turn += 1
         # name -> (ref, element of the tuple it holds, or None where the ref holds the value itself)
         env: dict[str, tuple[ray.ObjectRef, int | None]] = {
             n: (ray.put(to_wire(t)), None) for n, t in zip(self.layout.inputs, inputs, strict=True)
         }
-        for part, actor, transport in zip(self.layout.parts, self.actors, self.transports, strict=True):
-            if not self._groups:  # the object store only: one return per output
+        for part, actor, transport in zip(self.layout.parts, copy.actors, self.transports, strict=True):
+            if not copy.groups:  # the object store only: one return per output
                 refs = actor.run.options(num_returns=len(part.outputs)).remote(*(env[n][0] for n in part.inputs))
                 env.update((n, (r, None)) for n, r in zip(part.outputs, as_list(refs, len(part.outputs)), strict=True))
                 continue
@@ -300,21 +348,25 @@ class RayRunner:
             yield collect()
 
     def stats(self) -> list[dict[str, Any]]:
+        """Per part of each replica (replica after replica): busy time, calls, device and node it ran on."""
+        names = _node_names()
+        got = self._get([a.stats.remote() for a in self.actors])
+        devices = self.devices * len(self._copies)
         return [
-            {**s, "device": d}
-            for s, d in zip(self._get([a.stats.remote() for a in self.actors]), self.devices, strict=True)
+            {**s, "device": d, "node": names.get(s.get("node_id", ""), s.get("node_id", ""))}
+            for s, d in zip(got, devices, strict=True)
         ]
 
     def close(self) -> None:
-        if self._groups:
-            from ray.experimental.collective import destroy_collective_group
+        from ray.experimental.collective import destroy_collective_group
 
-            for group in self._groups:
+        for copy in self._copies:
+            for group in copy.groups:
                 destroy_collective_group(group)
-            self._groups = []
-        for actor in self.actors:
-            ray.kill(actor)
-        self.actors = []
+            for actor in copy.actors:
+                ray.kill(actor)
+            remove_placement_group(copy.placement)
+        self._copies = []
 
     def __enter__(self) -> RayRunner:
         return self
@@ -334,6 +386,75 @@ class RayRunner:
             raise RuntimeFailure(f"a part failed on its worker: {cause or err}") from None
         except RayActorError as err:
             raise _died(err) from None
+
+
+@dataclass
+class _Copy:
+    """One replica of the pipeline: its placement group, its actors (one per part) and collective groups."""
+
+    placement: Any
+    actors: list[Any]
+    groups: list[Any]
+
+
+PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+NODE_RESOURCE = "decomp-node-"  # a node named NAME in a plan is the Ray node started with resource decomp-node-NAME
+
+
+def node_resource(node: str) -> str:
+    """The Ray resource that marks the node a plan names: Ray's own `node:IP` where the name is an address, else
+    the custom resource `decomp-node-NAME` (`ray start --resources '{"decomp-node-NAME": 1}'`)."""
+    return f"node:{node}" if _is_address(node) else NODE_RESOURCE + node
+
+
+def _is_address(name: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _node_names() -> dict[str, str]:
+    """Ray node id -> its decomp name (a `decomp-node-NAME` resource) or address, for reports."""
+    out = {}
+    for node in ray.nodes():
+        named = [r[len(NODE_RESOURCE) :] for r in node.get("Resources", {}) if r.startswith(NODE_RESOURCE)]
+        out[node["NodeID"]] = named[0] if named else node.get("NodeManagerAddress", "")
+    return out
+
+
+def _placed(bundles: list[dict[str, float]], strategy: str, wait_s: float, label: str) -> Any:
+    """A placement group of `bundles`, ready; or a `RuntimeFailure` naming what the cluster lacks."""
+    group = placement_group(bundles, strategy=strategy)
+    ready, _ = ray.wait([group.ready()], timeout=wait_s)
+    if ready:
+        return group
+    remove_placement_group(group)
+    total = ray.cluster_resources()
+    missing = sorted({key for b in bundles for key in b if key not in total})
+    need: dict[str, float] = {}
+    for bundle in bundles:
+        for key, amount in bundle.items():
+            need[key] = need.get(key, 0.0) + amount
+    names = _node_names()
+    nodes = "; ".join(
+        f"{names.get(n['NodeID'], '?')}: " + ", ".join(f"{k} {n['Resources'].get(k, 0):g}" for k in need)
+        for n in ray.nodes()
+        if n.get("Alive")
+    )
+    wanted = ", ".join(f"{k} {v:g}" for k, v in need.items())
+    why = (
+        f"no node has {', '.join(missing)} (start the node a plan names with ray start --resources "
+        "'{\"decomp-node-NAME\": 1}', or name it by its address)"
+        if missing
+        else f"the parts need {wanted} ({strategy}{', on one node' if 'PACK' in strategy else ''}); the nodes "
+        f"have {nodes} (other actors may hold some)"
+    )
+    where = f" for {label}" if label else ""
+    raise RuntimeFailure(f"the cluster cannot hold the plan's parts{where} within {wait_s:g} s: {why}")
 
 
 def as_list(refs: Any, count: int) -> list[Any]:

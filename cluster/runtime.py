@@ -46,8 +46,10 @@ class RunReport:
     latency_max_s: float
     busy_s: tuple[float, ...]  # per part, during the measured batches
     busy_share: tuple[float, ...]  # busy / wall time
-    devices: tuple[str, ...] = ()  # per part, where it ran
+    devices: tuple[str, ...] = ()  # per part of each replica (replica after replica; so are busy_s, nodes)
     transports: tuple[str, ...] = ()  # per part, how its outputs travelled (`cluster.runners.TRANSPORTS`)
+    nodes: tuple[str, ...] = ()  # per part of each replica, the Ray node it ran on (name or address)
+    replicas: int = 1
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,7 +93,8 @@ def measure(
             last, batch = batch, []
     seconds = time.perf_counter() - start
     done = len(latencies)
-    busy = tuple(s["busy_s"] - b for s, b in zip(runner.stats(), busy_before, strict=True))
+    stats = runner.stats()
+    busy = tuple(s["busy_s"] - b for s, b in zip(stats, busy_before, strict=True))
     outputs = tuple(
         torch.cat([o[j] for o in last]) if isinstance(last[0][j], torch.Tensor) else last[0][j]
         for j in range(len(last[0]))
@@ -108,8 +111,10 @@ def measure(
         latency_max_s=max(latencies),
         busy_s=busy,
         busy_share=tuple(b / seconds for b in busy),
-        devices=tuple(s.get("device", "cpu") for s in runner.stats()),
+        devices=tuple(s.get("device", "cpu") for s in stats),
         transports=tuple(getattr(runner, "transports", ["in-process"] * len(runner.layout.parts))),
+        nodes=tuple(s.get("node", "") for s in stats),
+        replicas=getattr(runner, "replicas", 1),
     )
     return report, outputs
 
@@ -148,16 +153,20 @@ def run_export(
     local: bool = False,
     warmup: int = 1,
     transport: str = "auto",
+    replicas: int = 1,
+    placement: str = "PACK",
 ) -> RunReport:
-    """Run an export folder on random inputs (one Ray actor per part, with `transport` between them, or in
-    this process with `local`) and measure it."""
+    """Run an export folder on random inputs (one Ray actor per part, with `transport` between them, in
+    `replicas` copies placed by `placement`; or in this process with `local`) and measure it."""
     manifest = read_manifest(folder)
     layout, loaders = manifest_layout(manifest), export_loaders(folder)
     inputs = export_inputs(manifest, batch_size)
     if local:
         runner = LocalRunner(layout, loaders, threads)
     else:
-        runner = RayRunner(layout, loaders, threads=threads, transport=transport)
+        runner = RayRunner(
+            layout, loaders, threads=threads, transport=transport, replicas=replicas, placement=placement
+        )
     try:
         report, _ = measure(runner, inputs, batches, micro_batches, warmup)
     finally:

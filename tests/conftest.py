@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import ray
+# Ray reads its auth mode when it is imported: token auth (on by default for the local clusters tests start)
+# also for the `ray start` clusters some tests join by address
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
-from cluster.connect import connect
-from tests.benchmarks import size
+import pytest  # noqa: E402
+import ray  # noqa: E402
+
+from cluster.connect import connect  # noqa: E402
+from tests.benchmarks import size  # noqa: E402
 
 _SIZE_BEFORE = pytest.StashKey[str | None]()
 

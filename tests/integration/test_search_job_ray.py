@@ -7,14 +7,10 @@ cluster by killing its whole process session (never `ray stop`, which would stop
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +25,7 @@ from cluster.search_job import run_search
 from search.records import Candidate, Evaluation
 from search.space import BoxSpace
 from search.study import trials_to_records
+from tests.ray_cluster import ray_head
 
 pytestmark = pytest.mark.ray
 
@@ -118,68 +115,6 @@ def head():
     """A `ray start --head` cluster on 127.0.0.1 for this module's tests."""
     with ray_head() as info:
         yield info
-
-
-@contextlib.contextmanager
-def ray_head():
-    """Start `ray start --head` on 127.0.0.1 (free ports, its own temp dir, token auth on, a dashboard for job
-    submission); on exit kill its whole process session and remove the temp dir."""
-    temp = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")
-    port, dashboard = _free_port(), _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": str(REPO)}
-    command = [
-        *(sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--disable-usage-stats"),
-        *("--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2", "--temp-dir", temp),
-        *("--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard)),
-    ]
-    proc = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        _wait_for_port(dashboard, proc)
-        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env}
-    finally:
-        _stop_session(proc)
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited with {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"the Ray head's dashboard did not open port {port} in {timeout:.0f} s")
-
-
-def _stop_session(proc: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL, every process of the session `proc` leads (Ray's workers included)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in _session(proc.pid):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + (5 if sig == signal.SIGTERM else 15)
-        while _session(proc.pid) and time.monotonic() < deadline:
-            proc.poll()
-            time.sleep(0.3)
-    proc.wait(timeout=5)
-
-
-def _session(sid: int) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True).stdout.split("\n")
-    rows = [line.split() for line in out if line.strip()]
-    return [int(pid) for pid, s, stat in rows if int(s) == sid and not stat.startswith("Z")]
 
 
 @pytest.fixture
