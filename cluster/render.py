@@ -149,19 +149,19 @@ def run_table(report) -> Table:
         + f", {report.batches} batches of {report.batch_size} "
         f"in {report.micro_batches} micro-batches"
     )
-    for column in ("", "value"):
-        table.add_column(column, justify="left" if not column else "right")
-    table.add_row("throughput", f"{report.throughput:.2f} samples/s")
-    table.add_row("latency per batch (median)", f"{1000 * report.latency_median_s:.1f} ms")
-    table.add_row("latency per batch (max)", f"{1000 * report.latency_max_s:.1f} ms")
+    for column in ("", "value", "where"):
+        table.add_column(column, justify="right" if column == "value" else "left")
+    table.add_row("throughput", f"{report.throughput:.2f} samples/s", "")
+    table.add_row("latency per batch (median)", f"{1000 * report.latency_median_s:.1f} ms", "")
+    table.add_row("latency per batch (max)", f"{1000 * report.latency_max_s:.1f} ms", "")
     for i, (busy, share) in enumerate(zip(report.busy_s, report.busy_share, strict=True)):
         replica, k = divmod(i, report.parts)
         where = ""
         if report.devices:
             node = f" of node {report.nodes[i]}" if report.nodes and report.nodes[i] else ""
-            where = f" on {report.devices[i]}{node}, outputs by {report.transports[k]}"
+            where = f"{report.devices[i]}{node}, outputs by {report.transports[k]}"
         label = f"replica {replica} part {k}" if report.replicas > 1 else f"part {k}"
-        table.add_row(f"{label} busy", f"{busy:.3f} s ({100 * share:.0f}%){where}")
+        table.add_row(f"{label} busy", f"{busy:.3f} s ({100 * share:.0f}%)", where)
     return table
 
 

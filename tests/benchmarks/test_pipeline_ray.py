@@ -43,9 +43,9 @@ from tests.benchmarks import size
 from tests.benchmarks.record import record
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.usefixtures("local_ray")]
-# 7 logical CPUs so the 1-actor, 2-stage (by both transports) and 2-copy runners' actors all stay up; one
-# runner works at a time
-RAY_CPUS = 7
+# 9 logical CPUs so the 1-actor, 2-stage (by both transports), 2-copy and 2-replica runners' actors all stay
+# up; one runner works at a time
+RAY_CPUS = 9
 
 BATCH, MICRO_BATCHES = 8, 4  # micro-batches of 2 images
 # per runner per round: 64 micro-batches, so filling and draining the pipeline costs ~1.5%
@@ -187,6 +187,10 @@ def test_resnet50_two_stage_pipeline_throughput(tmp_path):
         manifest_layout(read_manifest(two)), export_loaders(two), threads=1, transport="gloo"
     )
     runners["2 copies"] = _two_copies(folders["whole"])
+    whole = folders["whole"]
+    runners["whole, 2 replicas"] = RayRunner(
+        manifest_layout(read_manifest(whole)), export_loaders(whole), threads=1, replicas=2
+    )
     try:
         reports: dict[str, list] = {name: [] for name in runners}
         for name, runner in runners.items():  # warm up, and check the outputs
@@ -211,11 +215,15 @@ def test_resnet50_two_stage_pipeline_throughput(tmp_path):
         for g, w, c in zip(reports["2 stages, gloo"], reports["whole"], capacities, strict=True)
     ]
     gloo_share = statistics.median(gloo_shares)
+    replica_ratios = [
+        r.throughput / w.throughput for r, w in zip(reports["whole, 2 replicas"], reports["whole"], strict=True)
+    ]
+    replicas = statistics.median(replica_ratios)
     overhead = _overheads()
 
     def row(name: str) -> str:
         rs = reports[name]
-        busy = [statistics.median(r.busy_share[k] for r in rs) for k in range(rs[0].parts)]
+        busy = [statistics.median(r.busy_share[k] for r in rs) for k in range(len(rs[0].busy_share))]  # per actor
         images = rs[0].parts if name == "2 copies" else 1  # images computed per image streamed
         return (
             f"| {name} | {images * statistics.median(r.throughput for r in rs):.2f} "
@@ -255,6 +263,7 @@ def test_resnet50_two_stage_pipeline_throughput(tmp_path):
         row("2 stages"),
         row("2 stages, gloo"),
         row("2 copies"),
+        row("whole, 2 replicas"),
         "",
         f"Throughput ratio 2 stages / whole: **{speedup:.2f}x** (target >= {TARGET}: "
         f"{'met' if speedup >= TARGET else 'NOT met'} in this run; limit 2.0; rounds "
@@ -268,6 +277,10 @@ def test_resnet50_two_stage_pipeline_throughput(tmp_path):
         "beyond the whole model's, imbalance, and the hops between actors take the rest). `2 stages` passes the "
         f"activation through the object store (`--transport auto` on CPU); `2 stages, gloo` by Ray Direct Transport "
         f"over gloo: {gloo_share:.2f} of the capacity.",
+        "",
+        f"Replicas (`decomp run --replicas 2`): two copies of the whole model, micro-batches dealt to them in "
+        f"turn, ran **{replicas:.2f}x** one copy (rounds {min(replica_ratios):.2f}..{max(replica_ratios):.2f}; "
+        f"the machine's capacity in the same rounds {capacity:.2f}x; target >= 1.8x on two free cores).",
         "",
         "Runtime overhead per micro-batch (parts that return their input, a 1x4 tensor):",
         "",

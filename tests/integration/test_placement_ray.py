@@ -38,7 +38,8 @@ def test_parts_run_on_the_nodes_the_plan_names():
                     torch.testing.assert_close(y, run_local(LAYOUT, modules, x)[0])
                 with pytest.raises(RuntimeFailure, match=r"no node has decomp-node-n2 \(start the node"):
                     RayRunner(LAYOUT, loaders_for(modules), devices=["n2/cpu", "n0/cpu"], wait_s=3)
-                fits = r"the parts need CPU 3 \(STRICT_PACK, on one node\); the nodes have (n0: CPU 2; n1: CPU 1|n1: CPU 1; n0: CPU 2)"
+                fits = r"the parts need CPU 3 \(STRICT_PACK, on one node\); the nodes have "
+                fits += "(n0: CPU 2; n1: CPU 1|n1: CPU 1; n0: CPU 2)"
                 with pytest.raises(RuntimeFailure, match=fits):
                     RayRunner(LAYOUT, loaders_for(modules), threads=2, placement="STRICT_PACK", wait_s=3)
         finally:
