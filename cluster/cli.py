@@ -226,8 +226,13 @@ def split(
 @app.command()
 def run(
     export: Annotated[Path, typer.Argument(help="an export folder written by decomp split or decomp export")],
-    batch_size: Annotated[Optional[int], typer.Option(help="samples per batch (default: the export's)")] = None,
-    micro_batches: Annotated[int, typer.Option(help="cut each batch into this many pipelined micro-batches")] = 1,
+    batch_size: Annotated[
+        Optional[int], typer.Option(help="samples per batch (default: what the search priced, else the export's)")
+    ] = None,
+    micro_batches: Annotated[
+        Optional[int],
+        typer.Option(help="cut each batch into this many pipelined micro-batches (default: what the search priced)"),
+    ] = None,
     batches: Annotated[int, typer.Option(help="batches to measure (after one warm-up batch)")] = 10,
     threads: Annotated[int, typer.Option(help="torch threads per part")] = 1,
     local: Annotated[bool, typer.Option(help="run the parts in this process instead of Ray actors")] = False,
@@ -253,7 +258,7 @@ def run(
     from cluster.runtime import run_export
 
     where = "in this process" if local else "on Ray"
-    with console.status(f"running {export} {where} ..."):
+    with console.status(f"running {export} {where} ...") as status:
         report = run_export(
             export,
             batch_size,
@@ -264,6 +269,7 @@ def run(
             transport=transport,
             replicas=replicas,
             placement=placement,
+            progress=lambda step: status.update(f"{export}: {step} ..."),
         )
     console.print(run_table(report))
     write_json(json_path, report.to_json())

@@ -31,7 +31,9 @@ Top-level keys:
 - `budget`: `{evaluations, seconds}` (at least one; the search stops at the first reached).
 - `cluster`: where the candidates will run (the latency model's cluster): preset, file or mapping.
 - `latency`: `{micro_batches, batch_size, table, calibration}` for predicted latency and throughput.
-- `evaluators`: `{count, cpus, gpus, threads, retries, in_flight}` (Ray actors that evaluate).
+- `evaluators`: `{count, cpus, gpus, threads, retries, in_flight, retry_backoff_s, pause_after}` (Ray actors that
+  evaluate; a failed evaluation is retried after `retry_backoff_s`, doubling per retry; `pause_after` candidates
+  failing in a row, default max(3, count), pause the search: see `cluster.driver`).
 - `accuracy`: `{finetune_epochs, short_epochs, bn_batches, reduction, validation, lr, batch_size,
   max_samples}`: the fidelity levels accuracy is measured at (`AccuracySpec`).
 - `run`: `{folder, storage}` (storage: an Optuna RDB URL for shared clusters; default a journal file
@@ -110,6 +112,8 @@ class EvaluatorSpec(_Strict):
     threads: int = Field(default=1, ge=1)
     retries: int = Field(default=2, ge=0)
     in_flight: int | None = Field(default=None, ge=1)  # default: 2 per evaluator
+    retry_backoff_s: float = Field(default=1.0, ge=0)  # before a candidate's first retry; doubles per retry, <= 30 s
+    pause_after: int | None = Field(default=None, ge=1)  # failed candidates in a row that pause the search
 
 
 class AccuracySpec(_Strict):

@@ -12,6 +12,13 @@ What makes a run resumable at any moment, with no trial lost or counted twice:
 asks for more than the budget minus the recorded and pending candidates. `budget.seconds` (summed over
 resumes) stops asking; what is in flight still finishes and is recorded.
 
+Failures: a failed evaluation is submitted again after a back-off (`evaluators.retry_backoff_s`, doubling per
+retry, at most `MAX_BACKOFF_S`). A candidate that fails beyond its retries is held, not recorded, until another
+candidate succeeds (then the held ones are recorded failed: they fail on their own). When `pause_after`
+candidates fail in a row (default max(3, evaluators): every evaluator failing, e.g. the machine out of memory
+or a node gone), the search pauses with `SearchPaused`: the held candidates stay in the checkpoint, so
+`--resume` evaluates them again once the cause is fixed, and no trial of the budget is spent on it.
+
 The driver is Ray-free: a pool (`cluster.pool.EvaluatorPool`, or an in-process one in tests) does the
 remote work; the run folder's layout, lock and log are `cluster.runs`'.
 """
@@ -34,7 +41,13 @@ from search.front import NORMALIZER_POINTS
 from search.records import Candidate, Evaluation
 from search.registry import make_searcher
 
-__all__ = ["Finished", "Pool", "SearchDriver", "SearchProgress", "SearchSummary"]
+__all__ = ["Finished", "Pool", "SearchDriver", "SearchPaused", "SearchProgress", "SearchSummary"]
+
+MAX_BACKOFF_S = 30.0
+
+
+class SearchPaused(DecompError):
+    """Candidates failed in a row on every evaluator: the search stopped with them kept for `--resume`."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +120,7 @@ class Pool(Protocol):
 
     def submit(self, candidate: Candidate, level: int) -> None: ...
 
-    def wait(self) -> list[Finished]: ...
+    def wait(self, timeout: float | None = None) -> list[Finished]: ...
 
 
 class SearchDriver:
@@ -168,6 +181,8 @@ class SearchDriver:
             self.results.resumed(p.candidate, p.done)
         self.elapsed_before = checkpoint.elapsed_s if checkpoint else 0.0
         self.retried = self.resubmitted = 0
+        self.delayed: list[tuple[float, Pending]] = []  # (when, candidate) retries waiting out their back-off
+        self.held: list[tuple[Pending, Evaluation]] = []  # failed beyond retries, recorded once another succeeds
         self.writer = CheckpointWriter(self.folder)
         self.spent = {"searcher": 0.0, "store": 0.0, "checkpoint": 0.0}
         self.stopped = "evaluations"
@@ -191,12 +206,14 @@ class SearchDriver:
                 if p.duplicate_of is None:
                     self.pool.submit(p.candidate, p.level)
             self._fill(dirty=False)
-            while self.pool.in_flight:
+            while self.pool.in_flight or self.delayed:
                 t = time.perf_counter()
-                finished = self.pool.wait()
+                finished = self._wait()
                 waited += time.perf_counter() - t
                 told = [self._handle(f) for f in finished]
+                self._submit_due()
                 self._fill(dirty=any(told))
+            self._record_held()
             self._finish()
         except KeyboardInterrupt:
             self.log("interrupted; continue with --resume")
@@ -204,6 +221,51 @@ class SearchDriver:
         finally:
             self.close()
         return self._summary(time.perf_counter() - self.started - waited)
+
+    def _wait(self) -> list[Finished]:
+        """Results, waiting no longer than the next retry's back-off."""
+        if not self.delayed:
+            return self.pool.wait()
+        left = max(0.0, min(when for when, _ in self.delayed) - time.monotonic())
+        if not self.pool.in_flight:
+            time.sleep(left)
+            return []
+        return self.pool.wait(timeout=left)
+
+    def _submit_due(self) -> None:
+        now = time.monotonic()
+        for when, pending in [d for d in self.delayed if d[0] <= now]:
+            self.delayed.remove((when, pending))
+            self.pool.submit(pending.candidate, pending.level)
+
+    def _retry(self, pending: Pending, attempt: int) -> None:
+        """Submit again after the back-off for its `attempt`-th retry."""
+        base = self.config.evaluators.retry_backoff_s
+        delay = min(MAX_BACKOFF_S, base * 2 ** (attempt - 1)) if base else 0.0
+        if delay <= 0:
+            self.pool.submit(pending.candidate, pending.level)
+        else:
+            self.delayed.append((time.monotonic() + delay, pending))
+
+    def _failed(self, pending: Pending, result: Evaluation) -> bool:
+        """A candidate failed beyond its retries: hold it, and pause the search when too many fail in a row."""
+        self.held.append((pending, result))
+        limit = self.config.evaluators.pause_after or max(3, self.workers)
+        if len(self.held) < limit:
+            return False
+        self._checkpoint()  # the held candidates are pending in it: --resume evaluates them again
+        last = result.message
+        raise SearchPaused(
+            f"the search is paused: {len(self.held)} candidates in a row failed on every retry (the last: {last}). "
+            "That is the evaluators' machine, not the candidates (memory, a dead node, a broken install); none of "
+            "them was recorded, so no trial of the budget is spent. Fix the cause and continue with --resume"
+        )
+
+    def _record_held(self) -> None:
+        """Record the held failures: other candidates succeeded, so these fail on their own."""
+        held, self.held = self.held, []
+        for pending, result in held:
+            self._record(pending, result)
 
     def has_work(self) -> bool:
         """Whether candidates wait to be resubmitted or the budget allows more."""
@@ -256,9 +318,10 @@ class SearchDriver:
             if pending.deaths <= max(3, retries + 1):
                 self.resubmitted += 1
                 self.log(f"candidate {cid}: its evaluator died ({finished.died}); submitted again")
-                self.pool.submit(pending.candidate, pending.level)
+                self._retry(pending, pending.deaths)
                 return False
-            result = Evaluation.failed(cid, f"its evaluator died {pending.deaths} times (last: {finished.died})")
+            failed = Evaluation.failed(cid, f"its evaluator died {pending.deaths} times (last: {finished.died})")
+            return self._failed(pending, failed)
         elif isinstance(result, EvaluationError):
             if result.fatal:
                 raise DecompError(
@@ -269,10 +332,12 @@ class SearchDriver:
             if pending.errors <= retries:
                 self.retried += 1
                 self.log(f"candidate {cid}: {result.message}; retry {pending.errors} of {retries}")
-                self.pool.submit(pending.candidate, pending.level)
+                self._retry(pending, pending.errors)
                 return False
-            result = Evaluation.failed(cid, f"{result.message} (failed {pending.errors} times)")
-        elif result.ok and self.results.climbs(pending.level, result, pending.candidate):
+            return self._failed(pending, Evaluation.failed(cid, f"{result.message} (failed {pending.errors} times)"))
+        if result.ok:
+            self._record_held()
+        if result.ok and self.results.climbs(pending.level, result, pending.candidate):
             pending.climb(result)
             levels = self.task.levels
             self.log(f"candidate {cid}: {levels[pending.level - 1]} -> {levels[pending.level]}")

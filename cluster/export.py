@@ -60,7 +60,15 @@ def export_candidate(folder: str | Path, candidate_id: int, out: str | Path, ove
         module,
         source=review.config.model,
         pruning_plan=pruned.plan if pruned is not None else None,
-        expected_costs={"metrics": metrics.to_json(), "search": search},
+        expected_costs={
+            "metrics": metrics.to_json(),
+            "search": search,
+            # what the search priced: micro-batches of the graph's batch, `decomp run`'s defaults
+            "runtime": {
+                "batch_size": review.config.latency.batch_size * review.config.latency.micro_batches,
+                "micro_batches": review.config.latency.micro_batches,
+            },
+        },
         overwrite=overwrite,
     )
     params = sum(p.numel() for p in built.loaded.module.parameters())

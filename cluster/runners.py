@@ -82,15 +82,22 @@ def export_loaders(folder: str | os.PathLike[str]) -> list[Loader]:
 
 
 class _Part:
-    """What runs inside a worker: load the part once, then call it; counts busy time."""
+    """What runs inside a worker: load the part once (by `load`, or at the first call: an actor Ray restarted
+    loads again), then call it; counts busy time. Loading outside the constructor lets a load error (a changed
+    or missing part file) reach the caller as itself, not as an actor that died."""
 
     def __init__(self, name: str, loader: Loader, threads: int, device: str) -> None:
         torch.set_num_threads(max(1, threads))
-        self.name, self.device = name, torch.device(device)
-        self.module = loader()
-        if self.device.type != "cpu" and hasattr(self.module, "to"):
-            self.module = self.module.to(self.device)
+        self.name, self.device, self.loader = name, torch.device(device), loader
+        self.module: Any = None
         self.busy, self.calls = 0.0, 0
+
+    def load(self) -> None:
+        if self.module is None:
+            module = self.loader()
+            if self.device.type != "cpu" and hasattr(module, "to"):
+                module = module.to(self.device)
+            self.module = module
 
     def run(self, *tensors: Any) -> Any:
         out = tuple(o.cpu() if isinstance(o, torch.Tensor) else o for o in self.call(*tensors))
@@ -98,6 +105,7 @@ class _Part:
 
     def call(self, *tensors: Any) -> tuple[Any, ...]:
         """The part's outputs on its own device, as a tuple."""
+        self.load()
         start = time.perf_counter()
         with torch.inference_mode():
             args = [t.to(self.device) if isinstance(t, torch.Tensor) else t for t in tensors]
@@ -192,6 +200,8 @@ class LocalRunner:
             _Part(p.name, loader, torch.get_num_threads(), "cpu")
             for p, loader in zip(layout.parts, loaders, strict=True)
         ]
+        for part in self.parts:
+            part.load()
 
     def map(self, batches: Iterable[Sequence[torch.Tensor]]) -> Iterator[tuple[Any, ...]]:
         calls = [part.run for part in self.parts]
@@ -276,7 +286,7 @@ class RayRunner:
                     ).remote(part.name, loader, threads, device)
                     self._copies[-1].actors.append(actor)
                 self._copies[-1].groups.extend(self._collective_groups(self._copies[-1].actors))
-            self._get([a.stats.remote() for a in self.actors])  # surface load errors now, not at the first batch
+            self._get([a.load.remote() for a in self.actors])  # load errors now, by name, not at the first batch
         except BaseException:
             self.close()
             raise

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ from decomp.errors import DecompError, InputShapeError
 from decomp.partition.manifest import Manifest, manifest_layout, read_manifest
 from decomp.partition.split import SplitModel
 
-__all__ = ["RunReport", "export_inputs", "measure", "run_export", "split_batch", "stage_seconds"]
+__all__ = ["RunReport", "export_inputs", "measure", "priced_batch", "run_export", "split_batch", "stage_seconds"]
 
 
 def split_batch(inputs: Sequence[torch.Tensor], micro_batches: int) -> list[list[torch.Tensor]]:
@@ -119,19 +119,23 @@ def measure(
     return report, outputs
 
 
-def export_inputs(manifest: Manifest, batch_size: int | None = None, seed: int = 0) -> list[torch.Tensor]:
+def export_inputs(
+    manifest: Manifest, batch_size: int | None = None, seed: int = 0, micro_batches: int = 1
+) -> list[torch.Tensor]:
     """Random model inputs of the shapes and dtypes the manifest records, with the batch dimension set to
-    `batch_size` (an export made for one batch size only accepts that one). Integer inputs (token ids)
-    are drawn from 0..1, valid for any embedding table."""
+    `batch_size` (an export made for one batch size only accepts that one, or that many samples per each of
+    `micro_batches` micro-batches). Integer inputs (token ids) are drawn from 0..1, valid for any embedding
+    table."""
     gen = torch.Generator().manual_seed(seed)
     tensors = []
     for info in manifest.inputs:
         shape = list(info.shape)
         if batch_size is not None and shape and batch_size != shape[0]:
-            if info.batch_dim != 0:
+            if info.batch_dim != 0 and batch_size != shape[0] * micro_batches:
                 raise InputShapeError(
                     f"this export takes input {info.name!r} with batch size {shape[0]} only (its graph fixes "
-                    f"the batch); run it with --batch-size {shape[0]}"
+                    f"the batch); run it with --batch-size {shape[0]}, or {shape[0]} per micro-batch "
+                    f"(--batch-size {shape[0] * max(2, micro_batches)} --micro-batches {max(2, micro_batches)})"
                 )
             shape[0] = batch_size
         dtype = getattr(torch, info.dtype)
@@ -147,7 +151,7 @@ def export_inputs(manifest: Manifest, batch_size: int | None = None, seed: int =
 def run_export(
     folder: str | os.PathLike[str],
     batch_size: int | None = None,
-    micro_batches: int = 1,
+    micro_batches: int | None = None,
     batches: int = 10,
     threads: int = 1,
     local: bool = False,
@@ -155,23 +159,43 @@ def run_export(
     transport: str = "auto",
     replicas: int = 1,
     placement: str = "PACK",
+    progress: Callable[[str], None] | None = None,
 ) -> RunReport:
     """Run an export folder on random inputs (one Ray actor per part, with `transport` between them, in
-    `replicas` copies placed by `placement`; or in this process with `local`) and measure it."""
+    `replicas` copies placed by `placement`; or in this process with `local`) and measure it. The batch size
+    and micro-batches default to what the search priced (`priced_batch`); `progress` hears each step."""
+    say = progress or (lambda _: None)
     manifest = read_manifest(folder)
+    priced_size, priced_micro = priced_batch(manifest)
+    micro_batches = micro_batches or priced_micro
+    batch_size = batch_size or priced_size
     layout, loaders = manifest_layout(manifest), export_loaders(folder)
-    inputs = export_inputs(manifest, batch_size)
+    inputs = export_inputs(manifest, batch_size, micro_batches=micro_batches)
+    parts = len(layout.parts)
     if local:
+        say(f"loading {parts} part(s) in this process")
         runner = LocalRunner(layout, loaders, threads)
     else:
+        copies = f" x {replicas} replicas" if replicas > 1 else ""
+        say(f"starting {parts * replicas} Ray actor(s) ({parts} parts{copies}); each loads its part file")
         runner = RayRunner(
             layout, loaders, threads=threads, transport=transport, replicas=replicas, placement=placement
         )
     try:
+        size = inputs[0].shape[0] if inputs else 0
+        say(f"measuring {batches} batch(es) of {size} in {micro_batches} micro-batch(es), after {warmup} warm-up")
         report, _ = measure(runner, inputs, batches, micro_batches, warmup)
     finally:
         runner.close()
     return report
+
+
+def priced_batch(manifest: Manifest) -> tuple[int | None, int]:
+    """(batch size, micro-batches) the search that chose this export priced it at (recorded by `decomp
+    export`), else (None: the export's own batch, 1)."""
+    costs = manifest.expected_costs if isinstance(manifest.expected_costs, dict) else {}
+    priced = costs.get("runtime") or {}
+    return priced.get("batch_size"), int(priced.get("micro_batches", 1))
 
 
 def stage_seconds(

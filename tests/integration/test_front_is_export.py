@@ -11,6 +11,7 @@ from safetensors.torch import save_model
 from cluster.config import parse_config
 from cluster.export import export_candidate
 from cluster.review import review_run
+from cluster.runtime import run_export
 from cluster.scoring import score_export
 from cluster.search_job import run_search
 from decomp.data import load_data
@@ -68,3 +69,7 @@ def test_every_front_candidate_exports_with_the_accuracy_the_front_shows(tmp_pat
         score = score_export(out, DATA, "test", local=True)
         assert score.recorded == pytest.approx(row.evaluation.metrics["test_accuracy"])
         assert abs(score.difference) <= 0.003, (row.candidate.id, score.accuracy, score.recorded)
+    # decomp run defaults to the batch the search priced: micro-batches of the graph's batch
+    report = run_export(out, batches=1, local=True)
+    micro = config.latency.micro_batches
+    assert (report.batch_size, report.micro_batches) == (4 * micro, micro)

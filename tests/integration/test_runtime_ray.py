@@ -137,6 +137,23 @@ def test_run_export_on_ray_loads_each_part_in_its_actor(tmp_path):
     torch.testing.assert_close(got, load_export(tmp_path / "out")(x)[0])
 
 
+def test_a_changed_or_missing_part_file_is_named_on_ray(tmp_path):
+    from cluster.runners import export_loaders
+    from decomp.errors import ExportError
+    from decomp.partition import manifest_layout, read_manifest
+    from decomp.partition.job import SplitRequest, run_split
+
+    run_split(SplitRequest("python:tests.tiny_models:tiny_net", 2), tmp_path / "out")
+    layout = manifest_layout(read_manifest(tmp_path / "out"))
+    part = tmp_path / "out" / "part_1.pt2"
+    part.write_bytes(part.read_bytes() + b"x")
+    with pytest.raises(ExportError, match=r"part_1.pt2 has changed since export \(sha256"):
+        RayRunner(layout, export_loaders(tmp_path / "out"))
+    part.unlink()
+    with pytest.raises(ExportError, match=r"part_1.pt2 is missing; the manifest lists it"):
+        RayRunner(layout, export_loaders(tmp_path / "out"))
+
+
 def test_calibrate_on_ray_predicts_two_stage_candidates(tmp_path):
     from cluster.calibrate import CalibrateRequest, run_calibration
 

@@ -91,9 +91,11 @@ def test_a_group_whose_enumeration_grows_memory_too_far_is_left_out_and_its_memo
     def hungry(self, module, fn, idxs):
         if not hungry_root:  # the first group enumerated, whichever it is
             hungry_root.append(names[id(module)])
-            held = [torch.ones(2**20) for _ in range(96)]  # 384 MiB, touched
-            made.append(weakref.ref(held[0]))
+            first = torch.ones(2**20)
+            made.append(weakref.ref(first))  # before the rest: the bound may stop it while it allocates
+            held = [first, *(torch.ones(2**20) for _ in range(95))]  # 384 MiB, touched
             _spin(30)
+            del held
         else:  # a later group: what the interrupted one built must be gone by now, not at the end
             alive_later.append(made[0]() is not None)
         return original(self, module, fn, idxs)

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from cluster.checkpoint import Checkpoint, Pending, reconcile
 from cluster.config import JobConfig, parse_config
-from cluster.driver import Finished, SearchDriver
+from cluster.driver import Finished, SearchDriver, SearchPaused
 from cluster.pool import Evaluator
 from cluster.runs import CHECKPOINT, CONFIG, JOURNAL, LOG, NORMALIZER_ATTR, open_run, open_study
 from cluster.search_job import run_search
@@ -38,7 +38,7 @@ def job(tmp_path: Path, **changes) -> dict:
         "objectives": ["macs", "params"],
         "searcher": {"name": "nsga2", "seed": 0, "settings": {"population": 6}},
         "budget": {"evaluations": 13},
-        "evaluators": {"count": 2, "retries": 2},
+        "evaluators": {"count": 2, "retries": 2, "retry_backoff_s": 0.01},
         "run": {"folder": str(tmp_path / "run")},
     }
     data.update(changes)
@@ -50,6 +50,7 @@ class BoxTask:
 
     def __init__(self, raises: dict[int, int] | None = None, fatal: bool = False, sleep: float = 0.0) -> None:
         self.raises, self.fatal, self.sleep, self.calls = dict(raises or {}), fatal, sleep, {}
+        self.times: dict[int, list[float]] = {}
 
     def space(self):
         return BoxSpace(3)
@@ -62,6 +63,7 @@ class BoxTask:
 
     def evaluate(self, candidate: Candidate, level: int = 0) -> Evaluation:
         self.calls[candidate.id] = self.calls.get(candidate.id, 0) + 1
+        self.times.setdefault(candidate.id, []).append(time.monotonic())
         if self.calls[candidate.id] <= self.raises.get(candidate.id, 0):
             raise RuntimeError(f"out of memory on candidate {candidate.id}")
         time.sleep(self.sleep)
@@ -97,7 +99,7 @@ class InlinePool:
             raise Stop
         self.queue.append((candidate, level))
 
-    def wait(self) -> list[Finished]:
+    def wait(self, timeout: float | None = None) -> list[Finished]:
         self.waits += 1
         if self.waits == self.stop_wait:
             raise Stop
@@ -163,6 +165,28 @@ def test_errors_are_retried_then_recorded_failed_with_their_message(tmp_path):
     assert evaluations[2].state == "failed" and "out of memory on candidate 2" in evaluations[2].message
     assert "failed 3 times" in evaluations[2].message and evaluations[4].ok
     assert task.calls[2] == 3 and task.calls[4] == 2
+
+
+def test_retries_wait_a_back_off_that_doubles(tmp_path):
+    task = BoxTask(raises={2: 2})
+    config = job(tmp_path, evaluators={"count": 2, "retries": 2, "retry_backoff_s": 0.2})
+    summary = drive(tmp_path, config, task)
+    first, second, third = task.times[2]
+    assert summary.failed == 0 and second - first >= 0.2 and third - second >= 0.4
+
+
+def test_a_search_whose_evaluations_all_fail_pauses_and_loses_no_trial(tmp_path):
+    broken = BoxTask(raises={i: 99 for i in range(200)})  # e.g. the machine out of memory
+    paused = r"3 candidates in a row failed on every retry \(the last: RuntimeError: out of memory"
+    with pytest.raises(SearchPaused, match=paused):
+        drive(tmp_path, job(tmp_path), broken)
+    assert recorded(tmp_path / "run") == []  # nothing of the budget spent
+    kept = [p["candidate"]["id"] for p in json.loads((tmp_path / "run" / CHECKPOINT).read_text())["pending"]]
+    assert len(kept) >= 3
+    summary = drive(tmp_path, tmp_path / "run", BoxTask(), resume=True)
+    records = recorded(tmp_path / "run")
+    ids = [c.id for c, _ in records]
+    assert summary.trials == 13 and len(set(ids)) == 13 and set(kept) <= set(ids) and all(e.ok for _, e in records)
 
 
 def test_dead_evaluators_lose_no_candidate(tmp_path):
