@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cluster import cli_review, cli_search  # noqa: F401 - importing registers their commands on `app`
+from cluster import cli_review, cli_search, cli_serve  # noqa: F401 - importing registers their commands on `app`
 from cluster.cli_app import InputShapes, JsonOut, ModelSpec, Weights, app, console, err_console, write_json
 from decomp.errors import DecompError, SpecError
 

@@ -227,8 +227,6 @@ def _dependency_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...]):
     try:
         with warnings.catch_warnings():  # its note on parameters outside layers: decomp's oracle checks those
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected", category=UserWarning)
-            # its channel inference giving up; where that matters the op is noted (see _guard_index_mapping)
-            warnings.filterwarnings("ignore", message="Maximum recursive depth reached", category=UserWarning)
             dg = tp.DependencyGraph().build_dependency(
                 model,
                 example_inputs=inputs if len(inputs) > 1 else inputs[0],
@@ -273,6 +271,9 @@ def _guard_index_mapping(name: str, what: str) -> None:
     setattr(tp_index_mapping, name, guarded)
 
 
+# Torch-Pruning's channel inference giving up, printed on every group of a deep model: where that matters the op
+# is noted (see _guard_index_mapping) and the groups through it left out with the reason
+warnings.filterwarnings("ignore", message="Maximum recursive depth reached", category=UserWarning)
 _guard_index_mapping("update_reshape_index_mapping", "reshape, e.g. a channel shuffle,")
 _guard_index_mapping("update_concat_index_mapping", "concat")
 
