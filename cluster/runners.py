@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 import warnings
 from collections import deque
@@ -272,7 +273,7 @@ class RayRunner:
                 bundle[node_resource(node)] = 0.001
             bundles.append(bundle)
         self._copies: list[_Copy] = []
-        self._turn = 0
+        self._turn, self._turn_lock = 0, threading.Lock()
         try:
             for r in range(replicas):
                 group = _placed(bundles, placement, wait_s, f"replica {r}" if replicas > 1 else "")
@@ -315,8 +316,9 @@ class RayRunner:
                 f"the model takes {len(self.layout.inputs)} input(s) ({', '.join(self.layout.inputs)}), "
                 f"got {len(inputs)}"
             )
-        copy = self._copies[self._turn % len(self._copies)]
-        self._turn += 1
+        with self._turn_lock:  # `serve` submits from more than one thread
+            copy = self._copies[self._turn % len(self._copies)]
+            self._turn += 1
         # name -> (ref, element of the tuple it holds, or None where the ref holds the value itself)
         env: dict[str, tuple[ray.ObjectRef, int | None]] = {
             n: (ray.put(to_wire(t)), None) for n, t in zip(self.layout.inputs, inputs, strict=True)

@@ -2,9 +2,10 @@
 
 One Serve deployment (`ExportServer`) owns a `cluster.runners.RayRunner` over the export's parts (their
 actors, transport, placement and replicas as `decomp run` makes them). Requests are batched by Serve
-(`serve.batch`: up to `max_batch` requests or `wait_ms`, whichever comes first); the samples of a batch go
-through the pipeline in micro-batches of the size the export was made for (padded with copies of the last
-sample where the export fixes its batch, the padding dropped again), and each request gets its own rows back.
+(`serve.batch`: up to `max_batch` requests or `wait_ms`, whichever comes first; two batches in flight, run
+off the event loop so requests keep arriving); the samples of a batch go through the pipeline in
+micro-batches of the size the export was made for (padded with copies of the last sample where the export
+fixes its batch, the padding dropped again), and each request gets its own rows back.
 
 HTTP: POST a JSON object `{"inputs": [input_0, input_1, ...]}` to the route, each input a nested list with the
 batch dimension first (one or more samples); the answer is `{"outputs": [...]}` in the same layout. Python:
@@ -14,10 +15,10 @@ threads over HTTP and reports latency percentiles and throughput.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import statistics
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -69,7 +70,6 @@ class ExportServer:
             replicas=replicas,
             placement=placement,
         )
-        self.lock = threading.Lock()
 
     def run(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         """The model's outputs for `inputs` (any number of samples)."""
@@ -85,14 +85,15 @@ class ExportServer:
         count = inputs[0].shape[0]
         padded = _pad([x.to(getattr(torch, i.dtype)) for x, i in zip(inputs, infos, strict=True)], self.size)
         chunks = split_batch(padded, padded[0].shape[0] // self.size)
-        with self.lock:  # one batch at a time through the pipeline (its micro-batches overlap)
-            outs = list(self.runner.map(chunks))
+        outs = list(self.runner.map(chunks))  # batches in flight at once interleave on the actors
         return [torch.cat([o[j] for o in outs])[:count] for j in range(len(outs[0]))]
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005, max_concurrent_batches=2)
     async def _batched(self, requests: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
         counts = [r[0].shape[0] for r in requests]
-        outputs = self.run([torch.cat([r[j] for r in requests]) for j in range(len(requests[0]))])
+        batch = [torch.cat([r[j] for r in requests]) for j in range(len(requests[0]))]
+        # off the event loop: requests keep arriving (and batching) while this batch is in the pipeline
+        outputs = await asyncio.to_thread(self.run, batch)
         answers, start = [], 0
         for n in counts:
             answers.append([o[start : start + n] for o in outputs])
