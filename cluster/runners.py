@@ -262,7 +262,9 @@ class RayRunner:
             on_gpu = gpus > 0 and not hint.startswith("cpu")
             self.devices.append((hint if hint.startswith("cuda") else "cuda") if on_gpu else "cpu")
             self.nodes_asked.append(node)
-        self.transports = _transports(layout, self.devices, transport)
+        # NCCL connects processes on distinct GPUs; parts that share a GPU (fewer GPUs than parts) cannot use it
+        shared = 0 < gpus < actors_wanted
+        self.transports = _transports(layout, self.devices, transport, shared_gpus=shared)
         direct = any(t != "object-store" for t in self.transports)
         actor_class = _DirectPartActor if direct else _PartActor
         restarts = 0 if direct else max_restarts  # a restarted actor is not in the collective group
@@ -481,11 +483,17 @@ def _own(value: Any) -> Any:
     return from_wire(value, copy=True)
 
 
-def _transports(layout: PartsLayout, devices: Sequence[str], asked: str) -> list[str]:
+def _transports(layout: PartsLayout, devices: Sequence[str], asked: str, shared_gpus: bool = False) -> list[str]:
     """How each part's outputs travel: by `asked` (resolved where `auto`) when every part that reads them runs
     on the kind of device the transport serves (GPUs for NCCL, CPUs for gloo) as the part does; through the
     object store where the caller collects one of them, where they feed both kinds or where nothing reads them.
+    NCCL needs a GPU per part (`shared_gpus`: parts share GPUs, so it is refused, and `auto` does without).
     An asked transport that no part can use is an error."""
+    if shared_gpus and asked == "nccl":
+        raise DecompError(
+            "transport nccl connects parts on distinct GPUs, and the cluster has fewer GPUs than parts (they share "
+            "GPUs); use --transport auto (the object store) or more GPUs"
+        )
     readers: dict[int, set[int | None]] = {}
     for source, reader, _ in layout.edges():
         if source is not None:
@@ -493,7 +501,7 @@ def _transports(layout: PartsLayout, devices: Sequence[str], asked: str) -> list
     out = []
     for k, device in enumerate(devices):
         on_gpu = device.startswith("cuda")
-        kind = ("nccl" if on_gpu else "object-store") if asked == "auto" else asked
+        kind = ("nccl" if on_gpu and not shared_gpus else "object-store") if asked == "auto" else asked
         serves = kind != "object-store" and (kind == "nccl") == on_gpu
         reads = readers.get(k, set())
         direct = serves and reads and None not in reads and all(devices[r].startswith("cuda") == on_gpu for r in reads)
@@ -501,8 +509,9 @@ def _transports(layout: PartsLayout, devices: Sequence[str], asked: str) -> list
     if asked in ("nccl", "gloo") and asked not in out and len(layout.parts) > 1:
         need = "GPU" if asked == "nccl" else "CPU"
         raise DecompError(
-            f"transport {asked} carries tensors between {need} parts, and no two parts here run on {need}s "
-            f"(devices: {', '.join(devices)}); use --transport auto"
+            f"transport {asked} carries tensors between {need} parts, and no part here sends its outputs to another "
+            f"{need} part only (devices: {', '.join(devices)}; outputs the caller collects go through the object "
+            "store); use --transport auto"
         )
     return out
 

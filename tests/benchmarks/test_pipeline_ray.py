@@ -43,9 +43,9 @@ from tests.benchmarks import size
 from tests.benchmarks.record import record
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.usefixtures("local_ray")]
-# 9 logical CPUs so the 1-actor, 2-stage (by both transports), 2-copy and 2-replica runners' actors all stay
-# up; one runner works at a time
-RAY_CPUS = 9
+# 12 logical CPUs so the 1-actor, 2-stage (by both transports), 3-stage, 2-copy and 2-replica runners' actors
+# all stay up; one runner works at a time
+RAY_CPUS = 12
 
 BATCH, MICRO_BATCHES = 8, 4  # micro-batches of 2 images
 # per runner per round: 64 micro-batches, so filling and draining the pipeline costs ~1.5%
@@ -167,7 +167,9 @@ def test_resnet50_two_stage_pipeline_throughput(tmp_path):
     run_stages = functools.partial(stage_seconds, threads=1, batches=TUNE_CALLS)
     summary = run_split(request, tmp_path / "two", run_stages=run_stages).to_json()
     run_split(SplitRequest(SPEC, 1, input_shapes=(shape,)), tmp_path / "whole")
-    folders = {"whole": tmp_path / "whole", "2 stages": tmp_path / "two"}
+    three = SplitRequest(SPEC, 3, input_shapes=(shape,), balance="run", threads=1, tune_steps=TUNE_STEPS)
+    run_split(three, tmp_path / "three", run_stages=run_stages)
+    folders = {"whole": tmp_path / "whole", "2 stages": tmp_path / "two", "3 stages": tmp_path / "three"}
     loaded = load_model(SPEC, input_shapes=[shape])  # the weights run_split exported (seeded)
     graph = build_graph(loaded.module, loaded.example_inputs, loaded.tracer)
     by_macs = optimal_pipeline(graph, 2)
@@ -219,6 +221,11 @@ def test_resnet50_two_stage_pipeline_throughput(tmp_path):
         r.throughput / w.throughput for r, w in zip(reports["whole, 2 replicas"], reports["whole"], strict=True)
     ]
     replicas = statistics.median(replica_ratios)
+    three_shares = [
+        t.throughput / w.throughput / c
+        for t, w, c in zip(reports["3 stages"], reports["whole"], capacities, strict=True)
+    ]
+    three_share = statistics.median(three_shares)
     overhead = _overheads()
 
     def row(name: str) -> str:
@@ -262,6 +269,7 @@ def test_resnet50_two_stage_pipeline_throughput(tmp_path):
         row("whole"),
         row("2 stages"),
         row("2 stages, gloo"),
+        row("3 stages"),
         row("2 copies"),
         row("whole, 2 replicas"),
         "",
@@ -276,7 +284,9 @@ def test_resnet50_two_stage_pipeline_throughput(tmp_path):
         f"The pipeline reached {share:.2f} of that (median per round; the stages' time "
         "beyond the whole model's, imbalance, and the hops between actors take the rest). `2 stages` passes the "
         f"activation through the object store (`--transport auto` on CPU); `2 stages, gloo` by Ray Direct Transport "
-        f"over gloo: {gloo_share:.2f} of the capacity.",
+        f"over gloo: {gloo_share:.2f} of the capacity. `3 stages` (split and tuned the same way, three 1-thread actors "
+        f"on the two cores): {three_share:.2f} of the capacity (rounds {min(three_shares):.2f}.."
+        f"{max(three_shares):.2f}).",
         "",
         f"Replicas (`decomp run --replicas 2`): two copies of the whole model, micro-batches dealt to them in "
         f"turn, ran **{replicas:.2f}x** one copy (rounds {min(replica_ratios):.2f}..{max(replica_ratios):.2f}; "
