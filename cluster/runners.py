@@ -248,14 +248,14 @@ class RayRunner:
         actors_wanted = len(layout.parts) * replicas
         self.max_in_flight = max_in_flight or 2 * actors_wanted
         gpus = cluster_gpus()
-        cpus = 0.0 if gpus else _free_cpus(min(float(threads) * actors_wanted, cluster_cpus()))
+        cpus = _free_cpus(min(float(threads) * actors_wanted, cluster_cpus()), wait_s=0.0 if gpus else 15.0)
         if not gpus and cpus <= 0:
             raise RuntimeFailure(
                 f"the Ray cluster has no free CPU for {actors_wanted} part(s) ({cluster_cpus():g} CPUs, all "
                 "held by other actors); close other runners or add nodes"
             )
         # ask for no more CPU than is free, or the last actors would wait forever for a slot
-        cpu_share = min(float(threads), cpus / actors_wanted)
+        cpu_share = max(0.001, min(float(threads), cpus / actors_wanted))  # a bundle may not be empty
         self.devices, self.nodes_asked = [], []
         for k, part in enumerate(layout.parts):
             node, _, hint = (devices[k] if devices else part.device).rpartition("/")
