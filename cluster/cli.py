@@ -12,7 +12,19 @@ import typer
 from rich.table import Table
 
 from cluster import cli_review, cli_search, cli_serve  # noqa: F401 - importing registers their commands on `app`
-from cluster.cli_app import InputShapes, JsonOut, ModelSpec, Weights, app, console, err_console, write_json
+from cluster.cli_app import (
+    InputShapes,
+    JsonOut,
+    ModelSpec,
+    Placement,
+    Replicas,
+    Transport,
+    Weights,
+    app,
+    console,
+    err_console,
+    write_json,
+)
 from decomp.errors import DecompError, SpecError
 
 __all__ = ["app", "main"]
@@ -236,21 +248,9 @@ def run(
     batches: Annotated[int, typer.Option(help="batches to measure (after one warm-up batch)")] = 10,
     threads: Annotated[int, typer.Option(help="torch threads per part")] = 1,
     local: Annotated[bool, typer.Option(help="run the parts in this process instead of Ray actors")] = False,
-    transport: Annotated[
-        str,
-        typer.Option(
-            help="how tensors travel between parts: auto (NCCL between GPU parts, else the object store), nccl, "
-            "gloo (CPU parts, Ray Direct Transport) or object-store"
-        ),
-    ] = "auto",
-    replicas: Annotated[int, typer.Option(help="copies of the pipeline run side by side, batches dealt in turn")] = 1,
-    placement: Annotated[
-        str,
-        typer.Option(
-            help="how each copy's parts spread over nodes: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD (a part whose "
-            "device names a node, e.g. n1/cpu, runs on that node)"
-        ),
-    ] = "PACK",
+    transport: Transport = "auto",
+    replicas: Replicas = 1,
+    placement: Placement = "PACK",
     json_path: JsonOut = None,
 ) -> None:
     """Run an export on random inputs, one Ray actor per part, and report throughput, latency and busy time."""

@@ -31,6 +31,22 @@ InputShapes = Annotated[
 ]
 Weights = Annotated[Optional[Path], typer.Option(help="a .safetensors file or a saved state dict")]
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="also write the result as JSON to this file")]
+# how an export's parts run on Ray (decomp run, decomp serve)
+Transport = Annotated[
+    str,
+    typer.Option(
+        help="how tensors travel between parts: auto (NCCL between parts with a GPU each, else the object store), "
+        "nccl, gloo (CPU parts, Ray Direct Transport) or object-store"
+    ),
+]
+Replicas = Annotated[int, typer.Option(help="copies of the pipeline run side by side, batches dealt in turn")]
+Placement = Annotated[
+    str,
+    typer.Option(
+        help="how each copy's parts spread over nodes: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD (a part whose "
+        "device names a node, e.g. n1/cpu, runs on that node)"
+    ),
+]
 
 
 @app.callback()

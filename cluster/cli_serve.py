@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cluster.cli_app import JsonOut, app, console, write_json
+from cluster.cli_app import JsonOut, Placement, Replicas, Transport, app, console, write_json
 
 
 @app.command()
@@ -17,9 +17,9 @@ def serve(
     export: Annotated[Path, typer.Argument(help="an export folder written by decomp split or decomp export")],
     port: Annotated[int, typer.Option(help="HTTP port (on 127.0.0.1)")] = 8000,
     route: Annotated[str, typer.Option(help="HTTP route")] = "/",
-    transport: Annotated[str, typer.Option(help="between parts: auto, nccl, gloo or object-store")] = "auto",
-    replicas: Annotated[int, typer.Option(help="copies of the pipeline, requests dealt in turn")] = 1,
-    placement: Annotated[str, typer.Option(help="PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")] = "PACK",
+    transport: Transport = "auto",
+    replicas: Replicas = 1,
+    placement: Placement = "PACK",
     threads: Annotated[int, typer.Option(help="torch threads per part")] = 1,
     max_batch: Annotated[int, typer.Option(help="requests batched together at most")] = 8,
     wait_ms: Annotated[float, typer.Option(help="how long a request waits for others to batch with")] = 5.0,

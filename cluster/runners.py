@@ -256,20 +256,20 @@ class RayRunner:
             )
         # ask for no more CPU than is free, or the last actors would wait forever for a slot
         cpu_share = max(0.001, min(float(threads), cpus / actors_wanted))  # a bundle may not be empty
-        self.devices, self.nodes_asked = [], []
+        self.devices, nodes = [], []
         for k, part in enumerate(layout.parts):
             node, _, hint = (devices[k] if devices else part.device).rpartition("/")
             on_gpu = gpus > 0 and not hint.startswith("cpu")
             self.devices.append((hint if hint.startswith("cuda") else "cuda") if on_gpu else "cpu")
-            self.nodes_asked.append(node)
+            nodes.append(node)
         # NCCL connects processes on distinct GPUs; parts that share a GPU (fewer GPUs than parts) cannot use it
         shared = 0 < gpus < actors_wanted
         self.transports = _transports(layout, self.devices, transport, shared_gpus=shared)
-        direct = any(t != "object-store" for t in self.transports)
-        actor_class = _DirectPartActor if direct else _PartActor
-        restarts = 0 if direct else max_restarts  # a restarted actor is not in the collective group
+        self.direct = any(t != "object-store" for t in self.transports)
+        actor_class = _DirectPartActor if self.direct else _PartActor
+        restarts = 0 if self.direct else max_restarts  # a restarted actor is not in the collective group
         bundles = []
-        for device, node in zip(self.devices, self.nodes_asked, strict=True):
+        for device, node in zip(self.devices, nodes, strict=True):
             bundle = {"GPU": min(1.0, gpus / actors_wanted)} if device.startswith("cuda") else {"CPU": cpu_share}
             if node:
                 bundle[node_resource(node)] = 0.001
@@ -326,7 +326,7 @@ class RayRunner:
             n: (ray.put(to_wire(t)), None) for n, t in zip(self.layout.inputs, inputs, strict=True)
         }
         for part, actor, transport in zip(self.layout.parts, copy.actors, self.transports, strict=True):
-            if not copy.groups:  # the object store only: one return per output
+            if not self.direct:  # the object store only: one return per output
                 refs = actor.run.options(num_returns=len(part.outputs)).remote(*(env[n][0] for n in part.inputs))
                 env.update((n, (r, None)) for n, r in zip(part.outputs, as_list(refs, len(part.outputs)), strict=True))
                 continue

@@ -145,7 +145,7 @@ def pruned_side(handler) -> str:
     return "in" if handler.__name__.endswith("in_channels") else "out"
 
 
-def find_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], keep_output: bool = True) -> GroupIndex:
+def find_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> GroupIndex:
     """Find the prunable coupling groups of `model` (in eval mode) on `example_inputs`.
 
     Groups Torch-Pruning cannot map exactly (its enumeration fails, or it maps channels onto indices a
@@ -169,7 +169,7 @@ def find_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], keep
             "model cannot be pruned structurally here. Unstructured pruning (--method magnitude, han or nm) "
             "still works."
         ) from None
-    outputs = output_layers(dg, flat_tensors(returned), model) if keep_output else set()
+    outputs = output_layers(dg, flat_tensors(returned), model)
     order = {name: i for i, name in enumerate(modules)}
     groups: dict[str, CouplingGroup] = {}
     left_out: dict[str, tuple[str, set[str]]] = {}
