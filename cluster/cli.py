@@ -249,7 +249,7 @@ def run(
     threads: Annotated[int, typer.Option(help="torch threads per part")] = 1,
     local: Annotated[bool, typer.Option(help="run the parts in this process instead of Ray actors")] = False,
     transport: Transport = "auto",
-    replicas: Replicas = 1,
+    replicas: Replicas = None,
     placement: Placement = "PACK",
     json_path: JsonOut = None,
 ) -> None:
@@ -286,9 +286,20 @@ def profile(
     input_shape: InputShapes = None,
     weights: Weights = None,
     repeats: Annotated[int, typer.Option(help="timed forward passes of the whole model")] = 20,
+    sweep: Annotated[
+        bool, typer.Option(help="first profile the layer sweep the op model learns from (once per device, ~3 min)")
+    ] = False,
+    unseen: Annotated[
+        bool,
+        typer.Option(help="do not profile MODEL's ops: predict it as an architecture this device never ran"),
+    ] = False,
     json_path: JsonOut = None,
 ) -> None:
-    """Profile MODEL's ops into this device's latency table, then print predicted vs measured latency."""
+    """Profile MODEL's ops into this device's latency table, then print predicted vs measured latency.
+
+    Ops a table lacks (an architecture nobody profiled here, a pruned shape) are priced by an op model
+    learned from the table; --sweep gives it a sweep of synthetic layers to learn from, --unseen checks
+    how well it prices MODEL."""
     from decomp.latency.job import ProfileRequest, run_profile
     from decomp.specs import parse_input_shape
 
@@ -300,16 +311,25 @@ def profile(
         tuple(parse_input_shape(s) for s in input_shape or ()),
         str(weights) if weights else None,
         repeats,
+        sweep,
+        unseen,
     )
-    with console.status(f"profiling {model} on {device} ({threads} threads) ..."):
+    doing = "pricing" if unseen else "profiling"
+    with console.status(f"{doing} {model} on {device} ({threads} threads{', layer sweep first' if sweep else ''}) ..."):
         summary = run_profile(request)
+    swept = f"layer sweep added {summary.sweep_added} signatures; " if sweep else ""
     console.print(
         f"{model}: {summary.ops} ops, {summary.ops_profiled_now} profiled now "
-        f"({summary.profile_seconds:.1f} s), table {summary.table} holds {summary.table_entries} entries"
+        f"({summary.profile_seconds:.1f} s); {swept}table {summary.table} holds {summary.table_entries} entries"
+    )
+    source = (
+        f"{summary.ops_learned} ops priced by the op model, none of the model's ops timed"
+        if unseen
+        else "sum of the table's op times"
     )
     console.print(
         f"predicted {1000 * summary.predicted_s:.2f} ms | measured {1000 * summary.measured_s:.2f} ms "
-        f"| error {100 * summary.error:+.1f}% (sum of the table's op times)"
+        f"| error {100 * summary.error:+.1f}% ({source})"
     )
     write_json(json_path, summary.to_json())
 

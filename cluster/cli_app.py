@@ -39,7 +39,10 @@ Transport = Annotated[
         "nccl, gloo (CPU parts, Ray Direct Transport) or object-store"
     ),
 ]
-Replicas = Annotated[int, typer.Option(help="copies of the pipeline run side by side, batches dealt in turn")]
+Replicas = Annotated[
+    Optional[int],
+    typer.Option(help="copies of the pipeline side by side, batches dealt in turn (default: what the search priced)"),
+]
 Placement = Annotated[
     str,
     typer.Option(

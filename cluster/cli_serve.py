@@ -18,7 +18,7 @@ def serve(
     port: Annotated[int, typer.Option(help="HTTP port (on 127.0.0.1)")] = 8000,
     route: Annotated[str, typer.Option(help="HTTP route")] = "/",
     transport: Transport = "auto",
-    replicas: Replicas = 1,
+    replicas: Replicas = None,
     placement: Placement = "PACK",
     threads: Annotated[int, typer.Option(help="torch threads per part")] = 1,
     max_batch: Annotated[int, typer.Option(help="requests batched together at most")] = 8,

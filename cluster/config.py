@@ -30,7 +30,9 @@ Top-level keys:
 - `searcher`: `{name, seed, settings}`.
 - `budget`: `{evaluations, seconds}` (at least one; the search stops at the first reached).
 - `cluster`: where the candidates will run (the latency model's cluster): preset, file or mapping.
-- `latency`: `{micro_batches, batch_size, table, calibration}` for predicted latency and throughput.
+- `latency`: `{micro_batches, batch_size, replicas, table, calibration}` for predicted latency and throughput
+  (`replicas`: copies of the pipeline sharing the micro-batches, an integer or `auto` = the cluster's
+  devices // the candidate's parts; `decomp export` records it as `decomp run`'s default).
 - `evaluators`: `{count, cpus, gpus, threads, retries, in_flight, retry_backoff_s, pause_after}` (Ray actors that
   evaluate; a failed evaluation is retried after `retry_backoff_s`, doubling per retry; `pause_after` candidates
   failing in a row, default max(3, count), pause the search: see `cluster.driver`).
@@ -50,7 +52,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -101,6 +103,7 @@ class BudgetSpec(_Strict):
 class LatencySpec(_Strict):
     micro_batches: int = Field(default=4, ge=1)
     batch_size: int = Field(default=1, ge=1)  # samples per micro-batch the graph is built at
+    replicas: Annotated[int, Field(ge=1)] | Literal["auto"] = 1  # pipeline copies; auto: devices // parts
     table: str | None = None  # op table file (default: the cache of this device key, if any)
     calibration: str | None = None  # calibration file from `decomp calibrate`
 

@@ -67,6 +67,7 @@ def export_candidate(folder: str | Path, candidate_id: int, out: str | Path, ove
             "runtime": {
                 "batch_size": review.config.latency.batch_size * review.config.latency.micro_batches,
                 "micro_batches": review.config.latency.micro_batches,
+                "replicas": int(row.evaluation.metrics.get("replicas", 1)),
             },
         },
         overwrite=overwrite,

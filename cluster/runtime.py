@@ -157,16 +157,19 @@ def run_export(
     local: bool = False,
     warmup: int = 1,
     transport: str = "auto",
-    replicas: int = 1,
+    replicas: int | None = None,
     placement: str = "PACK",
     progress: Callable[[str], None] | None = None,
 ) -> RunReport:
     """Run an export folder on random inputs (one Ray actor per part, with `transport` between them, in
     `replicas` copies placed by `placement`; or in this process with `local`) and measure it. The batch size
-    and micro-batches default to what the search priced (`priced_batch`); `progress` hears each step."""
+    micro-batches and replicas default to what the search priced (`priced_batch`, `priced_replicas`; one
+    copy in this process); `progress` hears each step."""
     say = progress or (lambda _: None)
     manifest = read_manifest(folder)
     priced_size, priced_micro = priced_batch(manifest)
+    if replicas is None:
+        replicas = 1 if local else priced_replicas(manifest)
     micro_batches = micro_batches or priced_micro
     batch_size = batch_size or priced_size
     layout, loaders = manifest_layout(manifest), export_loaders(folder)
@@ -193,9 +196,18 @@ def run_export(
 def priced_batch(manifest: Manifest) -> tuple[int | None, int]:
     """(batch size, micro-batches) the search that chose this export priced it at (recorded by `decomp
     export`), else (None: the export's own batch, 1)."""
-    costs = manifest.expected_costs if isinstance(manifest.expected_costs, dict) else {}
-    priced = costs.get("runtime") or {}
+    priced = _priced(manifest)
     return priced.get("batch_size"), int(priced.get("micro_batches", 1))
+
+
+def priced_replicas(manifest: Manifest) -> int:
+    """Copies of the pipeline the search priced this export with (recorded by `decomp export`), else 1."""
+    return int(_priced(manifest).get("replicas", 1))
+
+
+def _priced(manifest: Manifest) -> dict:
+    costs = manifest.expected_costs if isinstance(manifest.expected_costs, dict) else {}
+    return costs.get("runtime") or {}
 
 
 def stage_seconds(

@@ -29,7 +29,7 @@ import torch
 from ray import serve
 
 from cluster.runners import RayRunner, export_loaders
-from cluster.runtime import priced_batch, split_batch
+from cluster.runtime import priced_batch, priced_replicas, split_batch
 from decomp.errors import DecompError, InputShapeError
 from decomp.partition.manifest import Manifest, manifest_layout, read_manifest
 
@@ -125,7 +125,7 @@ def serve_export(
     port: int = 8000,
     route: str = "/",
     transport: str = "auto",
-    replicas: int = 1,
+    replicas: int | None = None,
     placement: str = "PACK",
     threads: int = 1,
     max_batch: int = 8,
@@ -133,8 +133,10 @@ def serve_export(
     name: str = "decomp",
 ):
     """Deploy the export as a Serve application on the connected Ray cluster (HTTP on `port`); returns its
-    `DeploymentHandle` once every part is loaded."""
-    read_manifest(folder)  # a tampered or missing folder is an error before anything starts
+    `DeploymentHandle` once every part is loaded. `replicas` default: what the search priced."""
+    manifest = read_manifest(folder)  # a tampered or missing folder is an error before anything starts
+    if replicas is None:
+        replicas = priced_replicas(manifest)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = ExportServer.bind(os.fspath(folder), transport, replicas, placement, threads)
     handle = serve.run(app, name=name, route_prefix=route)

@@ -254,7 +254,13 @@ class _Problem:
                 importances[group.id] = channel_importance(self.index, group.id, "l1").tolist()
         latency = self.config.latency
         self.costs = CostEvaluator(
-            CostModel(self.graph, self._latency_model(self.cluster), latency.micro_batches, importances=importances)
+            CostModel(
+                self.graph,
+                self._latency_model(self.cluster),
+                latency.micro_batches,
+                importances=importances,
+                replicas=latency.replicas,
+            )
         )
         if measured:
             self.measurer = Measurer(self.config, self.model, self.inputs, measured, self.index)

@@ -38,6 +38,7 @@ class CandidateCost:
     size_bytes: float  # bytes of the parameters after channel removal (dense)
     activation_bytes: float  # bytes of every op's output
     parts: float  # parts of the partition plan
+    replicas: float  # copies of the pipeline sharing the micro-batches (see CostModel's replicas)
     latency_s: float  # one batch of M micro-batches through the parts
     throughput: float  # samples per second, pipelined over the parts
     bottleneck_s: float  # seconds per micro-batch of the slowest part (compute + receive)
@@ -66,7 +67,10 @@ class CostModel:
     fixed rate, or measured `seconds` with `StageCost(measured=True)`, bytes over one link), the cost
     `optimal_pipeline` splits by. Pruned op times are the unpruned ones scaled by the op's MAC (or
     bytes) fraction. `importances`: per group, one score per channel (`decomp.pruning.
-    channel_importance`, computed once by the caller) for `accuracy_proxy`.
+    channel_importance`, computed once by the caller) for `accuracy_proxy`. `replicas`: copies of the
+    pipeline run side by side on devices of their own, sharing the micro-batches (`pipeline_times`); an
+    int, or `"auto"`: as many copies as the cluster's devices hold (devices // parts, per candidate, so a
+    plan of fewer parts is priced with more copies; 1 without a latency model).
     """
 
     def __init__(
@@ -76,9 +80,13 @@ class CostModel:
         micro_batches: int = 1,
         importances: Mapping[str, Sequence[float]] | None = None,
         stage_cost: StageCost | None = None,
+        replicas: int | str = 1,
     ) -> None:
         if micro_batches < 1:
             raise SearchError(f"micro_batches must be >= 1, got {micro_batches}")
+        if replicas != "auto" and not (isinstance(replicas, int) and replicas >= 1):
+            raise SearchError(f"replicas must be an integer >= 1 or 'auto', got {replicas!r}")
+        self.replicas = replicas
         self.graph, self.latency_model, self.micro_batches, self.stage_cost = (
             graph,
             latency_model,
@@ -151,9 +159,18 @@ class CostModel:
             size_bytes=estimate.total_param_bytes,
             activation_bytes=float(estimate.out_bytes[self.rows].sum()),
             parts=float(plan.parts),
+            replicas=float(self.copies(plan.parts)),
             **self._partition(estimate, plan, part),
             accuracy_proxy=self._proxy(estimate, pruning) if self.scores else None,
         )
+
+    def copies(self, parts: int) -> int:
+        """Replicas a plan of `parts` parts is priced with."""
+        if self.replicas != "auto":
+            return int(self.replicas)
+        if self.latency_model is None:
+            return 1
+        return max(1, len(self.latency_model.cluster.devices) // max(parts, 1))
 
     def _parts_of(self, plan: PartitionPlan) -> np.ndarray:
         part = np.full(len(self.nodes), -1, dtype=np.intp)
@@ -246,7 +263,13 @@ class CostModel:
         # what the runtime adds around each call of a part (a calibration's per_call / per_in_byte terms)
         runtime = self._runtime(plan, k, in_bytes)
         times = pipeline_times(
-            compute.tolist(), runtime.tolist(), received.tolist(), edge_s, self.micro_batches, self.batch
+            compute.tolist(),
+            runtime.tolist(),
+            received.tolist(),
+            edge_s,
+            self.micro_batches,
+            self.batch,
+            self.copies(k),
         )
         per_device: dict[str, float] = {}
         for q in range(k):

@@ -1,5 +1,8 @@
 """The job behind `decomp profile`: build or update the op table of this device for a model, then
-compare the predicted latency of the whole model with a measured one."""
+compare the predicted latency of the whole model with a measured one. With `sweep`, the table first
+gets the layer sweep (`decomp.latency.sweep`) its op model learns from; with `unseen`, the model's own
+ops are not profiled and the prediction is what the op model says for an architecture this device
+never ran (learned from the table without this model's ops)."""
 
 from __future__ import annotations
 
@@ -12,12 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from decomp.build import graph_from_module
 from decomp.errors import SpecError
 from decomp.latency.cluster import LOCAL, ClusterSpec, DeviceKind, NodeSpec
 from decomp.latency.predict import LatencyModel
-from decomp.latency.table import OpTable, default_table_path, device_key, profile_ops
+from decomp.latency.sweep import profile_sweep
+from decomp.latency.table import OpTable, default_table_path, device_key, op_signature, profile_ops
 from decomp.specs import load_model
 from decomp.timing import device_sync
+from decomp.tracing import trace
 
 __all__ = ["ProfileRequest", "ProfileSummary", "measure_latency", "run_profile", "this_device"]
 
@@ -31,6 +37,8 @@ class ProfileRequest:
     input_shapes: tuple[tuple[int, ...], ...] = field(default=())
     weights: str | None = None
     repeats: int = 20
+    sweep: bool = False  # profile the layer sweep into the table first
+    unseen: bool = False  # do not profile the model's ops: price them as a new architecture
 
     def __post_init__(self) -> None:
         if self.threads < 1 or self.repeats < 1:
@@ -56,6 +64,8 @@ class ProfileSummary:
     predicted_s: float
     measured_s: float
     error: float
+    ops_learned: int = 0  # ops priced by the op model (no table entry)
+    sweep_added: int = 0  # signatures the layer sweep added
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,16 +112,30 @@ def run_profile(request: ProfileRequest) -> ProfileSummary:
     torch.set_num_threads(request.threads)
     try:
         started = time.perf_counter()
-        graph, measured_ops = profile_ops(
-            model, inputs, table, loaded.tracer, threads=request.threads, repeats=request.repeats
-        )
+        swept = profile_sweep(table, threads=request.threads) if request.sweep else 0
+        if request.unseen:
+            gm = trace(model, inputs, tracer=loaded.tracer)
+            graph, measured_ops = graph_from_module(gm, name=request.model, tracer=loaded.tracer), 0
+        else:
+            graph, measured_ops = profile_ops(
+                model, inputs, table, loaded.tracer, threads=request.threads, repeats=request.repeats
+            )
         profile_s = time.perf_counter() - started
         table.save(path)
         measured = measure_latency(model, inputs, request.repeats)
     finally:
         torch.set_num_threads(before)
+    pricing = table
+    if request.unseen:  # learn from every entry but this model's own ops
+        own = {op_signature(graph, n) for n in graph.compute_nodes()}
+        pricing = OpTable(key, {s: t for s, t in table.entries.items() if s not in own})
+        if pricing.op_model() is None:
+            raise SpecError(
+                f"the op table {path} holds {len(pricing)} entries besides this model's ops, too few to learn "
+                "from; run decomp profile --sweep first"
+            )
     cluster = this_device(request.device, request.threads)
-    prediction = LatencyModel(cluster, {key: table}).predict(graph)
+    prediction = LatencyModel(cluster, {key: pricing}).predict(graph)
     predicted = prediction.compute_s[0]
     return ProfileSummary(
         request=request,
@@ -124,4 +148,6 @@ def run_profile(request: ProfileRequest) -> ProfileSummary:
         predicted_s=predicted,
         measured_s=measured,
         error=predicted / measured - 1.0,
+        ops_learned=prediction.estimated_ops,
+        sweep_added=swept,
     )

@@ -10,6 +10,11 @@ its inputs (`received_s`) and pays what the runtime adds around a call (`runtime
   bottleneck stages;
 - throughput: M x micro-batch / ((M + K - 1) x bottleneck) samples per second, where
   (K - 1) / (M + K - 1) is the pipeline bubble.
+
+With R replicas (R copies of the pipeline on their own devices, the micro-batches dealt to them in turn,
+as `cluster.runtime.RayRunner(replicas=R)` runs them), each copy takes ceil(M / R) of them: the latency
+is the critical path plus (ceil(M / R) - 1) bottleneck stages, the throughput M x micro-batch /
+((ceil(M / R) + K - 1) x bottleneck).
 """
 
 from __future__ import annotations
@@ -40,20 +45,23 @@ def pipeline_times(
     edge_s: Mapping[tuple[int, int], float],
     micro_batches: int,
     micro_batch: int,
+    replicas: int = 1,
 ) -> PipelineTimes:
     """Pipelined times of `micro_batches` micro-batches of `micro_batch` samples through the parts: per
     part k its compute, runtime and receive seconds per micro-batch; `edge_s[p, q]`: seconds to send part
-    p's outputs to part q (the DAG of parts)."""
+    p's outputs to part q (the DAG of parts); `replicas` copies of the pipeline sharing the micro-batches."""
+    if replicas < 1:
+        raise InvalidPlanError(f"replicas must be >= 1, got {replicas}")
     k = len(compute_s)
     stage = [c + r + o for c, r, o in zip(compute_s, received_s, runtime_s, strict=True)]
     bottleneck = max(stage)
     critical = _critical_path(compute_s, runtime_s, edge_s)
-    m = micro_batches
+    m = -(-micro_batches // replicas)  # micro-batches per copy
     return PipelineTimes(
         stage_s=tuple(stage),
         bottleneck_s=bottleneck,
         latency_s=critical + (m - 1) * bottleneck,
-        throughput=m * micro_batch / ((m + k - 1) * bottleneck) if bottleneck > 0 else 0.0,
+        throughput=micro_batches * micro_batch / ((m + k - 1) * bottleneck) if bottleneck > 0 else 0.0,
         bubble=(k - 1) / (m + k - 1),
     )
 

@@ -2,9 +2,11 @@
 costed graph (pruned or not), a partition plan and a cluster spec, without running it.
 
 Each op costs its own `seconds` attribute where it has one (measured on the graph, or scaled for a
-pruned candidate), else what the op table of its device kind says; an op the table lacks gets a roofline
-estimate, max(2 x MACs / peak FLOP/s, bytes read and written / memory bandwidth), and is counted in
-`Prediction.estimated_ops`. A part's time per micro-batch is `scale x (sum of its ops) + per_op x
+pruned candidate), else what the op table of its device kind says; an op the table lacks is priced by the
+op model learned from that table (`decomp.latency.opmodel`: what this device showed on other ops, e.g.
+after `decomp profile --sweep`), or, without a table to learn from (a device kind nobody profiled), by a
+roofline estimate, max(2 x MACs / peak FLOP/s, bytes read and written / memory bandwidth); both are
+counted in `Prediction.estimated_ops`. A part's time per micro-batch is `scale x (sum of its ops) + per_op x
 (its op count) + per_byte x (activation bytes its ops read and write) + fixed` with the device kind's
 `Calibration` (fitted by `calibrate` on measured runs; identity by default). The bytes term is the
 cost of memory traffic an op timed alone does not pay: timed alone, its inputs stay in cache between
@@ -135,7 +137,8 @@ class Prediction:
     memory_bytes: tuple[int, ...]  # per device of the plan, peak
     micro_batch: int
     micro_batches: int
-    estimated_ops: int  # ops priced by the roofline (no table entry)
+    replicas: int
+    estimated_ops: int  # ops no measurement prices (no table entry): priced by the op model, else the roofline
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -155,20 +158,30 @@ class LatencyModel:
         self.calibrations = dict(calibrations or {})
 
     def op_seconds(self, graph: ModelGraph, kind: DeviceKind) -> tuple[dict[str, float], set[str]]:
-        """Seconds of every compute node of `graph` on a device of `kind`, and the nodes the table lacks
-        (priced by the roofline). A node's own `seconds` attribute comes first, on every device kind: it
-        is measured on this very graph (`annotate_op_times`) or scaled for a pruned candidate whose
-        pruned shapes no table holds (`decomp.pruning.Estimator`)."""
+        """Seconds of every compute node of `graph` on a device of `kind`, and the nodes no measurement
+        gives a time (priced by the op model or the roofline). A node's own `seconds` attribute comes
+        first, on every device kind: it is measured on this very graph (`annotate_op_times`) or scaled
+        for a pruned candidate whose pruned shapes no table holds (`decomp.pruning.Estimator`); then the
+        table's entry for its signature; then the op model learned from the table (`OpTable.op_model`:
+        an op this device never ran, priced from the ops it did); without a table large enough to learn
+        from, the roofline."""
         table = self.tables.get(kind.name)
         out, estimated = {}, set()
+        unseen: dict[str, str] = {}  # node -> signature, for the op model
         for n in graph.compute_nodes():
             seconds = graph[n].get("seconds")
             if seconds is None and table is not None:
-                seconds = table.get(op_signature(graph, n))
+                sig = op_signature(graph, n)
+                seconds = table.get(sig)
+                if seconds is None:
+                    unseen[n] = sig
             if seconds is None:
                 seconds = _roofline(graph, n, kind)
                 estimated.add(n)
             out[n] = seconds
+        learned = table.op_model() if unseen else None
+        if learned is not None:
+            out.update(zip(unseen, learned.predict(list(unseen.values())), strict=True))
         return out, estimated
 
     def predict(
@@ -177,9 +190,11 @@ class LatencyModel:
         plan: PartitionPlan | None = None,
         micro_batches: int = 1,
         devices: Sequence[int | str] | None = None,
+        replicas: int = 1,
     ) -> Prediction:
         """Predict `graph` (built at the micro-batch size) split by `plan` (default: one part), part k on
-        `devices[k]` (default: the plan's device hints, else cluster device k)."""
+        `devices[k]` (default: the plan's device hints, else cluster device k); `replicas` copies of the
+        pipeline on devices like these share the micro-batches (`pipeline_times`)."""
         if micro_batches < 1:
             raise GraphError(f"micro_batches must be >= 1, got {micro_batches}")
         nodes = graph.compute_nodes()
@@ -225,7 +240,7 @@ class LatencyModel:
         memory: dict[str, int] = {}
         for p, part in enumerate(partition_metrics(graph, plan).parts):
             memory[placed[p].id] = memory.get(placed[p].id, 0) + part.peak_bytes
-        times = pipeline_times(compute, runtime, received, edge_s, micro_batches, micro)
+        times = pipeline_times(compute, runtime, received, edge_s, micro_batches, micro, replicas)
         return Prediction(
             latency_s=times.latency_s,
             throughput=times.throughput,
@@ -237,6 +252,7 @@ class LatencyModel:
             memory_bytes=tuple(memory.values()),
             micro_batch=micro,
             micro_batches=micro_batches,
+            replicas=replicas,
             estimated_ops=estimated,
         )
 

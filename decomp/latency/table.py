@@ -117,6 +117,19 @@ class OpTable:
 
     device: str
     entries: dict[str, float] = field(default_factory=dict)
+    _learned: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def op_model(self) -> Any:
+        """The `decomp.latency.opmodel.OpModel` fitted on this table's entries (refitted once the entries
+        changed), or None while the table is too small to learn from (`opmodel.MIN_ENTRIES`)."""
+        from decomp.latency.opmodel import MIN_ENTRIES, OpModel
+
+        if len(self.entries) < MIN_ENTRIES:
+            return None
+        key = (len(self.entries), sum(self.entries.values()))
+        if self._learned is None or self._learned[0] != key:
+            self._learned = (key, OpModel.fit(self))
+        return self._learned[1]
 
     def get(self, signature: str) -> float | None:
         return self.entries.get(signature)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from decomp import GraphError, SpecError, build_graph
+from decomp import GraphError, InvalidPlanError, SpecError, build_graph
 from decomp.latency.cluster import PRESETS, ClusterSpec, load_cluster, parse_any_quantity, parse_quantity
 from decomp.latency.predict import Calibration, LatencyModel, calibrate
 from decomp.latency.table import OpTable, device_key, op_signature, profile_ops
@@ -115,6 +115,13 @@ def test_prediction_adds_up_stages_transfers_and_bubble():
     assert p.comm_s == pytest.approx(4 * transfer)
     same_node = model_.predict(graph, plan, micro_batches=4, devices=[0, 1])
     assert same_node.comm_s < p.comm_s
+    # two copies of the pipeline deal the 4 micro-batches in turn: 2 each
+    two = model_.predict(graph, plan, micro_batches=4, devices=[0, 2], replicas=2)
+    assert two.replicas == 2 and two.bottleneck_s == pytest.approx(p.bottleneck_s)
+    assert two.latency_s == pytest.approx(sum(p.compute_s) + transfer + 1 * p.bottleneck_s)
+    assert two.throughput == pytest.approx(4 * 8 / (3 * p.bottleneck_s)) and two.bubble == pytest.approx(1 / 3)
+    with pytest.raises(InvalidPlanError, match="replicas"):
+        model_.predict(graph, plan, replicas=0)
 
     cal = LatencyModel(cluster, {"cpu": table}, {"cpu": Calibration(scale=2.0, per_op=1e-4, fixed=1e-3)})
     assert cal.predict(graph).compute_s[0] == pytest.approx(2 * len(nodes) * 1e-3 + len(nodes) * 1e-4 + 1e-3)

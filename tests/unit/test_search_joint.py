@@ -226,6 +226,16 @@ def test_cost_evaluator_equals_metrics_and_prediction_on_the_estimated_graph(tin
                 assert priced[key] == pytest.approx(value, rel=1e-9), key
             assert priced["bottleneck_s"] == pytest.approx(prediction.bottleneck_s, rel=1e-9)
             assert priced["peak_memory"] == pytest.approx(max(prediction.memory_bytes), rel=1e-9)
+            # replicas "auto": as many copies of the pipeline as the cluster's devices hold
+            copies = len(cluster.devices) // candidate.partition.parts
+            auto = CostEvaluator(CostModel(timed, model, micro_batches=3, replicas="auto"))(candidate)
+            replicated = model.predict(scaled, candidate.partition, micro_batches=3, replicas=copies)
+            assert auto["replicas"] == copies and priced["replicas"] == 1
+            assert auto["throughput"] == pytest.approx(replicated.throughput, rel=1e-9)
+            assert auto["latency_s"] == pytest.approx(replicated.latency_s, rel=1e-9)
+            assert copies == 1 or auto["throughput"] > priced["throughput"]
+    with pytest.raises(SearchError, match="replicas"):
+        CostModel(timed, replicas=0)
 
 
 def test_more_pruning_fewer_macs_more_parts_less_memory(tiny):

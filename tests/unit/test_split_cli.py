@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from cluster.cli import app
 from cluster.runners import LocalRunner, export_loaders
-from cluster.runtime import export_inputs, measure, priced_batch, run_export
+from cluster.runtime import export_inputs, measure, priced_batch, priced_replicas, run_export
 from decomp import DecompError, ExportError, InputShapeError, InvalidPlanError, build_graph, load_model
 from decomp.partition import PartitionPlan, load_export, manifest_layout, optimal_pipeline, read_manifest
 from decomp.partition.job import SplitRequest, run_split
@@ -96,8 +96,9 @@ def test_run_local_reports_and_checks_batch_sizes(tmp_path):
         export_inputs(manifest, 5)
     # ... and takes a batch cut into micro-batches of that size
     assert [tuple(t.shape) for t in export_inputs(manifest, 3, micro_batches=3)] == [(3, *manifest.inputs[0].shape[1:])]
-    priced = replace(manifest, expected_costs={"runtime": {"batch_size": 8, "micro_batches": 4}})
+    priced = replace(manifest, expected_costs={"runtime": {"batch_size": 8, "micro_batches": 4, "replicas": 2}})
     assert priced_batch(priced) == (8, 4) and priced_batch(manifest) == (None, 1)
+    assert priced_replicas(priced) == 2 and priced_replicas(manifest) == 1
 
 
 def test_measure_streams_until_min_seconds_and_returns_the_last_batch(tmp_path):
