@@ -201,12 +201,20 @@ def split(
     ] = "macs",
     threads: Annotated[int, typer.Option(help="torch threads per stage, for --balance time / run")] = 1,
     tune_steps: Annotated[int, typer.Option(help="--balance run: candidate splits to run at most")] = 4,
+    width: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="split a layer's channels across the parts: LAYER:WAYS (gathered) or LAYER:WAYS:NEXT (paired with "
+            "the layer reading them, summed); repeat for several; with --mode dag and --parts WAYS"
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing export folder")] = False,
     json_path: JsonOut = None,
 ) -> None:
-    """Split MODEL into parts with a baseline plan (or --plan), export them to --out and verify the export."""
+    """Split MODEL into parts with a baseline plan (or --plan, or --width), export them to --out and verify."""
     from cluster.render import split_table
     from decomp.partition.job import SplitRequest, run_split
+    from decomp.partition.width import parse_width
     from decomp.specs import parse_input_shape
 
     request = SplitRequest(
@@ -222,6 +230,7 @@ def split(
         balance=balance,
         threads=threads,
         tune_steps=tune_steps,
+        width=tuple(parse_width(w) for w in width or ()),
     )
     run_stages = None
     if balance == "run":

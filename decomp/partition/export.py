@@ -53,7 +53,7 @@ from decomp.partition.manifest import (
     read_manifest,
 )
 from decomp.partition.parts import PartsLayout, PartSpec, as_tuple, run_local
-from decomp.partition.split import SplitModel, flat_outputs
+from decomp.partition.split import SplitModel, flat_outputs, outputs_diff
 from decomp.pruning.plan import PruningPlan
 
 __all__ = ["ExportedPart", "LoadedExport", "export_split", "load_export", "load_part", "verify_export"]
@@ -458,11 +458,4 @@ def verify_export(folder: str | Path, model: nn.Module, example_inputs: tuple[to
     with torch.no_grad():
         expected = flat_outputs(model(*inputs))
         got = loaded(*inputs)
-    if len(got) != len(expected):
-        raise ExportError(f"the export returns {len(got)} outputs, the model {len(expected)}; was it made from it?")
-    diff = 0.0
-    for a, b in zip(got, expected, strict=True):
-        if a.shape != b.shape:
-            raise ExportError(f"the export returns shape {tuple(a.shape)} where the model returns {tuple(b.shape)}")
-        diff = max(diff, float((a.float() - b.float()).abs().max()) if a.numel() else 0.0)
-    return diff
+    return outputs_diff(got, expected, "the export", ExportError)

@@ -6,7 +6,11 @@ A pipeline split balances, by `balance`: MACs (`macs`); op times profiled on thi
 `threads` torch threads (`time`); or those op times tuned by running candidate splits side by side
 (`run`, `decomp.partition.tune_pipeline`), which needs a runtime: the caller passes `run_stages`, a
 function that runs a `SplitModel` as a pipeline and returns each part's seconds per call (the CLI's
-runs it on Ray actors)."""
+runs it on Ray actors).
+
+With `width` (`WidthSplit`s), layers are split across parts instead (`decomp.partition.width`): the model
+is rewritten so each split's slices are layers of their own, and way k of every split runs on part k's
+device (`width_plan`); the export is verified against the model as it was."""
 
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from decomp.partition.metrics import PartitionMetrics, partition_metrics
 from decomp.partition.plan import MODES, PartitionPlan
 from decomp.partition.split import SplitModel, split_model
 from decomp.partition.tune import tune_pipeline
+from decomp.partition.width import WidthSplit, split_width, width_plan
 from decomp.specs import load_model
 from decomp.timing import annotate_op_times, op_times
 
@@ -32,6 +37,7 @@ BALANCES = ("macs", "time", "run")
 RunStages = Callable[[SplitModel], Sequence[float]]
 
 VERIFY_TOLERANCE = 1e-5  # float32 max abs difference an export must stay within
+WIDTH_TOLERANCE = 1e-4  # ... with width splits, whose sums add the same terms in another order
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class SplitRequest:
     balance: str = "macs"  # pipeline mode: what the stages balance (see the module docstring)
     threads: int = 1  # torch threads per stage, for balance time / run
     tune_steps: int = 4  # balance run: candidate splits run at most
+    width: tuple[WidthSplit, ...] = ()  # layers split across parts (then the plan comes from the splits)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -69,6 +76,13 @@ class SplitRequest:
         if self.balance != "macs" and (self.mode != "pipeline" or self.plan is not None):
             raise InvalidPlanError(
                 f"--balance {self.balance} chooses pipeline cut points; it needs --mode pipeline and no --plan"
+            )
+        if self.width and (self.plan is not None or self.balance != "macs" or self.mode != "dag"):
+            raise InvalidPlanError("--width makes the plan itself: it needs --mode dag, no --plan and no --balance")
+        if self.width and self.parts != max(s.ways for s in self.width):
+            raise InvalidPlanError(
+                f"--parts {self.parts} but the width splits run in {max(s.ways for s in self.width)} ways; make "
+                "them agree (one device per way)"
             )
         if self.threads < 1 or self.tune_steps < 1:
             raise DecompError(f"--threads and tune steps must be >= 1, got {self.threads} and {self.tune_steps}")
@@ -147,16 +161,16 @@ def _plan(request: SplitRequest, graph) -> PartitionPlan:
     return graph_partition(graph, request.parts, method=request.method)
 
 
-def export_verified(split, out, module, **export_options) -> tuple[Path, float]:
+def export_verified(split, out, module, tolerance: float = VERIFY_TOLERANCE, **export_options) -> tuple[Path, float]:
     """Export `split` to `out` (`export_split` options) and check it against the unpartitioned `module` on
-    the split's example inputs; returns the folder and the max abs difference. Above `VERIFY_TOLERANCE`
-    it is an error (the export is kept for inspection)."""
+    the split's example inputs; returns the folder and the max abs difference. Above `tolerance` it is an
+    error (the export is kept for inspection)."""
     folder = export_split(split, out, **export_options)
     diff = verify_export(folder, module, split.example_inputs)
-    if diff > VERIFY_TOLERANCE:
+    if diff > tolerance:
         raise ExportError(
             f"the export in {folder} differs from the unpartitioned model by {diff:.3g} (more than "
-            f"{VERIFY_TOLERANCE}); it was kept for inspection. Report the model: a part did not export faithfully"
+            f"{tolerance}); it was kept for inspection. Report the model: a part did not export faithfully"
         )
     return folder, diff
 
@@ -171,9 +185,19 @@ def run_split(
         raise DecompError("balance 'run' runs candidate splits: pass run_stages (the decomp CLI runs them on Ray)")
     loaded, pruning_plan = _model(request)
     module, inputs = loaded.module, loaded.example_inputs
-    graph = build_graph(module, inputs, loaded.tracer, name=str(loaded.spec or request.model))
+    original, tracer, widened = module, loaded.tracer, None
+    if request.width:
+        if tracer != "fx":
+            raise InvalidPlanError(
+                f"width splits rewrite torch.fx graphs; {loaded.spec or request.model} is traced with {tracer}"
+            )
+        widened = split_width(module, inputs, request.width)
+        module = widened.module
+    graph = build_graph(module, inputs, tracer, name=str(loaded.spec or request.model))
     cost, tuning = StageCost(), None
-    if request.balance == "macs":
+    if widened is not None:
+        plan = width_plan(graph, widened)
+    elif request.balance == "macs":
         plan = _plan(request, graph)
     else:
         annotate_op_times(graph, op_times(module, inputs, tracer=loaded.tracer, threads=request.threads))
@@ -193,8 +217,9 @@ def run_split(
             )
     metrics = partition_metrics(graph, plan)
     stage_times = pipeline_stage_times(graph, plan, cost) if plan.mode == "pipeline" else None
-    split = split_model(module, inputs, plan, tracer=loaded.tracer)
+    split = split_model(module, inputs, plan, tracer=tracer)
     costs = {
+        "width_splits": [w.to_json() for w in request.width],
         "metrics": metrics.to_json(),
         "stage_cost_model": asdict(cost),
         "stage_seconds": stage_times,
@@ -203,7 +228,8 @@ def run_split(
     folder, diff = export_verified(
         split,
         out,
-        module,
+        original,
+        WIDTH_TOLERANCE if widened is not None else VERIFY_TOLERANCE,
         source=str(loaded.spec) if loaded.spec else request.model,
         pruning_plan=pruning_plan,
         onnx=request.onnx,

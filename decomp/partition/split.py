@@ -32,7 +32,7 @@ from decomp.partition.parts import PartsLayout, PartSpec, run_local, run_parts
 from decomp.partition.plan import PartitionPlan, quotient
 from decomp.tracing import trace
 
-__all__ = ["SplitModel", "split_model", "flat_outputs"]
+__all__ = ["SplitModel", "split_model", "flat_outputs", "outputs_diff"]
 
 # program.module() checks its inputs with a `_guards_fn` call nobody uses; every exported part gets
 # its own input guards, so the call is dropped rather than placed in a part
@@ -64,6 +64,19 @@ class SplitModel:
 def flat_outputs(value: Any) -> list[torch.Tensor]:
     """A model's output as the flat list of tensors the split model returns (pytree leaf order)."""
     return [leaf for leaf in pytree.tree_leaves(value) if isinstance(leaf, torch.Tensor)]
+
+
+def outputs_diff(got: Sequence[Any], expected: Sequence[Any], what: str, error: type[Exception]) -> float:
+    """The largest absolute difference between two runs' flattened outputs (`what` made `got`); a different
+    count or shape is an `error` saying so."""
+    if len(got) != len(expected):
+        raise error(f"{what} returns {len(got)} outputs, the model {len(expected)}; was it made from it?")
+    diff = 0.0
+    for a, b in zip(got, expected, strict=True):
+        if a.shape != b.shape:
+            raise error(f"{what} returns shape {tuple(a.shape)} where the model returns {tuple(b.shape)}")
+        diff = max(diff, float((a.float() - b.float()).abs().max()) if a.numel() else 0.0)
+    return diff
 
 
 def split_model(

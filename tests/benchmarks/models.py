@@ -11,3 +11,22 @@ def mlp(hidden: int = 1024, seed: int = 0):
         nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 10)
     )
     return model.eval(), torch.randn(1, 1, 28, 28)
+
+
+class _MlpBlock(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x):
+        return x + self.fc2(self.act(self.fc1(self.norm(x))))
+
+
+def mlp_stack(width: int = 768, hidden: int = 3072, blocks: int = 2, tokens: int = 64, batch: int = 32, seed: int = 0):
+    """Transformer MLP blocks (pre-norm, residual) on `batch` x `tokens` x `width` activations."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(*(_MlpBlock(width, hidden) for _ in range(blocks)))
+    return model.eval(), torch.randn(batch, tokens, width)

@@ -152,6 +152,26 @@ def _overheads() -> dict[str, float]:
     return out
 
 
+def measure_rounds(runners: dict, x, expected, batches: int, micro_batches: int, rounds: int) -> dict[str, list]:
+    """Each runner's reports over `rounds` rounds of `batches` batches of `x`, the runners taking turns (so a
+    burst of load hits a round of every runner), after a warm-up batch whose outputs must be `expected`;
+    closes the runners."""
+    try:
+        reports: dict[str, list] = {name: [] for name in runners}
+        for name, runner in runners.items():
+            _, outs = measure(runner, [x], batches=1, micro_batches=micro_batches, warmup=1)
+            for out in outs:
+                assert (out - expected).abs().max() <= 1e-4, f"{name}: outputs differ from the model"
+        for _ in range(rounds):
+            for name, runner in runners.items():
+                report, _ = measure(runner, [x], batches=batches, micro_batches=micro_batches, warmup=0)
+                reports[name].append(report)
+    finally:
+        for runner in runners.values():
+            runner.close()
+    return reports
+
+
 def _two_copies(folder) -> RayRunner:
     """Two actors that each run the whole exported model on the same micro-batches, side by side."""
     layout = manifest_layout(read_manifest(folder))
@@ -193,19 +213,7 @@ def test_resnet50_two_stage_pipeline_throughput(tmp_path):
     runners["whole, 2 replicas"] = RayRunner(
         manifest_layout(read_manifest(whole)), export_loaders(whole), threads=1, replicas=2
     )
-    try:
-        reports: dict[str, list] = {name: [] for name in runners}
-        for name, runner in runners.items():  # warm up, and check the outputs
-            _, outs = measure(runner, [x], batches=1, micro_batches=MICRO_BATCHES, warmup=1)
-            for out in outs:
-                assert (out - expected).abs().max() <= 1e-4, f"{name}: outputs differ from the model"
-        for _ in range(ROUNDS):
-            for name, runner in runners.items():
-                report, _ = measure(runner, [x], batches=BATCHES, micro_batches=MICRO_BATCHES, warmup=0)
-                reports[name].append(report)
-    finally:
-        for runner in runners.values():
-            runner.close()
+    reports = measure_rounds(runners, x, expected, BATCHES, MICRO_BATCHES, ROUNDS)
     load = f"1-min load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     rounds = list(zip(reports["whole"], reports["2 stages"], reports["2 copies"], strict=True))
     ratios = [p.throughput / w.throughput for w, p, _ in rounds]

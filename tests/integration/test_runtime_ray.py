@@ -235,3 +235,20 @@ def test_a_transport_no_part_can_use_is_refused():
     layout, modules = _layout_and_modules()
     with pytest.raises(DecompError, match="transport nccl carries tensors between GPU parts"):
         RayRunner(layout, loaders_for(modules), transport="nccl")
+
+
+@pytest.mark.parametrize("transport", ["gloo", "object-store"])
+def test_a_width_split_export_runs_on_ray_and_matches(tmp_path, transport):
+    from cluster.runners import export_loaders
+    from cluster.runtime import export_inputs
+    from decomp.partition import load_export, manifest_layout, read_manifest
+    from decomp.partition.job import SplitRequest, run_split
+    from decomp.partition.width import WidthSplit
+
+    width = (WidthSplit("stem", 2), WidthSplit("fc", 2))
+    run_split(SplitRequest("python:tests.tiny_models:tiny_net", 2, "dag", width=width), tmp_path / "out")
+    manifest = read_manifest(tmp_path / "out")
+    (x,) = export_inputs(manifest, 5)
+    with RayRunner(manifest_layout(manifest), export_loaders(tmp_path / "out"), transport=transport) as runner:
+        (got,) = next(runner.map([[x]]))
+    torch.testing.assert_close(got, load_export(tmp_path / "out")(x)[0], atol=1e-6, rtol=0)
