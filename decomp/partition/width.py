@@ -72,25 +72,56 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 @dataclass(frozen=True)
 class WidthSplit:
     """Split `layer`'s output channels into `ways` slices; with `then`, also the layer reading them (row
-    split, slices summed). Layers by module path, e.g. `encoder.layers.0.mlp.0`."""
+    split, slices summed). Layers by module path, e.g. `encoder.layers.0.mlp.0`.
+
+    Group decomposition (`decomp.partition.branches`): `through` names the layers between `layer` and
+    `then`, each run per way on its own group of input and output channels (block-diagonal: the weights
+    between groups must be zero, which the check against the model enforces), so each way is an
+    independent branch from `layer` to `then`. `channels[j][k]`: the channel indices of way k in the
+    output of the j-th layer of the chain (`layer`, then each of `through`); default: contiguous slices."""
 
     layer: str
     ways: int
     then: str | None = None
+    through: tuple[str, ...] = ()
+    channels: tuple[tuple[tuple[int, ...], ...], ...] | None = None
+
+    KEYS = ("layer", "ways", "then", "through", "channels")
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "through", tuple(self.through))
+        if self.channels is not None:
+            grouped = tuple(tuple(tuple(int(i) for i in g) for g in c) for c in self.channels)
+            object.__setattr__(self, "channels", grouped)
         if self.ways < 2:
             raise InvalidPlanError(f"a width split of {self.layer} needs ways >= 2, got {self.ways}")
+        if (self.through or self.channels is not None) and self.then is None:
+            raise InvalidPlanError(
+                f"{self.layer}: channel groups and layers run through per group need a last layer ('then') to sum"
+            )
+        if self.channels is not None and (
+            len(self.channels) != 1 + len(self.through) or any(len(c) != self.ways for c in self.channels)
+        ):
+            raise InvalidPlanError(
+                f"{self.layer}: channels needs one grouping per layer before 'then' ({1 + len(self.through)}), "
+                f"each of {self.ways} ways"
+            )
 
     def to_json(self) -> dict:
-        return {"layer": self.layer, "ways": self.ways, "then": self.then}
+        out = {"layer": self.layer, "ways": self.ways, "then": self.then}
+        if self.through:
+            out["through"] = list(self.through)
+        if self.channels is not None:
+            out["channels"] = [[list(g) for g in c] for c in self.channels]
+        return out
 
     @classmethod
     def from_json(cls, data: dict) -> WidthSplit:
-        unknown = sorted(set(data) - {"layer", "ways", "then"})
+        unknown = sorted(set(data) - set(cls.KEYS))
         if unknown:
-            raise InvalidPlanError(f"unknown width split key(s) {', '.join(unknown)}; valid: layer, ways, then")
-        return cls(str(data["layer"]), int(data["ways"]), data.get("then"))
+            raise InvalidPlanError(f"unknown width split key(s) {', '.join(unknown)}; valid: {', '.join(cls.KEYS)}")
+        through = tuple(data.get("through", ()))
+        return cls(str(data["layer"]), int(data["ways"]), data.get("then"), through, data.get("channels"))
 
 
 def parse_width(text: str) -> WidthSplit:
@@ -243,52 +274,97 @@ def _per_channel(node: fx.Node, gm: fx.GraphModule) -> bool:
 def _rewrite(gm: fx.GraphModule, split: WidthSplit) -> tuple[tuple[tuple[str, ...], ...], tuple[str, ...]]:
     first, layer = _module_node(gm, split.layer)
     if isinstance(layer, nn.MultiheadAttention):
+        if split.through:
+            raise InvalidPlanError(f"{split.layer}: an attention's head split takes no 'through' layers")
         return _rewrite_heads(gm, split, first, layer)
     dim = _channel_dim(layer, split.layer)
-    channels = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
-    if split.ways > channels:
-        raise InvalidPlanError(f"{split.layer} has {channels} output channels, fewer than {split.ways} ways")
-    chunks = torch.arange(channels).tensor_split(split.ways)
+    # the chain: `layer`, each of `through`, then `then`; per-channel ops between consecutive ones
+    paths = [split.layer, *split.through, *([split.then] if split.then is not None else [])]
+    nodes, modules = [first], [layer]
+    for path in paths[1:]:
+        node, module = _module_node(gm, path)
+        if _channel_dim(module, path) != dim:
+            raise InvalidPlanError(f"{split.layer} and {path} must both be Linear or both Conv2d")
+        made = modules[-1].out_features if dim == -1 else modules[-1].out_channels
+        wanted = module.in_features if dim == -1 else module.in_channels
+        if wanted != made:
+            raise InvalidPlanError(f"{path} reads {wanted} channels, {paths[len(nodes) - 1]} makes {made}")
+        nodes.append(node)
+        modules.append(module)
+    between = [_chain(a, b, gm, split) for a, b in zip(nodes, nodes[1:], strict=False)]
+    spaces = _spaces(split, modules, dim)
     graph = gm.graph
-    if split.then is None:
-        chain, last, second = [], None, None
-    else:
-        last, second = _module_node(gm, split.then)
-        if _channel_dim(second, split.then) != dim:
-            raise InvalidPlanError(f"{split.layer} and {split.then} must both be Linear or both Conv2d")
-        wanted = second.in_features if isinstance(second, nn.Linear) else second.in_channels
-        if wanted != channels:
-            raise InvalidPlanError(f"{split.then} reads {wanted} channels, {split.layer} makes {channels}")
-        chain = _chain(first, last, gm, split)
     ways, outs = [], []
-    anchor = last if last is not None else first
+    anchor = nodes[-1]
     with graph.inserting_before(anchor):
-        for k, idx in enumerate(chunks):
-            names = []
-            node = _add(gm, graph, f"{split.layer}_w{k}", _column(layer, idx), first.args, first.kwargs, names)
-            for op in chain:
-                target = op.target
-                if op.op == "call_module" and isinstance(gm.get_submodule(op.target), _NORMS):
-                    target = _add_module(gm, f"{op.target}_w{k}", _norm_slice(gm.get_submodule(op.target), idx))
-                args = (node, *op.args[1:])
-                node = graph.create_node(op.op, target, args, dict(op.kwargs), name=f"{op.name}_w{k}")
-                names.append(node.name)
-            if second is not None:
-                node = _add(gm, graph, f"{split.then}_w{k}", _row(second, idx, k == 0), (node,), {}, names)
+        for k in range(split.ways):
+            names: list[str] = []
+            node = _add(gm, graph, f"{split.layer}_w{k}", _column(layer, spaces[0][k]), first.args, first.kwargs, names)
+            for j, path in enumerate(paths[1:], start=1):
+                idx = spaces[j - 1][k]
+                for op in between[j - 1]:
+                    target = op.target
+                    if op.op == "call_module" and isinstance(gm.get_submodule(op.target), _NORMS):
+                        target = _add_module(gm, f"{op.target}_w{k}", _norm_slice(gm.get_submodule(op.target), idx))
+                    args, name = (node, *op.args[1:]), f"{op.name}_w{k}"
+                    node = graph.create_node(op.op, target, args, dict(op.kwargs), name=name)
+                    names.append(node.name)
+                if j < len(spaces):  # a layer run through: its group's inputs to its group's outputs
+                    sliced = _block(modules[j], idx, spaces[j][k])
+                else:  # the last layer: its inputs of this way, summed over the ways
+                    sliced = _row(modules[j], idx, k == 0)
+                node = _add(gm, graph, f"{path}_w{k}", sliced, (node,), {}, names)
             ways.append(tuple(names))
             outs.append(node)
-        if second is None:
+        if split.then is None:
             joins = [graph.call_function(torch.cat, (outs,), {"dim": dim})]
         else:
             joins = [outs[0]]
             for out in outs[1:]:
                 joins.append(graph.call_function(operator.add, (joins[-1], out)))
             joins = joins[1:]
-        join = joins[-1]
-    anchor.replace_all_uses_with(join)
-    for node in [anchor, *reversed(chain), *([first] if last is not None else [])]:
-        graph.erase_node(node)
+    anchor.replace_all_uses_with(joins[-1])
+    graph.erase_node(anchor)
+    for a, ops in zip(reversed(nodes[:-1]), reversed(between), strict=True):
+        for op in reversed(ops):
+            graph.erase_node(op)
+        graph.erase_node(a)
     return tuple(ways), tuple(j.name for j in joins)
+
+
+def _spaces(split: WidthSplit, modules: list[nn.Module], dim: int) -> list[list[torch.Tensor]]:
+    """Channel indices per way in the output of each layer of the chain but the last."""
+    out = []
+    for j, module in enumerate(modules[: 1 + len(split.through)]):
+        channels = module.out_features if dim == -1 else module.out_channels
+        if split.channels is None:
+            if split.ways > channels:
+                raise InvalidPlanError(f"{split.layer} has {channels} output channels, fewer than {split.ways} ways")
+            out.append(list(torch.arange(channels).tensor_split(split.ways)))
+            continue
+        groups = [torch.as_tensor(g, dtype=torch.long) for g in split.channels[j]]
+        flat = torch.cat(groups).sort().values if groups else torch.zeros(0)
+        if any(len(g) == 0 for g in groups) or not torch.equal(flat, torch.arange(channels)):
+            raise InvalidPlanError(
+                f"{split.layer}: the channel groups of layer {j} of the chain must cover its {channels} channels "
+                "once each, none empty"
+            )
+        out.append(groups)
+    return out
+
+
+def _block(layer: nn.Module, inputs: torch.Tensor, outputs: torch.Tensor) -> nn.Module:
+    """`layer` from input channels `inputs` to output channels `outputs` only."""
+    with torch.no_grad():
+        if isinstance(layer, nn.Linear):
+            out = nn.Linear(len(inputs), len(outputs), bias=layer.bias is not None)
+        else:
+            out = _conv_like(layer, len(inputs), len(outputs), layer.bias is not None)
+        out = out.to(layer.weight.device, layer.weight.dtype)
+        out.weight.copy_(layer.weight[outputs][:, inputs])
+        if layer.bias is not None:
+            out.bias.copy_(layer.bias[outputs])
+    return out.train(layer.training)
 
 
 class HeadSlice(nn.Module):

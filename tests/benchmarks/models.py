@@ -30,3 +30,27 @@ def mlp_stack(width: int = 768, hidden: int = 3072, blocks: int = 2, tokens: int
     torch.manual_seed(seed)
     model = nn.Sequential(*(_MlpBlock(width, hidden) for _ in range(blocks)))
     return model.eval(), torch.randn(batch, tokens, width)
+
+
+def group_cnn(width: int = 32, channels: int = 1, classes: int = 10, seed: int = 0) -> nn.Module:
+    """Four 3x3 conv blocks (width, 2x width, 2x, 2x) with BatchNorm and ReLU, pooled, one Linear: the CNN the
+    group decomposition benchmark cuts into branches (layers `0`, `3`, `6`, `9`)."""
+    torch.manual_seed(seed)
+    w = width
+    return nn.Sequential(
+        nn.Conv2d(channels, w, 3, padding=1),
+        nn.BatchNorm2d(w),
+        nn.ReLU(),
+        nn.Conv2d(w, 2 * w, 3, padding=1),
+        nn.BatchNorm2d(2 * w),
+        nn.ReLU(),
+        nn.Conv2d(2 * w, 2 * w, 3, padding=1),
+        nn.BatchNorm2d(2 * w),
+        nn.ReLU(),
+        nn.Conv2d(2 * w, 2 * w, 3, padding=1),
+        nn.BatchNorm2d(2 * w),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2 * w, classes),
+    )

@@ -172,6 +172,18 @@ def measure_rounds(runners: dict, x, expected, batches: int, micro_batches: int,
     return reports
 
 
+def race_exports(folders: dict, whole, x, expected, batches: int, micro_batches: int, rounds: int):
+    """`measure_rounds` over a 1-thread `RayRunner` per export folder (by name) and `2 copies` of the export
+    `whole` side by side (the machine's capacity); returns the reports and the load while they ran."""
+    load_before = os.getloadavg()[0]
+    runners = {
+        name: RayRunner(manifest_layout(read_manifest(f)), export_loaders(f), threads=1) for name, f in folders.items()
+    }
+    runners["2 copies"] = _two_copies(whole)
+    reports = measure_rounds(runners, x, expected, batches, micro_batches, rounds)
+    return reports, f"1-min load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+
+
 def _two_copies(folder) -> RayRunner:
     """Two actors that each run the whole exported model on the same micro-batches, side by side."""
     layout = manifest_layout(read_manifest(folder))

@@ -10,19 +10,16 @@ bytes the parts receive per sample are the cost model's. Both stream the same ba
 At smoke size a small stack goes the same way in one short round.
 """
 
-import os
 import statistics
 
 import pytest
 import torch
 
-from cluster.runners import RayRunner, export_loaders
-from decomp.partition import manifest_layout, read_manifest
 from decomp.partition.job import SplitRequest, run_split
 from decomp.partition.width import WidthSplit
 from tests.benchmarks import size
 from tests.benchmarks.record import record
-from tests.benchmarks.test_pipeline_ray import _two_copies, measure_rounds
+from tests.benchmarks.test_pipeline_ray import race_exports
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.usefixtures("local_ray")]
 RAY_CPUS = 12
@@ -44,13 +41,7 @@ def test_width_split_mlp_throughput(tmp_path):
     model, x = mlp_stack(WIDTH, HIDDEN, tokens=TOKENS, batch=BATCH)
     with torch.inference_mode():
         expected = model(x)
-    load_before = os.getloadavg()[0]
-    runners = {
-        name: RayRunner(manifest_layout(read_manifest(f)), export_loaders(f), threads=1) for name, f in folders.items()
-    }
-    runners["2 copies"] = _two_copies(folders["whole"])
-    reports = measure_rounds(runners, x, expected, BATCHES, 1, ROUNDS)
-    load = f"1-min load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    reports, load = race_exports(folders, folders["whole"], x, expected, BATCHES, 1, ROUNDS)
     rounds = list(zip(reports["whole"], reports["width, 2 ways"], reports["2 copies"], strict=True))
     ratios = [s.throughput / w.throughput for w, s, _ in rounds]
     capacities = [2 * c.throughput / w.throughput for w, _, c in rounds]
