@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -215,7 +215,6 @@ def split(
     from cluster.render import split_table
     from decomp.partition.job import SplitRequest, run_split
     from decomp.partition.width import parse_width
-    from decomp.specs import parse_input_shape
 
     request = SplitRequest(
         model,
@@ -224,8 +223,7 @@ def split(
         plan=str(plan) if plan else None,
         pruned=str(pruned) if pruned else None,
         method=method,
-        weights=str(weights) if weights else None,
-        input_shapes=tuple(parse_input_shape(s) for s in input_shape or ()),
+        **_loading(weights, input_shape),
         onnx=onnx,
         balance=balance,
         threads=threads,
@@ -240,6 +238,63 @@ def split(
     with console.status(f"splitting {model or pruned} into {parts} parts ({mode}) ..."):
         summary = run_split(request, out, overwrite=overwrite, run_stages=run_stages)
     console.print(split_table(summary))
+    console.print(f"wrote {summary.out} (verified: max abs diff {summary.max_abs_diff:.3g})")
+    write_json(json_path, summary.to_json())
+
+
+def _loading(weights: Path | None, input_shape: list[str] | None) -> dict[str, Any]:
+    """The weights and input shapes options of a request that loads a model."""
+    from decomp.specs import parse_input_shape
+
+    return {
+        "weights": str(weights) if weights else None,
+        "input_shapes": tuple(parse_input_shape(s) for s in input_shape or ()),
+    }
+
+
+@app.command()
+def decompose(
+    model: Annotated[str, typer.Argument(help="model spec (as for graph), traced with torch.fx")],
+    chain: Annotated[str, typer.Option(help="module paths, comma-separated: first layer, layers run per group, last")],
+    groups: Annotated[int, typer.Option(help="independent branches to cut the chain into")],
+    out: Annotated[Path, typer.Option(help="export folder to write (must not exist or be empty)")],
+    weights: Weights = None,
+    input_shape: InputShapes = None,
+    data: Annotated[
+        Optional[str], typer.Option(help="score and fine-tune on: mnist, digits, python:pkg.module:factory")
+    ] = None,
+    finetune_epochs: Annotated[int, typer.Option(help="epochs with the weights between groups held at zero")] = 0,
+    lr: Annotated[float, typer.Option(help="fine-tuning learning rate")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="fine-tuning batch size")] = 64,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing export folder")] = False,
+    json_path: JsonOut = None,
+) -> None:
+    """Cut a chain of MODEL's layers into independent branches (weights between channel groups pruned), one
+    part per branch; fine-tune on --data; export to --out and verify."""
+    from decomp.partition.decompose import DecomposeRequest, run_decompose
+
+    request = DecomposeRequest(
+        model,
+        tuple(p.strip() for p in chain.split(",") if p.strip()),
+        groups,
+        **_loading(weights, input_shape),
+        data=data,
+        finetune_epochs=finetune_epochs,
+        lr=lr,
+        batch_size=batch_size,
+    )
+    with console.status(f"decomposing {chain} of {model} into {groups} branches ..."):
+        summary = run_decompose(request, out, overwrite=overwrite)
+    (p0, p1), (m0, m1) = summary.params, summary.macs
+    console.print(
+        f"{groups} branches on {summary.parts} parts: parameters {p0:,} -> {p1:,} ({100 * p1 / p0:.0f}%), MACs "
+        f"{m0 / 1e6:.2f}M -> {m1 / 1e6:.2f}M ({100 * m1 / m0:.0f}%); bytes to parts {summary.bytes_to_parts:,}, "
+        f"between branches inside the chain {summary.bytes_between_branches}"
+    )
+    if summary.accuracy is not None:
+        console.print("accuracy " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in summary.accuracy.items()))
+    else:
+        console.print("no --data: the weights between groups are zeroed without fine-tuning; the export computes that")
     console.print(f"wrote {summary.out} (verified: max abs diff {summary.max_abs_diff:.3g})")
     write_json(json_path, summary.to_json())
 

@@ -54,3 +54,8 @@ def group_cnn(width: int = 32, channels: int = 1, classes: int = 10, seed: int =
         nn.Flatten(),
         nn.Linear(2 * w, classes),
     )
+
+
+def group_cnn_spec(width: int = 32, side: int = 8, seed: int = 0):
+    """`group_cnn` as a model spec (`python:tests.benchmarks.models:group_cnn_spec`): (module, example inputs)."""
+    return group_cnn(width, seed=seed).eval(), torch.randn(1, 1, side, side)

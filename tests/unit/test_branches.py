@@ -111,3 +111,45 @@ def test_bad_group_decompositions_are_refused():
         WidthSplit("0", 2, through=("2",))
     with pytest.raises(InvalidPlanError, match="cover its 12 channels"):
         split_width(model, torch.randn(1, 6), [WidthSplit("0", 2, "2", channels=(((0, 1), (2, 3)),))])
+
+
+def test_decompose_job_fine_tunes_and_exports_branches(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from cluster.cli import app
+    from decomp.errors import DecompError
+    from decomp.partition import read_manifest
+    from decomp.partition.decompose import DecomposeRequest, run_decompose
+
+    spec = "python:tests.benchmarks.models:group_cnn_spec?width=8"
+    summary = run_decompose(
+        DecomposeRequest(spec, ("0", "3", "6", "9"), 4, data="digits", finetune_epochs=1), tmp_path / "four"
+    )
+    assert summary.parts == 4 and summary.bytes_between_branches == 0 and summary.max_abs_diff <= 1e-4
+    assert set(summary.accuracy) == {"given", "masked", "fine-tuned"}
+    assert summary.accuracy["fine-tuned"] > summary.accuracy["masked"]  # it learned with the masks held
+    assert summary.params[1] < summary.params[0] and summary.macs[1] < summary.macs[0]
+    manifest = read_manifest(tmp_path / "four")
+    assert manifest.expected_costs["group_decomposition"]["through"] == ["3", "6"]
+    assert len(manifest.parts) == 4
+    with pytest.raises(DecompError, match="needs --data"):
+        DecomposeRequest(spec, ("0", "3", "9"), 2, finetune_epochs=1)
+    result = CliRunner().invoke(
+        app,
+        [
+            "decompose",
+            spec,
+            "--chain",
+            "0,3,6,9",
+            "--groups",
+            "2",
+            "--out",
+            str(tmp_path / "two"),
+            "--json",
+            str(tmp_path / "s.json"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "no --data" in result.output and json.loads((tmp_path / "s.json").read_text())["parts"] == 2

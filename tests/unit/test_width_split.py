@@ -159,3 +159,23 @@ def test_attention_heads_split_and_summed(ways):
     torch.testing.assert_close(split_model(split.module, (x,), plan)(x)[0], model(x), atol=1e-4, rtol=0)
     with pytest.raises(InvalidPlanError, match="fewer heads"):
         split_width(model, x, [WidthSplit(layer.format(0) + "self_attention", 5)])
+
+
+def test_the_latency_model_prices_a_width_split_part_by_part():
+    from decomp.latency import LatencyModel, load_cluster
+
+    model, x = _randomised(Mlp()), torch.randn(8, 5, 16)
+    split = split_width(model, x, [WidthSplit("fc1", 2, then="fc2")])
+    graph = build_graph(split.module, x)
+    for n in graph.compute_nodes():  # every op 1 ms per 1000 MACs, 10 us at least
+        graph.nx.nodes[n]["seconds"] = max(1e-5, graph[n]["macs"] / 1e6)
+    plan = width_plan(graph, split)
+    cluster = load_cluster("cpu-host-x2")
+    prediction = LatencyModel(cluster).predict(graph, plan)
+    ways = [sum(graph[n]["seconds"] for n in nodes) for nodes in split.slices[0]]
+    assert ways[0] == pytest.approx(ways[1])  # the two ways of the pair cost the same
+    part = plan.part_of()
+    compute = [sum(graph[n]["seconds"] for n in graph.compute_nodes() if part[n] == p) for p in range(plan.parts)]
+    assert prediction.compute_s == pytest.approx(tuple(compute))
+    # the second part receives the first way's partial sum and the input it needs, over the link
+    assert prediction.stage_s[1] > prediction.compute_s[1] and prediction.comm_s > 0
