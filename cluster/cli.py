@@ -17,6 +17,7 @@ from cluster.cli_app import (
     JsonOut,
     ModelSpec,
     Placement,
+    PlanPicture,
     Replicas,
     Transport,
     Weights,
@@ -209,6 +210,7 @@ def split(
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing export folder")] = False,
+    png: PlanPicture = None,
     json_path: JsonOut = None,
 ) -> None:
     """Split MODEL into parts with a baseline plan (or --plan, or --width), export them to --out and verify."""
@@ -239,7 +241,17 @@ def split(
         summary = run_split(request, out, overwrite=overwrite, run_stages=run_stages)
     console.print(split_table(summary))
     console.print(f"wrote {summary.out} (verified: max abs diff {summary.max_abs_diff:.3g})")
+    _draw_plan(png, summary.graph, summary.plan, f"{model or pruned}: {summary.plan.parts} parts ({summary.plan.mode})")
     write_json(json_path, summary.to_json())
+
+
+def _draw_plan(png: Path | None, graph, plan, title: str) -> None:
+    if png is None:
+        return
+    from cluster.figures import plan_figure, write_picture
+
+    write_picture(plan_figure(graph, plan, title), png, title, [])
+    console.print(f"wrote {png}")
 
 
 def _loading(weights: Path | None, input_shape: list[str] | None) -> dict[str, Any]:
@@ -267,6 +279,7 @@ def decompose(
     lr: Annotated[float, typer.Option(help="fine-tuning learning rate")] = 1e-3,
     batch_size: Annotated[int, typer.Option(help="fine-tuning batch size")] = 64,
     overwrite: Annotated[bool, typer.Option(help="replace an existing export folder")] = False,
+    png: PlanPicture = None,
     json_path: JsonOut = None,
 ) -> None:
     """Cut a chain of MODEL's layers into independent branches (weights between channel groups pruned), one
@@ -296,6 +309,7 @@ def decompose(
     else:
         console.print("no --data: the weights between groups are zeroed without fine-tuning; the export computes that")
     console.print(f"wrote {summary.out} (verified: max abs diff {summary.max_abs_diff:.3g})")
+    _draw_plan(png, summary.graph, summary.plan, f"{model}: {chain} in {groups} branches, one part each")
     write_json(json_path, summary.to_json())
 
 

@@ -29,6 +29,7 @@ ModelSpec = Annotated[str, typer.Argument(help="torchvision:NAME, hf:MODEL_TYPE 
 InputShapes = Annotated[
     Optional[list[str]], typer.Option("--input-shape", help="e.g. 1,3,224,224; repeat for several inputs")
 ]
+PlanPicture = Annotated[Optional[Path], typer.Option(help="draw the model graph coloured by part to this PNG")]
 Weights = Annotated[Optional[Path], typer.Option(help="a .safetensors file or a saved state dict")]
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="also write the result as JSON to this file")]
 # how an export's parts run on Ray (decomp run, decomp serve)

@@ -22,7 +22,7 @@ from cluster.candidate_view import CandidateView
 from cluster.units import label, per_sample, unit_scale
 from decomp.coarsen import coarsen
 
-__all__ = ["Tab", "front_figure", "partition_figure", "write_picture"]
+__all__ = ["Tab", "front_figure", "partition_figure", "plan_figure", "write_picture"]
 
 
 class Tab(NamedTuple):
@@ -189,10 +189,17 @@ def _outside(box, frame) -> float:
 
 
 def partition_figure(view: CandidateView, max_ops: int = 40):
-    """The run's model graph coloured by the candidate's parts: every op for small graphs, else blocks of ops
-    (a block whose ops lie in several parts takes its majority colour, outlined and labelled with its parts)."""
+    """The run's model graph coloured by the candidate's parts (`plan_figure`)."""
+    row = view.row
+    title = f"candidate {row.candidate.id} (trial {row.trial}): {view.plan.parts} parts, {view.plan.mode}"
+    return plan_figure(view.graph, view.plan, title, max_ops)
+
+
+def plan_figure(graph, plan, title: str, max_ops: int = 40):
+    """`graph` coloured by the parts of `plan`: every op for small graphs, else blocks of ops (a block whose ops
+    lie in several parts takes its majority colour, outlined and labelled with its parts)."""
     plt = _pyplot()
-    graph, part = view.graph, view.plan.part_of()
+    part = plan.part_of()
     if len(graph.compute_nodes()) <= max_ops:
         g = graph.nx.copy()
         parts_of = {n: Counter([part[n]]) if n in part else Counter() for n in g}
@@ -203,7 +210,15 @@ def partition_figure(view: CandidateView, max_ops: int = 40):
     for layer, nodes in enumerate(nx.topological_generations(g)):
         for n in nodes:
             g.nodes[n]["layer"] = layer
-    pos = nx.multipartite_layout(g, subset_key="layer")
+    # within a generation, ops in part order: each part's ops keep to one band across the picture
+    rank = {n: (parts_of[n].most_common(1)[0][0] if parts_of[n] else -1, str(n)) for n in g}
+    by_layer: dict[int, list] = {}
+    for n in g:
+        by_layer.setdefault(g.nodes[n]["layer"], []).append(n)
+    pos = {}
+    for layer, nodes in by_layer.items():
+        for i, n in enumerate(sorted(nodes, key=rank.__getitem__)):
+            pos[n] = (float(layer), (len(nodes) - 1) / 2 - i)
     palette = plt.get_cmap("tab10")
     colours, edges, labels = [], [], {}
     for n in g:
@@ -217,13 +232,13 @@ def partition_figure(view: CandidateView, max_ops: int = 40):
     nx.draw_networkx_edges(g, pos, ax=ax, arrowsize=8, edge_color="#888888")
     nx.draw_networkx_nodes(g, pos, ax=ax, node_color=colours, edgecolors=edges, linewidths=2, node_size=420)
     nx.draw_networkx_labels(g, pos, labels, ax=ax, font_size=6)
+    ops = Counter(part.values())
     handles = [
-        plt.Line2D([], [], marker="o", ls="", color=palette(p["part"] % 10), label=f"part {p['part']}: {p['ops']} ops")
-        for p in view.parts
+        plt.Line2D([], [], marker="o", ls="", color=palette(p % 10), label=f"part {p}: {ops[p]} ops")
+        for p in range(plan.parts)
     ]
     ax.legend(handles=handles, fontsize=8, loc="best")
-    row = view.row
-    ax.set_title(f"candidate {row.candidate.id} (trial {row.trial}): {view.plan.parts} parts, {view.plan.mode}")
+    ax.set_title(title)
     ax.axis("off")
     fig.tight_layout()
     return fig

@@ -10,17 +10,19 @@ the chain are read back from its manifest: a decomposition that sends any is an 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from decomp.build import build_graph
 from decomp.data import load_data
 from decomp.errors import DecompError, InvalidPlanError
+from decomp.graph import ModelGraph
 from decomp.partition.branches import KeepMasks, apply_masks, group_masks, group_split
 from decomp.partition.job import WIDTH_TOLERANCE, export_verified
 from decomp.partition.manifest import read_manifest
 from decomp.partition.metrics import partition_metrics
+from decomp.partition.plan import PartitionPlan
 from decomp.partition.split import split_model
 from decomp.partition.width import split_width, width_plan
 from decomp.pruning.train import TrainConfig, evaluate, train
@@ -66,10 +68,12 @@ class DecomposeSummary:
     bytes_to_parts: int  # per forward pass of the example batch
     bytes_between_branches: int  # inside the chain: always 0
     max_abs_diff: float
+    plan: PartitionPlan | None = field(default=None, compare=False, repr=False)
+    graph: ModelGraph | None = field(default=None, compare=False, repr=False)  # the decomposed model's
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["out"] = str(self.out)
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("plan", "graph")}
+        out["request"], out["out"] = asdict(self.request), str(self.out)
         return out
 
 
@@ -130,4 +134,6 @@ def run_decompose(request: DecomposeRequest, out: str | Path, overwrite: bool = 
         bytes_to_parts=sum(e.bytes for e in edges if e.target is not None),
         bytes_between_branches=between,
         max_abs_diff=diff,
+        plan=plan,
+        graph=graph,
     )

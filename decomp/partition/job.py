@@ -21,6 +21,7 @@ from typing import Any
 
 from decomp.build import build_graph
 from decomp.errors import DecompError, ExportError, InvalidPlanError
+from decomp.graph import ModelGraph
 from decomp.partition.baselines import METHODS, StageCost, graph_partition, optimal_pipeline, pipeline_stage_times
 from decomp.partition.export import export_split, verify_export
 from decomp.partition.metrics import PartitionMetrics, partition_metrics
@@ -117,6 +118,7 @@ class SplitSummary:
     stage_seconds: tuple[float, ...] | None
     tuning_runs: tuple[TuningRun, ...] | None
     max_abs_diff: float
+    graph: ModelGraph | None = field(default=None, compare=False, repr=False)  # the graph the plan names
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -245,4 +247,5 @@ def run_split(
         stage_seconds=tuple(stage_times) if stage_times is not None else None,
         tuning_runs=tuning,
         max_abs_diff=diff,
+        graph=graph,
     )

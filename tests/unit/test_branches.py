@@ -149,7 +149,10 @@ def test_decompose_job_fine_tunes_and_exports_branches(tmp_path):
             str(tmp_path / "two"),
             "--json",
             str(tmp_path / "s.json"),
+            "--png",
+            str(tmp_path / "two.png"),
         ],
     )
     assert result.exit_code == 0, result.output
     assert "no --data" in result.output and json.loads((tmp_path / "s.json").read_text())["parts"] == 2
+    assert (tmp_path / "two.png").read_bytes()[:4] == b"\x89PNG"
