@@ -189,11 +189,7 @@ def run_split(
     module, inputs = loaded.module, loaded.example_inputs
     original, tracer, widened = module, loaded.tracer, None
     if request.width:
-        if tracer != "fx":
-            raise InvalidPlanError(
-                f"width splits rewrite torch.fx graphs; {loaded.spec or request.model} is traced with {tracer}"
-            )
-        widened = split_width(module, inputs, request.width)
+        widened = split_width(module, inputs, request.width, tracer=tracer)
         module = widened.module
     graph = build_graph(module, inputs, tracer, name=str(loaded.spec or request.model))
     cost, tuning = StageCost(), None

@@ -12,6 +12,11 @@ or the sum. `WidthSplit(attention, ways)` on an `nn.MultiheadAttention` splits i
 heads' query/key/value projections, their attention and their columns of the output projection
 (`HeadSlice`); the ways' outputs are summed.
 
+Whole blocks of models traced with torch.export (whose graphs are ATen ops, not layers) are split on the
+modules instead (`BLOCKS`: Hugging Face GPT-2's MLP and self-attention): the block becomes `SummedWays`,
+copies of it on their slices of hidden channels or heads, their outputs summed; each way's ops are then
+found in the traced graph by the module they run in.
+
 `split_width(model, inputs, splits)` returns the rewritten `torch.fx.GraphModule` with each slice's
 nodes named (`WidthSplitModel.slices`) and checks it: its outputs must equal the model's on the
 example inputs (float32: max abs diff <= 1e-4 of the outputs' scale), else nothing is returned.
@@ -22,6 +27,7 @@ slice receives and sends are the plan's crossings, what `partition_metrics` coun
 
 from __future__ import annotations
 
+import copy
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -152,10 +158,23 @@ def split_width(
     splits: Sequence[WidthSplit],
     leaf_modules: Sequence[str | type] = (),
     tolerance: float = 1e-4,
+    tracer: str = "fx",
 ) -> WidthSplitModel:
-    """Rewrite `model` (traced with torch.fx) so every split's slices are separate layers (see the module
-    docstring); checked against the model on `example_inputs`."""
+    """Rewrite `model` so every split's slices are separate layers (see the module docstring); checked
+    against the model on `example_inputs`. Splits naming a whole block this module knows (`BLOCKS`: Hugging
+    Face GPT-2's MLP and attention) are made on the modules, for either tracer; the others on the torch.fx
+    graph (`tracer` fx)."""
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    blocks = [s for s in splits if type(_submodule(model, s.layer)).__name__ in BLOCKS]
+    if blocks:
+        if len(blocks) != len(splits):
+            raise InvalidPlanError("split either whole blocks (e.g. a GPT-2 MLP or attention) or layers, not both")
+        return _split_blocks(model, inputs, blocks, tracer, leaf_modules, tolerance)
+    if tracer != "fx":
+        raise InvalidPlanError(
+            f"width splits of single layers rewrite torch.fx graphs; this model traces with {tracer}: split whole "
+            f"blocks instead ({', '.join(BLOCKS)})"
+        )
     gm = trace(model, inputs, tracer="fx", leaf_modules=leaf_modules)
     slices, joins = [], []
     for split in splits:
@@ -173,6 +192,117 @@ def split_width(
     joins = [tuple(m for n in nodes for m in names[n]) for nodes in joins]
     diff = _check(model, final, inputs, tolerance, splits)
     return WidthSplitModel(final, tuple(splits), tuple(slices), tuple(joins), diff)
+
+
+# -- whole blocks, split on the modules --------------------------------------------------------------------
+class SummedWays(nn.Module):
+    """Copies of a block, each on its slice of channels or heads; their outputs summed (a tuple output: its
+    first element summed, the rest from the first way)."""
+
+    def __init__(self, ways: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.ways = nn.ModuleList(ways)
+
+    def forward(self, *args, **kwargs):
+        outs = [way(*args, **kwargs) for way in self.ways]
+        if isinstance(outs[0], tuple):
+            return (_summed([o[0] for o in outs]), *outs[0][1:])
+        return _summed(outs)
+
+
+def _summed(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    total = tensors[0]
+    for t in tensors[1:]:
+        total = total + t
+    return total
+
+
+def _conv1d(weight: torch.Tensor, bias: torch.Tensor) -> nn.Module:
+    """A Hugging Face `Conv1D` (y = x @ weight + bias; weight (in, out)) holding these tensors."""
+    from transformers.pytorch_utils import Conv1D
+
+    layer = Conv1D(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(bias)
+    return layer.to(weight.device, weight.dtype)
+
+
+def _gpt2_mlp_ways(mlp: nn.Module, ways: int) -> list[nn.Module]:
+    """GPT-2's MLP (c_fc -> act -> c_proj -> dropout) in column/row slices of its hidden width."""
+    hidden = mlp.c_fc.weight.shape[1]
+    if ways > hidden:
+        raise InvalidPlanError(f"the MLP has {hidden} hidden channels, fewer than {ways} ways")
+    out = []
+    for k, idx in enumerate(torch.arange(hidden).tensor_split(ways)):
+        way = copy.deepcopy(mlp)
+        way.c_fc = _conv1d(mlp.c_fc.weight[:, idx], mlp.c_fc.bias[idx])
+        bias = mlp.c_proj.bias if k == 0 else torch.zeros_like(mlp.c_proj.bias)
+        way.c_proj = _conv1d(mlp.c_proj.weight[idx], bias)
+        out.append(way)
+    return out
+
+
+def _gpt2_attention_ways(attn: nn.Module, ways: int) -> list[nn.Module]:
+    """GPT-2's self-attention in groups of heads: each way its heads' query/key/value columns of c_attn, the
+    attention over them and their rows of c_proj."""
+    if attn.is_cross_attention:
+        raise InvalidPlanError("a cross-attention block cannot be split by heads here; split its self-attention")
+    e, d, heads = attn.embed_dim, attn.head_dim, attn.num_heads
+    if ways > heads:
+        raise InvalidPlanError(f"the attention has {heads} heads, fewer than {ways} ways")
+    out = []
+    for k, group in enumerate(torch.arange(heads).tensor_split(ways)):
+        idx = torch.cat([torch.arange(h * d, (h + 1) * d) for h in group.tolist()])
+        qkv = torch.cat([idx, e + idx, 2 * e + idx])
+        way = copy.deepcopy(attn)
+        way.num_heads, way.split_size = len(group), len(idx)
+        way.c_attn = _conv1d(attn.c_attn.weight[:, qkv], attn.c_attn.bias[qkv])
+        bias = attn.c_proj.bias if k == 0 else torch.zeros_like(attn.c_proj.bias)
+        way.c_proj = _conv1d(attn.c_proj.weight[idx], bias)
+        out.append(way)
+    return out
+
+
+BLOCKS = {"GPT2MLP": _gpt2_mlp_ways, "GPT2Attention": _gpt2_attention_ways}
+
+
+def _submodule(model: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def _split_blocks(model, inputs, splits, tracer, leaf_modules, tolerance) -> WidthSplitModel:
+    from decomp.build import build_graph
+
+    new = copy.deepcopy(model)
+    for split in splits:
+        if split.then is not None or split.through or split.channels is not None:
+            raise InvalidPlanError(f"{split.layer} is a whole block: give its ways only (no then/through/channels)")
+        block = new.get_submodule(split.layer)
+        parent, _, name = split.layer.rpartition(".")
+        owner = new.get_submodule(parent) if parent else new
+        setattr(owner, name, SummedWays(BLOCKS[type(block).__name__](block, split.ways)))
+    with torch.inference_mode():
+        want, got = flat_outputs(model(*inputs)), flat_outputs(new(*inputs))
+    diff = outputs_diff(got, want, "the width-split model", InvalidPlanError)
+    if diff > tolerance:
+        raise InvalidPlanError(
+            f"the width split of {', '.join(s.layer for s in splits)} changes the outputs (max abs diff {diff:.2e} > "
+            f"{tolerance:g}); nothing was returned"
+        )
+    graph = build_graph(new, inputs, tracer, leaf_modules=leaf_modules)  # the names split_model will see
+    slices, joins = [], []
+    for split in splits:
+        ways = []
+        for k in range(split.ways):
+            inside = f"{split.layer}.ways.{k}."
+            ways.append(tuple(n for n in graph.compute_nodes() if f"{graph[n].get('module', '')}.".startswith(inside)))
+        slices.append(tuple(ways))
+        joins.append(tuple(n for n in graph.compute_nodes() if graph[n].get("module") == split.layer))
+    return WidthSplitModel(new, tuple(splits), tuple(slices), tuple(joins), diff)
 
 
 def _renamed(before: fx.GraphModule, after: fx.GraphModule) -> dict[str, tuple[str, ...]]:

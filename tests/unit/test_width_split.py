@@ -179,3 +179,22 @@ def test_the_latency_model_prices_a_width_split_part_by_part():
     assert prediction.compute_s == pytest.approx(tuple(compute))
     # the second part receives the first way's partial sum and the input it needs, over the link
     assert prediction.stage_s[1] > prediction.compute_s[1] and prediction.comm_s > 0
+
+
+@pytest.mark.parametrize("ways", [2, 4])
+def test_gpt2_attention_and_mlp_blocks_split_through_export(tmp_path, ways):
+    spec = "hf:gpt2?n_layer=2&n_embd=64&n_head=4"
+    width = (WidthSplit("h.0.attn", ways), WidthSplit("h.0.mlp", ways), WidthSplit("h.1.mlp", ways))
+    summary = run_split(SplitRequest(spec, ways, "dag", input_shapes=((1, 16),), width=width), tmp_path / "out")
+    assert summary.max_abs_diff <= 1e-4 and summary.plan.parts == 3 * ways
+    assert read_manifest(tmp_path / "out").expected_costs["width_splits"][0] == {
+        "layer": "h.0.attn",
+        "ways": ways,
+        "then": None,
+    }
+    with pytest.raises(InvalidPlanError, match="whole blocks"):  # single layers of a torch.export-traced model
+        run_split(SplitRequest(spec, 2, "dag", input_shapes=((1, 16),), width=(WidthSplit("wte", 2),)), tmp_path / "x")
+    with pytest.raises(InvalidPlanError, match="fewer than 8 ways"):
+        run_split(
+            SplitRequest(spec, 8, "dag", input_shapes=((1, 16),), width=(WidthSplit("h.0.attn", 8),)), tmp_path / "y"
+        )
