@@ -16,7 +16,15 @@ from torch import nn
 
 from decomp.errors import DecompError
 
-__all__ = ["Callback", "TrainConfig", "evaluate", "recalibrate_batchnorm", "train", "weight_penalty"]
+__all__ = [
+    "Callback",
+    "TrainConfig",
+    "distillation_loss",
+    "evaluate",
+    "recalibrate_batchnorm",
+    "train",
+    "weight_penalty",
+]
 
 _OPTIMIZERS = ("adam", "sgd")
 _SCHEDULES = ("constant", "cosine")
@@ -79,7 +87,8 @@ def weight_penalty(model: nn.Module, l1: float, l2: float) -> torch.Tensor | flo
     return total
 
 
-def _distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Knowledge distillation (Hinton et al. 2015): KL divergence of the softened distributions, scaled by T^2."""
     soft = F.log_softmax(student / temperature, dim=-1)
     target = F.softmax(teacher / temperature, dim=-1)
     return F.kl_div(soft, target, reduction="batchmean") * temperature**2
@@ -117,7 +126,7 @@ def train(
             if config.distill:
                 with torch.no_grad():
                     soft_targets = teacher(inputs)
-                loss = (1 - config.distill) * loss + config.distill * _distillation(
+                loss = (1 - config.distill) * loss + config.distill * distillation_loss(
                     logits, soft_targets, config.temperature
                 )
             loss = loss + weight_penalty(model, config.l1, config.l2) + sum(cb.penalty() for cb in callbacks)

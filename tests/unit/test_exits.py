@@ -1,0 +1,67 @@
+"""Early exits: heads on intermediate activations, trained with the backbone frozen, calibrated thresholds."""
+
+import pytest
+import torch
+from torch import nn
+
+from decomp import InvalidPlanError
+from decomp.partition.exits import ExitModel, calibrate_exits, exit_report, train_exits
+
+
+def net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    ).eval()
+
+
+def data(n: int = 96, seed: int = 0):
+    """Three classes told apart by the mean brightness of an 8x8 image: easy from the first block on."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    x = torch.randn(n, 1, 8, 8, generator=g) * 0.3 + y[:, None, None, None].float()
+    return [(x[i : i + 16], y[i : i + 16]) for i in range(0, n, 16)]
+
+
+def test_exit_model_adds_heads_and_keeps_the_final_output():
+    model = net()
+    x = torch.randn(4, 1, 8, 8)
+    exits = ExitModel(model, (x,), ["_1"])
+    final, (early,) = exits(x)
+    torch.testing.assert_close(final, model(x))
+    assert early.shape == (4, 3)
+    assert 0 < exits.macs_to[0] < exits.total_macs and exits.cut_bytes == [8 * 8 * 8 * 4]
+    with pytest.raises(InvalidPlanError, match="no op nope"):
+        ExitModel(model, (x,), ["nope"])
+    with pytest.raises(InvalidPlanError, match="classifier"):
+        ExitModel(nn.Sequential(nn.Conv2d(1, 2, 1)), (x,), ["_0"])
+
+
+def test_heads_learn_with_the_backbone_frozen_and_thresholds_hold_the_accuracy():
+    model = net()
+    for p in model.parameters():  # the backbone: trained enough to classify brightness
+        p.requires_grad_(True)
+    from decomp.pruning.train import TrainConfig, train
+
+    train(model, data(), TrainConfig(epochs=30, lr=1e-2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    exits = ExitModel(model, (torch.randn(2, 1, 8, 8),), ["_1"])
+    losses = train_exits(exits, data(), epochs=20, lr=2e-2)
+    assert losses[-1] < losses[0]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # backbone unchanged
+    calibration, test = data(seed=1), data(seed=2)
+    (threshold,) = calibrate_exits(exits, calibration, max_drop=0.0)
+    report = exit_report(exits, [threshold], calibration)
+    assert report.accuracy >= report.final_accuracy  # max_drop 0 on the samples it was calibrated on
+    assert report.exit_share[0] > 0.3  # brightness is plain after one block: many inputs leave early
+    assert report.macs < report.full_macs
+    assert report.bytes_not_sent[0] == pytest.approx(report.exit_share[0] * exits.cut_bytes[0])
+    closed = exit_report(exits, [1.01], test)  # a threshold above 1 closes the exit
+    assert closed.exit_share == (0.0,) and closed.accuracy == closed.final_accuracy
+    assert closed.macs == pytest.approx(closed.full_macs + exits.head_macs[0])
