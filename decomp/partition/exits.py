@@ -38,14 +38,14 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 class _Head(nn.Module):
     """Global average over every dimension but batch and channels (dim 1 of an image, the last of tokens)."""
 
-    def __init__(self, channels: int, classes: int, tokens: bool) -> None:
+    def __init__(self, channels: int, classes: int, tokens: bool, dims: int) -> None:
         super().__init__()
-        self.tokens = tokens
+        # the dimensions pooled, fixed here so the head traces (torch.fx, export) without reading x's rank
+        self.pooled = tuple(range(1, dims - 1)) if tokens else tuple(range(2, dims))
         self.fc = nn.Linear(channels, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = x.mean(dim=tuple(range(1, x.dim() - 1))) if self.tokens else x.flatten(2).mean(-1)
-        return self.fc(pooled)
+        return self.fc(x.mean(dim=self.pooled))
 
 
 class ExitModel(nn.Module):
@@ -55,6 +55,8 @@ class ExitModel(nn.Module):
     def __init__(self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...], at: Sequence[str]) -> None:
         super().__init__()
         inputs = tuple(example_inputs)
+        if len(inputs) != 1:
+            raise InvalidPlanError(f"early exits take models of one input; this one takes {len(inputs)}")
         gm = trace(model, inputs, tracer="fx")
         nodes = {n.name: n for n in gm.graph.nodes}
         missing = [a for a in at if a not in nodes]
@@ -82,7 +84,7 @@ class ExitModel(nn.Module):
             if not isinstance(act, torch.Tensor) or act.dim() < 2:
                 raise InvalidPlanError(f"op {name} makes no (batch, channels, ...) tensor to attach an exit to")
             tokens = act.dim() == 3  # (batch, tokens, features)
-            heads.append(_Head(act.shape[-1] if tokens else act.shape[1], classes, tokens))
+            heads.append(_Head(act.shape[-1] if tokens else act.shape[1], classes, tokens, act.dim()))
         self.heads = nn.ModuleList(heads)
         # what an input pays up to each exit (its share of the backbone's MACs) and what the cut would send on
         order = graph.compute_nodes()
@@ -93,9 +95,9 @@ class ExitModel(nn.Module):
         self.head_macs = [h.fc.in_features * h.fc.out_features for h in heads]
         self.cut_bytes = [a.element_size() * a[0].numel() for a in activations]
 
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        logits, *activations = self.backbone(*inputs)
-        return logits, [head(a) for head, a in zip(self.heads, activations, strict=True)]
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        out = self.backbone(x)  # indexed, not unpacked: the model traces (torch.fx) for a split and export
+        return out[0], [head(out[k + 1]) for k, head in enumerate(self.heads)]
 
 
 def train_exits(

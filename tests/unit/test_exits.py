@@ -65,3 +65,12 @@ def test_heads_learn_with_the_backbone_frozen_and_thresholds_hold_the_accuracy()
     closed = exit_report(exits, [1.01], test)  # a threshold above 1 closes the exit
     assert closed.exit_share == (0.0,) and closed.accuracy == closed.final_accuracy
     assert closed.macs == pytest.approx(closed.full_macs + exits.head_macs[0])
+
+
+def test_an_exit_model_traces_for_export_later():
+    from decomp.build import build_graph
+
+    x = torch.randn(2, 1, 8, 8)
+    exits = ExitModel(net(), (x,), ["_1"])
+    graph = build_graph(exits, (x,))
+    assert any(graph[n].get("module", "").startswith("heads.0") for n in graph.compute_nodes())
