@@ -169,6 +169,15 @@ def from_wire(value: Any, copy: bool = False) -> Any:
         return torch.from_numpy(value)
 
 
+def exit_filter(out: Sequence[Any], exit_at: int, keep_at: Sequence[int], threshold: float) -> tuple[Any, ...]:
+    """From part 0's outputs: (exit logits, mask of the inputs that go on, bytes one input's rows of the
+    `keep_at` outputs take, each of those outputs cut to the inputs that go on)."""
+    logits = out[exit_at]
+    go_on = logits.float().softmax(-1).max(-1).values < threshold
+    row_bytes = sum(out[i][0].numel() * out[i].element_size() for i in keep_at)
+    return (logits, go_on, row_bytes, *(out[i][go_on] for i in keep_at))
+
+
 class _RemotePart(_Part):
     """A part in a Ray actor: tensors arrive and leave as numpy arrays (`to_wire`) through the object store,
     or, by `run_direct`, as one tuple of tensors on the part's device (Ray Direct Transport)."""
@@ -176,6 +185,15 @@ class _RemotePart(_Part):
     def run(self, *tensors: Any) -> Any:
         out = super().run(*(from_wire(t) for t in tensors))
         return tuple(to_wire(o) for o in out) if isinstance(out, tuple) else to_wire(out)
+
+    def run_exit(self, exit_at: int, keep_at: tuple[int, ...], threshold: float, *tensors: Any) -> tuple[Any, ...]:
+        """Run the part and keep, of the outputs `keep_at`, only the rows of inputs whose exit logits (output
+        `exit_at`) are not confident enough to stop here (`exit_filter`); one return each."""
+        out = self.call(*(from_wire(t) for t in tensors))
+        return tuple(
+            to_wire(v.cpu() if isinstance(v, torch.Tensor) else v)
+            for v in exit_filter(out, exit_at, keep_at, threshold)
+        )
 
     def run_direct(self, picks: tuple[tuple[int, int | None], ...], wire: bool, *values: Any) -> tuple[Any, ...]:
         """Inputs are `values[a]` or element `e` of the tuple `values[a]` (another part's outputs), per (a, e)

@@ -21,16 +21,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
+import networkx as nx
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from decomp.build import graph_from_module
 from decomp.errors import InvalidPlanError
+from decomp.partition.plan import PartitionPlan
 from decomp.pruning.train import distillation_loss
 from decomp.tracing import trace
 
-__all__ = ["ExitModel", "ExitReport", "calibrate_exits", "exit_report", "train_exits"]
+__all__ = ["ExitModel", "ExitReport", "calibrate_exits", "exit_plan", "exit_report", "train_exits"]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -219,3 +221,25 @@ def exit_report(exits: ExitModel, thresholds: Sequence[float], loader: Batches) 
         full_macs=exits.total_macs,
         bytes_not_sent=tuple(not_sent),
     )
+
+
+def exit_plan(graph, exits: ExitModel) -> PartitionPlan:
+    """A 2-part plan of `graph` (`build_graph(exits, inputs)`) cut at the first exit: the backbone up to the
+    exit's op and the exit head on part 0, the rest on part 1. The model's outputs are (final logits, exit
+    logits): part 0 makes the exit's, part 1 the final."""
+    order = graph.compute_nodes()
+    tap = _first_tap(graph, exits)
+    head = {n for n in order if graph[n].get("module", "").startswith("heads.")}
+    early = set(order[: order.index(tap) + 1])
+    ahead = set(nx.ancestors(graph.nx, tap))
+    part = {n: 0 if (n in early and (n in ahead or n == tap)) or n in head else 1 for n in order}
+    return PartitionPlan.from_assignment(part, "dag", graph=graph)
+
+
+def _first_tap(graph, exits: ExitModel) -> str:
+    """The node of `graph` whose output the first exit head reads."""
+    heads = [n for n in graph.compute_nodes() if graph[n].get("module", "").startswith("heads.0")]
+    sources = {u for n in heads for u in graph.nx.predecessors(n) if u not in heads}
+    if len(sources) != 1:
+        raise InvalidPlanError(f"cannot find where exit {exits.at[0]} reads the backbone (found {sorted(sources)})")
+    return sources.pop()

@@ -252,3 +252,32 @@ def test_a_width_split_export_runs_on_ray_and_matches(tmp_path, transport):
     with RayRunner(manifest_layout(manifest), export_loaders(tmp_path / "out"), transport=transport) as runner:
         (got,) = next(runner.map([[x]]))
     torch.testing.assert_close(got, load_export(tmp_path / "out")(x)[0], atol=1e-6, rtol=0)
+
+
+def test_an_early_exit_export_runs_on_ray_sending_only_the_inputs_that_go_on(tmp_path):
+    from cluster.exit_runner import ExitRunner
+    from cluster.runners import export_loaders
+    from decomp.build import build_graph
+    from decomp.partition import export_split, manifest_layout, read_manifest, split_model
+    from decomp.partition.exits import ExitModel, exit_plan
+
+    torch.manual_seed(0)
+    backbone = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)
+    ).eval()
+    x = torch.randn(16, 1, 8, 8)
+    exits = ExitModel(backbone, (x,), ["_1"]).eval()
+    export_split(split_model(exits, (x,), exit_plan(build_graph(exits, (x,)), exits)), tmp_path / "out")
+    manifest = read_manifest(tmp_path / "out")
+    with torch.no_grad():
+        final, (early,) = exits(x)
+    threshold = float(early.softmax(-1).max(-1).values.median())  # about half the inputs leave early
+    batches = [[x[:8]], [x[8:]]]
+    with ExitRunner(manifest_layout(manifest), export_loaders(tmp_path / "out"), threshold) as runner:
+        got = list(runner.map(batches))
+        report = runner.report()
+    logits = torch.cat([g[0] for g in got])
+    exited = torch.cat([g[1] for g in got])
+    assert torch.equal(exited, early.softmax(-1).max(-1).values >= threshold) and 0 < report.exited < 16
+    torch.testing.assert_close(logits, torch.where(exited[:, None], early, final), atol=1e-5, rtol=0)
+    assert report.bytes_kept == report.exited * 8 * 8 * 8 * 4

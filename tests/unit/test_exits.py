@@ -74,3 +74,32 @@ def test_an_exit_model_traces_for_export_later():
     exits = ExitModel(net(), (x,), ["_1"])
     graph = build_graph(exits, (x,))
     assert any(graph[n].get("module", "").startswith("heads.0") for n in graph.compute_nodes())
+
+
+def _exit_split(threshold_inputs: int = 12):
+    from decomp.build import build_graph
+    from decomp.partition import split_model
+    from decomp.partition.exits import exit_plan
+
+    x = torch.randn(threshold_inputs, 1, 8, 8)
+    exits = ExitModel(net(), (x,), ["_1"]).eval()
+    graph = build_graph(exits, (x,))
+    return exits, split_model(exits, (x,), exit_plan(graph, exits)), x
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.36, 1.01])
+def test_the_exit_runner_stops_confident_inputs_at_part_0(threshold):
+    from cluster.exit_runner import ExitRunner
+    from cluster.runners import loaders_for
+
+    exits, split, x = _exit_split()
+    final, (early,) = exits(x)
+    confident = early.softmax(-1).max(-1).values >= threshold
+    with ExitRunner(split.layout, loaders_for(split.modules), threshold, local=True) as runner:
+        ((logits, exited),) = list(runner.map([[x]]))
+    assert torch.equal(exited, confident)
+    torch.testing.assert_close(logits, torch.where(confident[:, None], early, final))
+    report = runner.report()
+    row = 8 * 8 * 8 * 4  # the cut's activation per input
+    assert report.inputs == 12 and report.exited == int(confident.sum())
+    assert report.bytes_kept == row * report.exited and report.bytes_sent == row * (12 - report.exited)
