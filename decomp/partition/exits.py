@@ -7,10 +7,11 @@ an input stop there.
   spatial or token dimensions, then a Linear to the classes).
 - `train_exits(exits, loader, epochs)`: the heads trained with the backbone frozen (cross-entropy on the
   labels, plus distillation from the final output with `distill`).
-- `calibrate_exits(exits, loader, max_drop)`: per exit a threshold on the softmax's top probability, the
-  lowest (most inputs leave early) that keeps the accuracy of exiting at the first confident exit within
-  `max_drop` of the final output's, on the loader's samples (a validation split, not the test split);
-  exits are calibrated in order, each with the earlier ones fixed.
+- `calibrate_exits(exits, loader, max_drop, confidence)`: per exit a threshold on the softmax's top
+  probability, the lowest (most inputs leave early) that keeps the accuracy of exiting at the first
+  confident exit within `max_drop` of the final output's on the loader's samples (a validation split, not
+  the test split) with the given confidence (an upper bound on the measured drop, not the drop itself:
+  on new inputs it is another draw); exits are calibrated in order, each with the earlier ones fixed.
 - `exit_report(exits, thresholds, loader)`: on other samples, the share leaving at each exit, the accuracy,
   MACs per input on average (each input pays the backbone up to where it leaves plus the heads it passed)
   and the bytes per input the cut's activation would have sent on.
@@ -167,18 +168,28 @@ def _decide(
     return prediction, left
 
 
-def calibrate_exits(exits: ExitModel, loader: Batches, max_drop: float = 0.005) -> list[float]:
+def calibrate_exits(exits: ExitModel, loader: Batches, max_drop: float = 0.005, confidence: float = 0.9) -> list[float]:
     """Per exit, the lowest threshold on the top softmax probability that keeps the accuracy within `max_drop`
-    of the final output's on `loader` (see the module docstring). A threshold above 1 closes an exit."""
+    of the final output's on `loader` (see the module docstring), with `confidence`: the drop measured on
+    these samples is an estimate, so what must stay within `max_drop` is its one-sided upper bound at that
+    confidence (the mean of the paired per-sample differences plus z standard errors; 0.5: the estimate
+    itself). A threshold above 1 closes an exit."""
+    if not 0.0 < confidence < 1.0:
+        raise InvalidPlanError(f"confidence must be in (0, 1), got {confidence}")
+    from scipy.stats import norm
+
+    z = float(norm.ppf(confidence))
     final, probs, labels = _outputs(exits, loader)
-    target = float((final.argmax(-1) == labels).float().mean()) - max_drop
+    right = (final.argmax(-1) == labels).float()
     thresholds: list[float] = []
     for k in range(len(probs)):
         candidates = sorted(set(probs[k].max(-1).values.tolist())) + [1.01]
         chosen = 1.01
         for t in candidates:  # ascending: the first that holds lets the most inputs leave
             prediction, _ = _decide(final, probs[: k + 1], [*thresholds, t])
-            if float((prediction == labels).float().mean()) >= target:
+            lost = right - (prediction == labels).float()  # 1 where the exit got wrong what the end got right
+            bound = float(lost.mean()) + z * float(lost.std(unbiased=True)) / len(lost) ** 0.5 if len(lost) > 1 else 0.0
+            if bound <= max_drop:
                 chosen = t
                 break
         thresholds.append(chosen)

@@ -1,8 +1,9 @@
 """Early exits on a trained CNN (`decomp.partition.exits`): an exit head after the second of four conv blocks
 of `tests.benchmarks.models.group_cnn` trained on digits (a 2-part split's cut), trained with the backbone
 frozen, its threshold calibrated on a validation split (a fifth of the training data) for at most 0.5
-point of accuracy lost; on the test split: the share of inputs that leave at the exit, the accuracy, MACs
-per input and the bytes per input the cut would not send on. Then the model with its exit is split at the cut
+point of accuracy lost at 90% confidence (the drop's one-sided upper bound there); on the test split: the
+share of inputs that leave at the exit, the accuracy, MACs per input and the bytes per input the cut would
+not send on. Then the model with its exit is split at the cut
 (`exit_plan`: backbone to the exit and the head on part 0, the rest on part 1), exported, and run on two 1-thread
 Ray actors (`cluster.exit_runner.ExitRunner`: part 0 keeps back the rows of inputs that leave) over the test
 split in micro-batches, with the calibrated threshold and with the exit closed (threshold above 1: the same
@@ -94,7 +95,8 @@ def test_early_exit_at_the_cut(tmp_path):
         f"`group_cnn(32)` trained {EPOCHS} epochs on digits (test accuracy {100 * evaluate(model, test):.1f}%); an "
         f"exit head (global average pool, Linear) after op `{AT}` (the second of four conv blocks), trained "
         f"{HEAD_EPOCHS} epochs with the backbone frozen (loss {losses[0]:.2f} -> {losses[-1]:.2f}); threshold on "
-        f"the top softmax probability calibrated on the validation split for <= {100 * MAX_DROP:.1f} point lost "
+        f"the top softmax probability calibrated on the validation split for <= {100 * MAX_DROP:.1f} point lost at "
+        "90% confidence "
         f"(there: {100 * on_validation.exit_share[0]:.1f}% leave, {100 * validation_drop:+.2f} points).",
         "",
         "| on the test split | value |",

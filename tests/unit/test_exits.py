@@ -56,12 +56,17 @@ def test_heads_learn_with_the_backbone_frozen_and_thresholds_hold_the_accuracy()
     assert losses[-1] < losses[0]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # backbone unchanged
     calibration, test = data(seed=1), data(seed=2)
-    (threshold,) = calibrate_exits(exits, calibration, max_drop=0.0)
+    (threshold,) = calibrate_exits(exits, calibration, max_drop=0.0, confidence=0.5)
     report = exit_report(exits, [threshold], calibration)
     assert report.accuracy >= report.final_accuracy  # max_drop 0 on the samples it was calibrated on
     assert report.exit_share[0] > 0.3  # brightness is plain after one block: many inputs leave early
     assert report.macs < report.full_macs
     assert report.bytes_not_sent[0] == pytest.approx(report.exit_share[0] * exits.cut_bytes[0])
+    # a higher confidence that the drop stays within budget asks for more confident exits
+    (cautious,) = calibrate_exits(exits, calibration, max_drop=0.0, confidence=0.95)
+    assert cautious >= threshold
+    with pytest.raises(InvalidPlanError, match="confidence"):
+        calibrate_exits(exits, calibration, confidence=1.0)
     closed = exit_report(exits, [1.01], test)  # a threshold above 1 closes the exit
     assert closed.exit_share == (0.0,) and closed.accuracy == closed.final_accuracy
     assert closed.macs == pytest.approx(closed.full_macs + exits.head_macs[0])
