@@ -14,8 +14,9 @@ crosses between branches from `layer` to the sum, so each runs on its own device
   every grouping balanced (sizes differ by at most one: the branches take equal time), by an optimal
   assignment (`scipy.optimize.linear_sum_assignment`). Returns the `WidthSplit` with these `channels`.
 - `group_masks(model, split)`: 1 where a `through` weight connects channels of one group, 0 between groups;
-  `apply_masks` zeroes the weights between groups; `KeepMasks` keeps them zero while fine-tuning
-  (`decomp.pruning.train.train(..., callbacks=[KeepMasks(masks)])`).
+  `apply_masks` holds the weights between groups at zero as `torch.nn.utils.prune` masks (as decomp's
+  unstructured pruning holds its zeros while retraining), so fine-tuning keeps them there;
+  `decomp.pruning.make_permanent` folds them once trained.
 - Then `split_width(model, inputs, [split])` rewrites the masked model into the branches (checked: the same
   outputs) and `width_plan` places branch g on part g; `decomp.partition.split_model`, export and the
   runtimes take it from there.
@@ -27,13 +28,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.utils.prune as torch_prune
 from torch import nn
 
 from decomp.errors import InvalidPlanError
 from decomp.partition.width import WidthSplit
-from decomp.pruning.train import Callback
 
-__all__ = ["KeepMasks", "apply_masks", "group_masks", "group_split"]
+__all__ = ["apply_masks", "group_masks", "group_split"]
 
 
 def _magnitude(layer: nn.Module) -> np.ndarray:
@@ -113,19 +114,9 @@ def group_masks(model: nn.Module, split: WidthSplit) -> dict[str, torch.Tensor]:
     return masks
 
 
-@torch.no_grad()
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-    """Zero the weights the masks drop (in place)."""
-    params = dict(model.named_parameters())
+    """Hold the weights the masks drop at zero (in place, through training): `torch.nn.utils.prune` masks,
+    folded into plain weights by `decomp.pruning.make_permanent`."""
     for name, mask in masks.items():
-        params[name].mul_(mask)
-
-
-class KeepMasks(Callback):
-    """Keeps the dropped weights at zero after every optimizer step (`decomp.pruning.train.train`)."""
-
-    def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-        self.model, self.masks = model, masks
-
-    def on_step(self, step: int) -> None:
-        apply_masks(self.model, self.masks)
+        path, _, param = name.rpartition(".")
+        torch_prune.custom_from_mask(model.get_submodule(path), param, mask)

@@ -18,13 +18,14 @@ from decomp.build import build_graph
 from decomp.data import load_data
 from decomp.errors import DecompError, InvalidPlanError
 from decomp.graph import ModelGraph
-from decomp.partition.branches import KeepMasks, apply_masks, group_masks, group_split
+from decomp.partition.branches import apply_masks, group_masks, group_split
 from decomp.partition.job import WIDTH_TOLERANCE, export_verified
 from decomp.partition.manifest import read_manifest
 from decomp.partition.metrics import partition_metrics
 from decomp.partition.plan import PartitionPlan
 from decomp.partition.split import split_model
 from decomp.partition.width import split_width, width_plan
+from decomp.pruning.apply import make_permanent
 from decomp.pruning.train import TrainConfig, evaluate, train
 from decomp.specs import load_model
 from decomp.training import check_fit
@@ -100,10 +101,11 @@ def run_decompose(request: DecomposeRequest, out: str | Path, overwrite: bool = 
         accuracy["masked"] = evaluate(module, test_loader)
         if request.finetune_epochs:
             config = TrainConfig(epochs=request.finetune_epochs, lr=request.lr, schedule="cosine")
-            train(module, train_loader, config, callbacks=[KeepMasks(module, masks)])
+            train(module, train_loader, config)
             accuracy["fine-tuned"] = evaluate(module, test_loader)
     else:
         apply_masks(module, masks)
+    make_permanent(module)
     decomposed = split_width(module, inputs, [split])
     graph = build_graph(decomposed.module, inputs)
     plan = width_plan(graph, decomposed)

@@ -17,12 +17,12 @@ modules instead (`BLOCKS`: Hugging Face GPT-2's MLP and self-attention): the blo
 copies of it on their slices of hidden channels or heads, their outputs summed; each way's ops are then
 found in the traced graph by the module they run in.
 
-`split_width(model, inputs, splits)` returns the rewritten `torch.fx.GraphModule` with each slice's
-nodes named (`WidthSplitModel.slices`) and checks it: its outputs must equal the model's on the
-example inputs (float32: max abs diff <= 1e-4 of the outputs' scale), else nothing is returned.
-`width_plan(graph, split)` puts slice k of every split on part k and the rest of the model on part 0
-(a DAG plan: `decomp.partition.split_model`, `export_split` and the runtimes run it; the bytes each
-slice receives and sends are the plan's crossings, what `partition_metrics` counts).
+`split_width(model, inputs, splits)` returns the rewritten model with each slice's nodes named
+(`WidthSplitModel.slices`) and checks it: its outputs must equal the model's on the example inputs
+(float32: max abs diff <= 1e-4), else nothing is returned. `width_plan(graph, split)` runs way k of every
+split on device k (a DAG plan, see its docstring: `decomp.partition.split_model`, `export_split` and the
+runtimes run it; the bytes each slice receives and sends are the plan's crossings, what
+`partition_metrics` counts).
 """
 
 from __future__ import annotations
@@ -285,14 +285,7 @@ def _split_blocks(model, inputs, splits, tracer, leaf_modules, tolerance) -> Wid
         parent, _, name = split.layer.rpartition(".")
         owner = new.get_submodule(parent) if parent else new
         setattr(owner, name, SummedWays(BLOCKS[type(block).__name__](block, split.ways)))
-    with torch.inference_mode():
-        want, got = flat_outputs(model(*inputs)), flat_outputs(new(*inputs))
-    diff = outputs_diff(got, want, "the width-split model", InvalidPlanError)
-    if diff > tolerance:
-        raise InvalidPlanError(
-            f"the width split of {', '.join(s.layer for s in splits)} changes the outputs (max abs diff {diff:.2e} > "
-            f"{tolerance:g}); nothing was returned"
-        )
+    diff = _check(model, new, inputs, tolerance, splits)
     graph = build_graph(new, inputs, tracer, leaf_modules=leaf_modules)  # the names split_model will see
     slices, joins = [], []
     for split in splits:
@@ -429,7 +422,8 @@ def _rewrite(gm: fx.GraphModule, split: WidthSplit) -> tuple[tuple[tuple[str, ..
     with graph.inserting_before(anchor):
         for k in range(split.ways):
             names: list[str] = []
-            node = _add(gm, graph, f"{split.layer}_w{k}", _column(layer, spaces[0][k]), first.args, first.kwargs, names)
+            column = _sliced(layer, outputs=spaces[0][k])
+            node = _add(gm, graph, f"{split.layer}_w{k}", column, first.args, first.kwargs, names)
             for j, path in enumerate(paths[1:], start=1):
                 idx = spaces[j - 1][k]
                 for op in between[j - 1]:
@@ -440,19 +434,13 @@ def _rewrite(gm: fx.GraphModule, split: WidthSplit) -> tuple[tuple[tuple[str, ..
                     node = graph.create_node(op.op, target, args, dict(op.kwargs), name=name)
                     names.append(node.name)
                 if j < len(spaces):  # a layer run through: its group's inputs to its group's outputs
-                    sliced = _block(modules[j], idx, spaces[j][k])
-                else:  # the last layer: its inputs of this way, summed over the ways
-                    sliced = _row(modules[j], idx, k == 0)
+                    sliced = _sliced(modules[j], idx, spaces[j][k])
+                else:  # the last layer: its inputs of this way, summed over the ways (its bias added once)
+                    sliced = _sliced(modules[j], idx, bias=k == 0)
                 node = _add(gm, graph, f"{path}_w{k}", sliced, (node,), {}, names)
             ways.append(tuple(names))
             outs.append(node)
-        if split.then is None:
-            joins = [graph.call_function(torch.cat, (outs,), {"dim": dim})]
-        else:
-            joins = [outs[0]]
-            for out in outs[1:]:
-                joins.append(graph.call_function(operator.add, (joins[-1], out)))
-            joins = joins[1:]
+        joins = [graph.call_function(torch.cat, (outs,), {"dim": dim})] if split.then is None else _sums(graph, outs)
     anchor.replace_all_uses_with(joins[-1])
     graph.erase_node(anchor)
     for a, ops in zip(reversed(nodes[:-1]), reversed(between), strict=True):
@@ -481,20 +469,6 @@ def _spaces(split: WidthSplit, modules: list[nn.Module], dim: int) -> list[list[
             )
         out.append(groups)
     return out
-
-
-def _block(layer: nn.Module, inputs: torch.Tensor, outputs: torch.Tensor) -> nn.Module:
-    """`layer` from input channels `inputs` to output channels `outputs` only."""
-    with torch.no_grad():
-        if isinstance(layer, nn.Linear):
-            out = nn.Linear(len(inputs), len(outputs), bias=layer.bias is not None)
-        else:
-            out = _conv_like(layer, len(inputs), len(outputs), layer.bias is not None)
-        out = out.to(layer.weight.device, layer.weight.dtype)
-        out.weight.copy_(layer.weight[outputs][:, inputs])
-        if layer.bias is not None:
-            out.bias.copy_(layer.bias[outputs])
-    return out.train(layer.training)
 
 
 class HeadSlice(nn.Module):
@@ -564,15 +538,21 @@ def _rewrite_heads(gm: fx.GraphModule, split: WidthSplit, node: fx.Node, mha: nn
             causal = {"is_causal": kwargs["is_causal"]} if kwargs.get("is_causal") else {}
             outs.append(_add(gm, graph, f"{split.layer}_w{k}", sliced, (query, key, value), causal, names))
             ways.append(tuple(names))
-        joins = [outs[0]]
-        for out in outs[1:]:
-            joins.append(graph.call_function(operator.add, (joins[-1], out)))
+        joins = _sums(graph, outs)
     for u in users:
         if u in outputs:
             u.replace_all_uses_with(joins[-1])
         graph.erase_node(u)
     graph.erase_node(node)
-    return tuple(ways), tuple(j.name for j in joins[1:])
+    return tuple(ways), tuple(j.name for j in joins)
+
+
+def _sums(graph: fx.Graph, outs: Sequence[fx.Node]) -> list[fx.Node]:
+    """The add nodes summing `outs` in order; the last one holds the total."""
+    joins = [outs[0]]
+    for out in outs[1:]:
+        joins.append(graph.call_function(operator.add, (joins[-1], out)))
+    return joins[1:]
 
 
 def _add(gm, graph, path, module, args, kwargs, names) -> fx.Node:
@@ -590,32 +570,23 @@ def _add_module(gm: fx.GraphModule, path: str, module: nn.Module) -> str:
     return target
 
 
-def _column(layer: nn.Module, idx: torch.Tensor) -> nn.Module:
-    """`layer` computing only output channels `idx`."""
+def _sliced(
+    layer: nn.Module, inputs: torch.Tensor | None = None, outputs: torch.Tensor | None = None, bias: bool = True
+) -> nn.Module:
+    """`layer` from input channels `inputs` to output channels `outputs` (None: all of them); without `bias`
+    its bias is left out (a row slice whose sum another slice adds it to)."""
+    w = layer.weight if outputs is None else layer.weight[outputs]
+    w = w if inputs is None else w[:, inputs]
+    bias = bias and layer.bias is not None
     with torch.no_grad():
         if isinstance(layer, nn.Linear):
-            out = nn.Linear(layer.in_features, len(idx), bias=layer.bias is not None)
+            out = nn.Linear(w.shape[1], w.shape[0], bias=bias)
         else:
-            out = _conv_like(layer, layer.in_channels, len(idx), layer.bias is not None)
+            out = _conv_like(layer, w.shape[1], w.shape[0], bias)
         out = out.to(layer.weight.device, layer.weight.dtype)
-        out.weight.copy_(layer.weight[idx])
-        if layer.bias is not None:
-            out.bias.copy_(layer.bias[idx])
-    return out.train(layer.training)
-
-
-def _row(layer: nn.Module, idx: torch.Tensor, with_bias: bool) -> nn.Module:
-    """`layer` reading only input channels `idx` (its bias on one slice only: the slices are summed)."""
-    bias = with_bias and layer.bias is not None
-    with torch.no_grad():
-        if isinstance(layer, nn.Linear):
-            out = nn.Linear(len(idx), layer.out_features, bias=bias)
-        else:
-            out = _conv_like(layer, len(idx), layer.out_channels, bias)
-        out = out.to(layer.weight.device, layer.weight.dtype)
-        out.weight.copy_(layer.weight[:, idx])
+        out.weight.copy_(w)
         if bias:
-            out.bias.copy_(layer.bias)
+            out.bias.copy_(layer.bias if outputs is None else layer.bias[outputs])
     return out.train(layer.training)
 
 
@@ -647,10 +618,11 @@ def _norm_slice(norm: nn.Module, idx: torch.Tensor) -> nn.Module:
     return out.train(norm.training)
 
 
-def _check(model: nn.Module, gm: fx.GraphModule, inputs: tuple, tolerance: float, splits) -> float:
+def _check(model: nn.Module, rewritten: nn.Module, inputs: tuple, tolerance: float, splits) -> float:
+    """The largest difference of `rewritten`'s outputs from `model`'s on `inputs`; above `tolerance`, an error."""
     with torch.inference_mode():
         want = flat_outputs(model(*inputs))
-        got = flat_outputs(gm(*inputs))
+        got = flat_outputs(rewritten(*inputs))
     diff = outputs_diff(got, want, "the width-split model", InvalidPlanError)
     if diff > tolerance:
         names = ", ".join(s.layer for s in splits)

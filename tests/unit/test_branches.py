@@ -6,8 +6,9 @@ from torch import nn
 
 from decomp import InvalidPlanError, build_graph
 from decomp.partition import split_model
-from decomp.partition.branches import KeepMasks, apply_masks, group_masks, group_split
+from decomp.partition.branches import apply_masks, group_masks, group_split
 from decomp.partition.width import WidthSplit, split_width, width_plan
+from decomp.pruning import make_permanent
 from decomp.pruning.train import TrainConfig, train
 
 
@@ -66,6 +67,7 @@ def test_masked_model_decomposes_into_independent_branches():
     masks = group_masks(model, split)
     assert set(masks) == {"2.weight", "4.weight"}
     apply_masks(model, masks)
+    make_permanent(model)
     decomposed = split_width(model, x, [split])
     assert decomposed.max_abs_diff <= 1e-6
     through = sum(p.numel() for n, p in model.named_parameters() if n in masks)
@@ -90,8 +92,8 @@ def test_fine_tuning_keeps_the_weights_between_groups_at_zero():
     apply_masks(model, masks)
     data = [(torch.randn(8, 6), torch.randint(0, 4, (8,))) for _ in range(4)]
     before = model.get_submodule("2").weight.detach().clone()
-    train(model, data, TrainConfig(epochs=2, lr=1e-2), callbacks=[KeepMasks(model, masks)])
-    weight = model.get_submodule("2").weight
+    train(model, data, TrainConfig(epochs=2, lr=1e-2))
+    weight = make_permanent(model).get_submodule("2").weight
     assert not torch.equal(weight, before)  # it trained
     assert float(weight.detach()[masks["2.weight"] == 0].abs().max()) == 0.0
 
