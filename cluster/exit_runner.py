@@ -4,9 +4,9 @@ cut and the exit head, part 1 the rest. An input whose exit head is confident (t
 cut's activation (`_RemotePart.run_exit`), so what travels to part 1 is what part 1 must compute. The answer
 for an input is the exit's logits where it left early, the final logits otherwise, in the input's order.
 
-`ExitRunner(layout, loaders, threshold)` runs the two parts as 1-thread Ray actors (or in this process with
-`local`), several micro-batches in flight at part 0; `map` yields (logits, exited mask) per micro-batch;
-`report()` counts inputs, exits and the bytes sent to and kept from part 1.
+`ExitRunner(layout, loaders, threshold)` runs the two parts as 1-thread Ray actors (a `RayRunner`) or in
+this process (`local`: a `LocalRunner`), several micro-batches in flight at part 0; `map` yields (logits,
+exited mask) per micro-batch; `report()` counts inputs, exits and the bytes sent to and kept from part 1.
 """
 
 from __future__ import annotations
@@ -16,30 +16,28 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import ray
 import torch
 
-from cluster.runners import Loader, RuntimeFailure, _Part, _PartActor, exit_filter, from_wire
+from cluster.runners import Loader, LocalRunner, RayRunner, exit_filter, from_wire
 from decomp.errors import DecompError
 from decomp.partition.parts import PartsLayout
 
-__all__ = ["ExitReport", "ExitRunner"]
+__all__ = ["ExitCounts", "ExitRunner"]
 
 
 @dataclass(frozen=True)
-class ExitReport:
+class ExitCounts:
+    """What an `ExitRunner` has run so far."""
+
     inputs: int
     exited: int  # left at the exit
     bytes_sent: int  # of the cut's activation, to part 1
     bytes_kept: int  # of the cut's activation, not sent: the inputs that left
 
-    @property
-    def exit_share(self) -> float:
-        return self.exited / self.inputs if self.inputs else 0.0
-
 
 class ExitRunner:
-    """See the module docstring."""
+    """See the module docstring. The parts run in a `RayRunner` (object store between them) or, with `local`,
+    a `LocalRunner`; part 0 is called through its `run_exit`, part 1 with what part 0 kept."""
 
     def __init__(
         self,
@@ -65,40 +63,36 @@ class ExitRunner:
                 "an early-exit export's part 0 makes the exit logits and everything part 1 reads; part 1 the final "
                 "logits; split it with exit_plan"
             )
-        self.layout, self.threshold, self.local = layout, threshold, local
+        self.threshold, self.local = threshold, local
         self.exit_at = first.outputs.index(exit_name)
         self.keep_at = tuple(first.outputs.index(n) for n in second.inputs)
         self.max_in_flight = max(1, max_in_flight)
         self.inputs = self.exited = self.bytes_sent = self.bytes_kept = 0
         if local:
-            self.parts = [_Part(p.name, load, threads, "cpu") for p, load in zip(layout.parts, loaders, strict=True)]
+            self.runner = LocalRunner(layout, loaders, threads)
         else:
-            self.parts = [
-                _PartActor.options(num_cpus=1, max_restarts=1, max_task_retries=1).remote(p.name, load, threads, "cpu")
-                for p, load in zip(layout.parts, loaders, strict=True)
-            ]
-            try:
-                ray.get([a.load.remote() for a in self.parts])
-            except ray.exceptions.RayTaskError as err:
-                raise err.as_instanceof_cause() from None
+            self.runner = RayRunner(layout, loaders, threads=threads, transport="object-store")
 
     def _first(self, inputs: Sequence[torch.Tensor]) -> Any:
         if self.local:
-            return exit_filter(self.parts[0].call(*inputs), self.exit_at, self.keep_at, self.threshold)
-        method = self.parts[0].run_exit.options(num_returns=3 + len(self.keep_at))
+            return exit_filter(self.runner.parts[0].call(*inputs), self.exit_at, self.keep_at, self.threshold)
+        method = self.runner.actors[0].run_exit.options(num_returns=3 + len(self.keep_at))
         return method.remote(self.exit_at, self.keep_at, self.threshold, *inputs)
 
     def _finish(self, first: Any) -> tuple[torch.Tensor, torch.Tensor]:
         if self.local:
             logits, go_on, row_bytes, *kept = first
         else:
-            logits, go_on, row_bytes = ray.get(list(first[:3]))
+            logits, go_on, row_bytes = self.runner.get(list(first[:3]))
             logits, go_on = from_wire(logits, copy=True), from_wire(go_on, copy=True)
             kept = list(first[3:])
         rows = int(go_on.sum())
         out = logits.clone()
         if rows:
-            final = self.parts[1].call(*kept)[0] if self.local else from_wire(ray.get(self.parts[1].run.remote(*kept)))
+            if self.local:
+                final = self.runner.parts[1].call(*kept)[0]
+            else:
+                final = from_wire(self.runner.get([self.runner.actors[1].run.remote(*kept)])[0])
             out[go_on] = final.to(out.dtype)
         self.inputs += len(go_on)
         self.exited += len(go_on) - rows
@@ -109,23 +103,18 @@ class ExitRunner:
     def map(self, batches: Iterable[Sequence[torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(logits, exited) per micro-batch, in order."""
         pending: deque = deque()
-        try:
-            for inputs in batches:
-                pending.append(self._first(inputs))
-                if len(pending) >= self.max_in_flight:
-                    yield self._finish(pending.popleft())
-            while pending:
+        for inputs in batches:
+            pending.append(self._first(inputs))
+            if len(pending) >= self.max_in_flight:
                 yield self._finish(pending.popleft())
-        except ray.exceptions.RayTaskError as err:
-            raise RuntimeFailure(f"a part failed: {err}") from None
+        while pending:
+            yield self._finish(pending.popleft())
 
-    def report(self) -> ExitReport:
-        return ExitReport(self.inputs, self.exited, self.bytes_sent, self.bytes_kept)
+    def report(self) -> ExitCounts:
+        return ExitCounts(self.inputs, self.exited, self.bytes_sent, self.bytes_kept)
 
     def close(self) -> None:
-        if not self.local:
-            for actor in self.parts:
-                ray.kill(actor)
+        self.runner.close()
 
     def __enter__(self) -> ExitRunner:
         return self

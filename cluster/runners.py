@@ -307,7 +307,7 @@ class RayRunner:
                     ).remote(part.name, loader, threads, device)
                     self._copies[-1].actors.append(actor)
                 self._copies[-1].groups.extend(self._collective_groups(self._copies[-1].actors))
-            self._get([a.load.remote() for a in self.actors])  # load errors now, by name, not at the first batch
+            self.get([a.load.remote() for a in self.actors])  # load errors now, by name, not at the first batch
         except BaseException:
             self.close()
             raise
@@ -369,7 +369,7 @@ class RayRunner:
         def collect() -> tuple[Any, ...]:  # the caller's own copies, which it may change
             outputs = pending.popleft()
             bundles = list(dict.fromkeys(ref for ref, _ in outputs))
-            got = dict(zip(bundles, self._get(bundles), strict=True))
+            got = dict(zip(bundles, self.get(bundles), strict=True))
             return tuple(_own(got[r] if e is None else got[r][e]) for r, e in outputs)
 
         for inputs in batches:
@@ -382,7 +382,7 @@ class RayRunner:
     def stats(self) -> list[dict[str, Any]]:
         """Per part of each replica (replica after replica): busy time, calls, device and node it ran on."""
         names = _node_names()
-        got = self._get([a.stats.remote() for a in self.actors])
+        got = self.get([a.stats.remote() for a in self.actors])
         devices = self.devices * len(self._copies)
         return [
             {**s, "device": d, "node": names.get(s.get("node_id", ""), s.get("node_id", ""))}
@@ -406,7 +406,8 @@ class RayRunner:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _get(self, refs: list[ray.ObjectRef]) -> list[Any]:
+    def get(self, refs: list[ray.ObjectRef]) -> list[Any]:
+        """`ray.get`, a part's failure raised as itself (a `DecompError`) or as a `RuntimeFailure` naming it."""
         try:
             return ray.get(refs)
         except RayTaskError as err:

@@ -107,7 +107,6 @@ _TRANSCENDENTAL = {
     "softplus",
 }
 CLASSES = ("conv", "gemm", "norm", "pool", "transcendental", "view", "elementwise")
-CALLS = ("module", "function", "method")
 
 
 def op_class(what: str) -> str:
@@ -172,9 +171,9 @@ class _Parsed:
         last = flat[-1] if flat else 1
         first = ins[0] if ins and isinstance(ins[0], list) and all(isinstance(v, int) for v in ins[0]) else []
         in_channels = first[1] if len(first) > 1 else 1
+        macs = float(macs or 0)
         reduction = macs / max(out_elements, 1)  # MACs per output element: Cin/groups x kernel area
         self.kind = what.split(":", 1)[0]
-        macs = float(macs or 0)
         self.cls = op_class(what)
         if self.cls == "elementwise" and macs > 0:
             self.cls = "gemm"  # a function the class table does not know that multiplies and adds (an attention)
@@ -204,11 +203,10 @@ class _Parsed:
 class OpModel:
     """Seconds per op signature for one device, fitted on an op table of that device (`fit`)."""
 
-    def __init__(self, device: str, regressor: object, kinds: Sequence[str], entries: int) -> None:
+    def __init__(self, device: str, regressor: object, kinds: Sequence[str]) -> None:
         self.device = device
         self.regressor = regressor
         self.kinds = {k: i for i, k in enumerate(kinds)}
-        self.entries = entries  # table entries it was fitted on
 
     def _matrix(self, parsed: Sequence[_Parsed]) -> np.ndarray:
         rows = [[self.kinds.get(p.kind, np.nan), *p.features] for p in parsed]
@@ -227,7 +225,7 @@ class OpModel:
             )
         parsed = [_Parsed(s) for s in entries]
         kinds = sorted({p.kind for p in parsed})[:250]  # categorical codes must stay below the bin count
-        model = cls(table.device, None, kinds, len(entries))
+        model = cls(table.device, None, kinds)
         x = model._matrix(parsed)
         y = np.log(np.maximum(np.fromiter(entries.values(), float), 1e-9) / np.array([p.work for p in parsed]))
         model.regressor = HistGradientBoostingRegressor(

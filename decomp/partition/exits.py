@@ -72,9 +72,7 @@ class ExitModel(nn.Module):
         self.at = tuple(at)
         output = next(n for n in gm.graph.nodes if n.op == "output")
         (final,) = output.args
-        with gm.graph.inserting_before(output):
-            taps = [nodes[a] for a in at]
-        output.args = ((final, *taps),)
+        output.args = ((final, *(nodes[a] for a in at)),)
         gm.recompile()
         self.backbone = gm
         with torch.no_grad():
@@ -238,18 +236,20 @@ def exit_plan(graph, exits: ExitModel) -> PartitionPlan:
     """A 2-part plan of `graph` (`build_graph(exits, inputs)`) cut at the first exit: the backbone up to the
     exit's op and the exit head on part 0, the rest on part 1. The model's outputs are (final logits, exit
     logits): part 0 makes the exit's, part 1 the final."""
-    order = graph.compute_nodes()
     tap = _first_tap(graph, exits)
-    head = {n for n in order if graph[n].get("module", "").startswith("heads.")}
-    early = set(order[: order.index(tap) + 1])
-    ahead = set(nx.ancestors(graph.nx, tap))
-    part = {n: 0 if (n in early and (n in ahead or n == tap)) or n in head else 1 for n in order}
+    first = {tap, *nx.ancestors(graph.nx, tap)} | _head_nodes(graph, "heads.")
+    part = {n: 0 if n in first else 1 for n in graph.compute_nodes()}
     return PartitionPlan.from_assignment(part, "dag", graph=graph)
+
+
+def _head_nodes(graph, prefix: str) -> set[str]:
+    """Compute nodes run inside the modules under `prefix` (`heads.`: every exit head, `heads.0.`: the first)."""
+    return {n for n in graph.compute_nodes() if f"{graph[n].get('module', '')}.".startswith(prefix)}
 
 
 def _first_tap(graph, exits: ExitModel) -> str:
     """The node of `graph` whose output the first exit head reads."""
-    heads = [n for n in graph.compute_nodes() if graph[n].get("module", "").startswith("heads.0")]
+    heads = _head_nodes(graph, "heads.0.")
     sources = {u for n in heads for u in graph.nx.predecessors(n) if u not in heads}
     if len(sources) != 1:
         raise InvalidPlanError(f"cannot find where exit {exits.at[0]} reads the backbone (found {sorted(sources)})")
