@@ -281,3 +281,35 @@ def test_an_early_exit_export_runs_on_ray_sending_only_the_inputs_that_go_on(tmp
     assert torch.equal(exited, early.softmax(-1).max(-1).values >= threshold) and 0 < report.exited < 16
     torch.testing.assert_close(logits, torch.where(exited[:, None], early, final), atol=1e-5, rtol=0)
     assert report.bytes_kept == report.exited * 8 * 8 * 8 * 4
+
+
+def test_a_gated_models_closed_channels_are_not_sent_between_parts():
+    """A channel-gated CNN cut after a gated activation: with `sparse`, part 0 sends only the open channels
+    (half of them at keep 0.5, per micro-batch of one), and the outputs are the same."""
+    import networkx as nx
+
+    from decomp.build import build_graph
+    from decomp.partition import PartitionPlan, split_model
+    from decomp.pruning.channel_gating import GatedModel
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    ).eval()
+    x = torch.randn(1, 1, 6, 6)
+    gated = GatedModel(model, (x,), 0.5).eval()
+    graph = build_graph(gated, (x,))
+    conv = next(n for n in graph.compute_nodes() if graph[n].get("module") == "backbone.2")
+    (cut,) = graph.nx.predecessors(conv)  # the gated activation the second conv reads
+    first = {cut, *nx.ancestors(graph.nx, cut)}
+    plan = PartitionPlan.from_assignment({n: 0 if n in first else 1 for n in graph.compute_nodes()}, "dag", graph=graph)
+    split = split_model(gated, (x,), plan)
+    batches = [[torch.randn(1, 1, 6, 6)] for _ in range(4)]
+    sent = {}
+    for sparse in (False, True):
+        with RayRunner(split.layout, loaders_for(split.modules), sparse=sparse) as runner:
+            got = list(runner.map(batches))
+            sent[sparse] = runner.stats()[0]["bytes_out"]
+        for (out,), (b,) in zip(got, batches, strict=True):
+            torch.testing.assert_close(out, gated(b))
+    assert sent[False] == 4 * 8 * 36 * 4 and sent[True] == 4 * (4 * 36 * 4 + 4 * 8)

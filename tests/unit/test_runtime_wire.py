@@ -35,3 +35,23 @@ def test_read_only_arrays_are_used_in_place_and_copied_for_the_caller():
     assert mine.data_ptr() != array.ctypes.data and torch.equal(mine, shared)
     mine += 1  # the caller's copy is writable and separate
     assert float(shared[0]) == 0.0
+
+
+def test_activations_with_closed_channels_travel_without_them():
+    from cluster.runners import ChannelSparse, wire_bytes
+
+    t = torch.randn(3, 8, 4, 4)
+    t[:, [0, 2, 3, 5, 7]] = 0  # 5 of 8 channels zero for every input
+    t[1, 1] = 0  # one input's channel 1 is zero, the others' is not: channel 1 is sent
+    wired = to_wire(t, sparse=True)
+    assert isinstance(wired, ChannelSparse) and wired.channels.tolist() == [1, 4, 6]
+    assert wire_bytes(wired) == 3 * 3 * 16 * 4 + 3 * 8 and wire_bytes(to_wire(t)) == 3 * 8 * 16 * 4
+    assert torch.equal(from_wire(wired), t)
+    # at most half the channels zero, a tensor without channels, or sparse off: dense
+    t[:, [0, 2, 3, 5, 7]] = 1.0
+    t[:, :4] = 0
+    assert isinstance(to_wire(t, sparse=True), ChannelSparse)
+    t[:, 3] = 1.0
+    assert isinstance(to_wire(t, sparse=True), np.ndarray)
+    assert isinstance(to_wire(torch.zeros(4, 8), sparse=True), np.ndarray)
+    assert isinstance(to_wire(torch.zeros(2, 8, 3)), np.ndarray)
