@@ -79,7 +79,7 @@ class CostEvaluator:
             measured = [n for n in missing if n in OBJECTIVES and OBJECTIVES[n].measured]
             hint = f" ({', '.join(measured)}: measured by an evaluator that runs the model)" if measured else ""
             raise SearchError(
-                f"CostEvaluator cannot give {', '.join(missing)}{hint}; it gives {', '.join(sorted(metrics))}"
+                f"{type(self).__name__} cannot give {', '.join(missing)}{hint}; it gives {', '.join(sorted(metrics))}"
             )
         return Evaluation.of(
             candidate.id,

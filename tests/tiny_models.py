@@ -101,3 +101,19 @@ class AttentionNet(nn.Module):
     def forward(self, x):
         y, _ = self.attn(x, x, x, need_weights=False)
         return self.head(y)
+
+
+def brightness_batches(
+    n: int = 96,
+    seed: int = 0,
+    shape: tuple[int, ...] = (1, 8, 8),
+    classes: int = 3,
+    batch: int = 16,
+    noise: float = 0.3,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Labelled images whose class is their mean brightness (class c around c): easy from the first conv on.
+    Batches of (images, labels)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = torch.randn(n, *shape, generator=g) * noise + y.float().view(-1, *([1] * len(shape)))
+    return [(x[i : i + batch], y[i : i + batch]) for i in range(0, n, batch)]

@@ -32,28 +32,17 @@ def mlp_stack(width: int = 768, hidden: int = 3072, blocks: int = 2, tokens: int
     return model.eval(), torch.randn(batch, tokens, width)
 
 
-def group_cnn(width: int = 32, channels: int = 1, classes: int = 10, seed: int = 0) -> nn.Module:
-    """Four 3x3 conv blocks (width, 2x width, 2x, 2x) with BatchNorm and ReLU, pooled, one Linear: the CNN the
-    group decomposition benchmark cuts into branches (layers `0`, `3`, `6`, `9`)."""
+def group_cnn(width: int = 32, channels: int = 1, classes: int = 10, seed: int = 0, blocks: int = 4) -> nn.Module:
+    """`blocks` 3x3 conv blocks (width, then 2x width) with BatchNorm and ReLU, pooled, one Linear: the CNN the
+    group decomposition benchmark cuts into branches (4 blocks: layers `0`, `3`, `6`, `9`; block i's conv is
+    layer 3i)."""
     torch.manual_seed(seed)
     w = width
-    return nn.Sequential(
-        nn.Conv2d(channels, w, 3, padding=1),
-        nn.BatchNorm2d(w),
-        nn.ReLU(),
-        nn.Conv2d(w, 2 * w, 3, padding=1),
-        nn.BatchNorm2d(2 * w),
-        nn.ReLU(),
-        nn.Conv2d(2 * w, 2 * w, 3, padding=1),
-        nn.BatchNorm2d(2 * w),
-        nn.ReLU(),
-        nn.Conv2d(2 * w, 2 * w, 3, padding=1),
-        nn.BatchNorm2d(2 * w),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(2 * w, classes),
-    )
+    layers = []
+    for i in range(blocks):
+        layers += [nn.Conv2d(channels if i == 0 else (w if i == 1 else 2 * w), w if i == 0 else 2 * w, 3, padding=1)]
+        layers += [nn.BatchNorm2d(w if i == 0 else 2 * w), nn.ReLU()]
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * w if blocks > 1 else w, classes))
 
 
 def group_cnn_spec(width: int = 32, side: int = 8, seed: int = 0):

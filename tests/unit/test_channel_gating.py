@@ -8,6 +8,7 @@ from torch import nn
 from decomp import InvalidPlanError
 from decomp.pruning.channel_gating import GatedModel, gating_report, train_gates
 from decomp.pruning.train import TrainConfig
+from tests.tiny_models import brightness_batches
 
 
 def net() -> nn.Module:
@@ -29,10 +30,7 @@ def net() -> nn.Module:
 
 
 def data(n: int = 64, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 3, (n,), generator=g)
-    x = torch.randn(n, 2, 8, 8, generator=g) * 0.5 + y[:, None, None, None].float()
-    return [(x[i : i + 16], y[i : i + 16]) for i in range(0, n, 16)]
+    return brightness_batches(n, seed, shape=(2, 8, 8), noise=0.5)
 
 
 def randomise(model: nn.Module) -> nn.Module:

@@ -6,6 +6,7 @@ from torch import nn
 
 from decomp import InvalidPlanError
 from decomp.partition.exits import ExitModel, calibrate_exits, exit_report, train_exits
+from tests.tiny_models import brightness_batches
 
 
 def net() -> nn.Module:
@@ -23,10 +24,7 @@ def net() -> nn.Module:
 
 def data(n: int = 96, seed: int = 0):
     """Three classes told apart by the mean brightness of an 8x8 image: easy from the first block on."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 3, (n,), generator=g)
-    x = torch.randn(n, 1, 8, 8, generator=g) * 0.3 + y[:, None, None, None].float()
-    return [(x[i : i + 16], y[i : i + 16]) for i in range(0, n, 16)]
+    return brightness_batches(n, seed)
 
 
 def test_exit_model_adds_heads_and_keeps_the_final_output():
