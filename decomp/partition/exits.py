@@ -33,7 +33,16 @@ from decomp.partition.plan import PartitionPlan
 from decomp.pruning.train import distillation_loss
 from decomp.tracing import trace
 
-__all__ = ["ExitModel", "ExitReport", "calibrate_exits", "exit_plan", "exit_report", "train_exits"]
+__all__ = [
+    "ExitModel",
+    "ExitOutputs",
+    "ExitReport",
+    "calibrate_exits",
+    "exit_outputs",
+    "exit_plan",
+    "exit_report",
+    "train_exits",
+]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -140,7 +149,18 @@ def train_exits(
     return losses
 
 
-def _outputs(exits: ExitModel, loader: Batches) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+@dataclass(frozen=True)
+class ExitOutputs:
+    """An `ExitModel`'s softmax outputs on a set of samples: the final output's, each exit's, the labels."""
+
+    final: torch.Tensor
+    exits: list[torch.Tensor]
+    labels: torch.Tensor
+
+
+def exit_outputs(exits: ExitModel, loader: Batches) -> ExitOutputs:
+    """Run `loader` through `exits` once: what `calibrate_exits` and `exit_report` read (pass it to them to
+    try many thresholds without running the model again)."""
     finals, per_exit, labels = [], [[] for _ in exits.at], []
     exits.eval()
     with torch.no_grad():
@@ -150,7 +170,12 @@ def _outputs(exits: ExitModel, loader: Batches) -> tuple[torch.Tensor, list[torc
             for k, lg in enumerate(logits):
                 per_exit[k].append(lg.softmax(-1))
             labels.append(y)
-    return torch.cat(finals), [torch.cat(p) for p in per_exit], torch.cat(labels)
+    return ExitOutputs(torch.cat(finals), [torch.cat(p) for p in per_exit], torch.cat(labels))
+
+
+def _outputs(exits: ExitModel, data: Batches | ExitOutputs) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    out = data if isinstance(data, ExitOutputs) else exit_outputs(exits, data)
+    return out.final, out.exits, out.labels
 
 
 def _decide(
@@ -166,7 +191,9 @@ def _decide(
     return prediction, left
 
 
-def calibrate_exits(exits: ExitModel, loader: Batches, max_drop: float = 0.005, confidence: float = 0.9) -> list[float]:
+def calibrate_exits(
+    exits: ExitModel, loader: Batches | ExitOutputs, max_drop: float = 0.005, confidence: float = 0.9
+) -> list[float]:
     """Per exit, the lowest threshold on the top softmax probability that keeps the accuracy within `max_drop`
     of the final output's on `loader` (see the module docstring), with `confidence`: the drop measured on
     these samples is an estimate, so what must stay within `max_drop` is its one-sided upper bound at that
@@ -210,8 +237,9 @@ class ExitReport:
         return asdict(self)
 
 
-def exit_report(exits: ExitModel, thresholds: Sequence[float], loader: Batches) -> ExitReport:
-    """What the exits with `thresholds` do on `loader`'s inputs (see the module docstring)."""
+def exit_report(exits: ExitModel, thresholds: Sequence[float], loader: Batches | ExitOutputs) -> ExitReport:
+    """What the exits with `thresholds` do on `loader`'s inputs, or on outputs `exit_outputs` gave (see the
+    module docstring)."""
     final, probs, labels = _outputs(exits, loader)
     prediction, left = _decide(final, probs, thresholds)
     n = len(labels)
