@@ -314,6 +314,57 @@ def decompose(
 
 
 @app.command()
+def exits(
+    model: Annotated[
+        str, typer.Argument(help="a trained classifier's model spec (as for graph), traced with torch.fx")
+    ],
+    at: Annotated[str, typer.Option(help="the op (fx node name, as decomp graph lists them) to put the exit after")],
+    data: Annotated[str, typer.Option(help="data to train the head and measure on: mnist, digits, python:...")],
+    out: Annotated[Path, typer.Option(help="export folder to write (must not exist or be empty)")],
+    weights: Weights = None,
+    input_shape: InputShapes = None,
+    head_epochs: Annotated[int, typer.Option(help="epochs training the exit head (the backbone frozen)")] = 10,
+    lr: Annotated[float, typer.Option(help="head learning rate")] = 1e-2,
+    max_drop: Annotated[float, typer.Option(help="accuracy the exit may cost, a share (0.005: half a point)")] = 0.005,
+    confidence: Annotated[float, typer.Option(help="confidence that the drop stays within --max-drop")] = 0.9,
+    validation: Annotated[float, typer.Option(help="share of the training split to calibrate on")] = 0.2,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing export folder")] = False,
+    png: PlanPicture = None,
+    json_path: JsonOut = None,
+) -> None:
+    """Put an early exit after op --at of MODEL: train its head, calibrate its threshold on a validation split
+    for --max-drop, measure it on the test split, export the model split at the exit (2 parts) and verify.
+    `decomp eval OUT` then scores the export with the exit as the runtime applies it."""
+    from decomp.partition.exit_job import ExitRequest, run_exits
+
+    request = ExitRequest(
+        model,
+        at,
+        data,
+        **_loading(weights, input_shape),
+        head_epochs=head_epochs,
+        lr=lr,
+        max_drop=max_drop,
+        confidence=confidence,
+        validation=validation,
+    )
+    with console.status(f"training and calibrating an exit after {at} of {model} ..."):
+        summary = run_exits(request, out, overwrite=overwrite)
+    test = summary.test
+    threshold = "closed (no threshold keeps the budget)" if summary.threshold > 1 else f"{summary.threshold:.3f}"
+    console.print(
+        f"exit after {at}: threshold {threshold}; on the test split {100 * test['exit_share'][0]:.1f}% of inputs "
+        f"leave there, accuracy {100 * test['accuracy']:.2f}% (the model's own {100 * test['final_accuracy']:.2f}%), "
+        f"MACs per input {test['macs'] / 1e6:.3g}M of {test['full_macs'] / 1e6:.3g}M, bytes per input not sent "
+        f"across the cut {test['bytes_not_sent'][0]:,.0f}"
+    )
+    console.print(f"wrote {summary.out} (verified: max abs diff {summary.max_abs_diff:.3g}); score it with")
+    console.print(f"  decomp eval {summary.out} --local")
+    _draw_plan(png, summary.graph, summary.plan, f"{model}: exit after {at}, 2 parts")
+    write_json(json_path, summary.to_json())
+
+
+@app.command()
 def run(
     export: Annotated[Path, typer.Argument(help="an export folder written by decomp split or decomp export")],
     batch_size: Annotated[

@@ -147,7 +147,7 @@ def eval_command(
     table.add_row("measured now", format_value("accuracy", score.accuracy))
     if score.recorded is not None:
         level = f" ({score.level})" if score.level else ""
-        table.add_row(f"recorded by the search{level}", format_value("accuracy", score.recorded))
+        table.add_row(f"recorded by {score.recorded_by}{level}", format_value("accuracy", score.recorded))
         table.add_row("difference (points)", f"{100 * score.difference:+.2f}")
     console.print(table)
     write_json(json_path, score.to_json())

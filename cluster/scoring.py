@@ -4,7 +4,9 @@ actor per part), beside the figure the search reported for it.
 The data spec names the data set and its split exactly as a job file does, so the test split is the one the
 search reported on (its validation split is carved from the training data and never overlaps it). An export
 made by `decomp export` records how its run measured accuracy (data spec, validation share, seed, samples at
-most): those are the defaults, so the export is scored on exactly the samples the search scored it on. Exports
+most): those are the defaults, so the export is scored on exactly the samples the search scored it on. An
+early-exit export (`decomp exits`) runs in an `ExitRunner` with its recorded threshold, and is compared with
+the accuracy `decomp exits` measured with the exit. Exports
 traced for one batch size only (`torch.export`: Hugging Face models) get batches of that size, the last one
 padded with copies of its first sample and the padding ignored.
 """
@@ -40,6 +42,7 @@ class ExportScore:
     recorded: float | None  # the search's figure for this split (test: `test_accuracy`)
     level: str | None  # the fidelity level the recorded figure was measured at
     runner: str
+    recorded_by: str = "the search"  # or `decomp exits` for an early-exit export
 
     @property
     def difference(self) -> float | None:
@@ -75,7 +78,8 @@ def score_export(
             f"({', '.join(i.name for i in manifest.inputs)}); evaluate it from Python with decomp.load_export"
         )
     search = (manifest.expected_costs or {}).get("search", {})
-    job = search.get("measured_on") or {}
+    exit_info = (manifest.expected_costs or {}).get("exit")  # an early-exit export (`decomp exits`)
+    job = (exit_info or search).get("measured_on") or {}
     if data is None and not job.get("data"):
         raise SpecError(
             f"{folder} records no data its accuracy was measured on (an export of a run without data, or made by "
@@ -93,7 +97,14 @@ def score_export(
     fixed = _fixed_batch(manifest)
     size = fixed or batch_size
     layout, loaders = manifest_layout(manifest), export_loaders(folder)
-    runner = LocalRunner(layout, loaders, threads) if local else RayRunner(layout, loaders, threads=threads)
+    if exit_info is not None:  # answered where the runtime answers: at the exit when it is confident
+        from cluster.exit_runner import ExitRunner
+
+        runner = ExitRunner(layout, loaders, float(exit_info["threshold"]), threads=threads, local=local)
+    elif local:
+        runner = LocalRunner(layout, loaders, threads)
+    else:
+        runner = RayRunner(layout, loaders, threads=threads)
     correct = seen = 0
     try:
         loader = torch.utils.data.DataLoader(dataset, batch_size=size, shuffle=False)
@@ -108,6 +119,8 @@ def score_export(
         runner.close()
     metrics = search.get("metrics", {})
     recorded = {"test": metrics.get("test_accuracy"), "validation": search.get("values", {}).get("accuracy")}
+    if exit_info is not None:
+        recorded = {s: exit_info[s]["accuracy"] for s in ("test", "validation")}
     figure = recorded.get(split) if own else None
     return ExportScore(
         str(folder),
@@ -118,6 +131,7 @@ def score_export(
         None if figure is None else float(figure),
         search.get("level"),
         "local" if local else "ray",
+        "decomp exits" if exit_info is not None else "the search",
     )
 
 

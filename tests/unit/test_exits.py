@@ -106,3 +106,44 @@ def test_the_exit_runner_stops_confident_inputs_at_part_0(threshold):
     row = 8 * 8 * 8 * 4  # the cut's activation per input
     assert report.inputs == 12 and report.exited == int(confident.sum())
     assert report.bytes_kept == row * report.exited and report.bytes_sent == row * (12 - report.exited)
+
+
+def test_cli_exits_exports_and_eval_scores_the_export_with_its_exit(tmp_path):
+    """`decomp exits` on a trained CNN: the exit's figures recorded in the manifest; `decomp eval` runs the
+    export with the exit applied and gets the test accuracy `decomp exits` recorded."""
+    import json
+
+    from safetensors.torch import save_model
+    from torch.utils.data import DataLoader
+    from typer.testing import CliRunner
+
+    from cluster.cli import app
+    from decomp.data import load_data
+    from decomp.partition.manifest import read_manifest
+    from decomp.pruning.train import TrainConfig, train
+    from tests.benchmarks.models import group_cnn
+
+    model = group_cnn(32)
+    train(model, DataLoader(load_data("digits").train, batch_size=64, shuffle=True), TrainConfig(epochs=2, lr=3e-3))
+    save_model(model, tmp_path / "cnn.safetensors")
+    spec, out = "python:tests.benchmarks.models:group_cnn_spec", tmp_path / "exit"
+    args = ["exits", spec, "--weights", str(tmp_path / "cnn.safetensors"), "--at", "_5", "--data", "digits"]
+    result = CliRunner().invoke(
+        app, [*args, "--out", str(out), "--head-epochs", "3", "--json", str(tmp_path / "e.json")]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "e.json").read_text())
+    recorded = read_manifest(out).expected_costs["exit"]
+    assert recorded["at"] == "_5" and recorded["threshold"] == summary["threshold"]
+    assert recorded["test"]["final_accuracy"] == pytest.approx(summary["accuracy"])
+    result = CliRunner().invoke(app, ["eval", str(out), "--local", "--json", str(tmp_path / "s.json")])
+    assert result.exit_code == 0, result.output
+    score = json.loads((tmp_path / "s.json").read_text())
+    assert score["recorded_by"] == "decomp exits" and score["samples"] == 360
+    assert score["accuracy"] == pytest.approx(recorded["test"]["accuracy"], abs=1e-6)  # the same samples right
+    # an op the model does not have is named, with ops it does have
+    bad = CliRunner().invoke(app, [*args[:5], "nope", *args[6:], "--out", str(tmp_path / "bad")])
+    assert isinstance(bad.exception, InvalidPlanError) and "no op nope in the model; ops are e.g. _0" in str(
+        bad.exception
+    )
+    assert not (tmp_path / "bad").exists()  # nothing written
