@@ -16,6 +16,7 @@ At smoke size: a smaller budget, one seed, fewer fine-tuning epochs; the hypervo
 """
 
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,12 +120,79 @@ def test_joint_decomposition_search_vs_depth_only():
     ]
     front_kinds = _front_kinds(runs, objectives)
     lines += ["", f"Choices on the joint runs' fronts (points, all searchers and seeds): {front_kinds}."]
+    if size.is_full():
+        _figure(runs, objectives, Path(__file__).resolve().parents[2] / "docs" / "decomposition_front.png")
+        lines += ["", "![points and joint front, by kind](docs/decomposition_front.png)"]
     record("search-decomposition", lines)
     print("\n".join(lines))
     assert all(v > 0 for vs in volumes.values() for v in vs), volumes
     if size.is_full():
         worse = [n for n, r in zip(names, ratios, strict=True) if r < 1.0]
         assert not worse, f"joint fronts below depth-only for {', '.join(worse)}: {volumes}"
+
+
+def _figure(runs, objectives, path) -> None:
+    """Every evaluated point (depth-only runs grey; joint runs coloured by what the regions became) in MACs vs
+    latency and bytes vs latency, the joint runs' overall front ringed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from search.pareto import non_dominated
+
+    points = {}  # (label, values) -> kind, deduplicated
+    for (_, label), told in runs.items():
+        for run in told:
+            for kinds, e in run:
+                if e.ok:
+                    kind = "depth only" if label == "depth only" else _kind(kinds)
+                    points.setdefault((kind, e.values), kind)
+    joint = [v for (k, v) in points if k != "depth only"]
+    front = {tuple(v) for v, keep in zip(joint, non_dominated(minimized(joint, objectives)), strict=True) if keep}
+    at = {o.name: i for i, o in enumerate(objectives)}
+    colours = {"depth only": "#bdbdbd", "whole": "#3182bd", "width": "#fd8d3c", "group": "#31a354", "mixed": "#756bb1"}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (x, xlabel, scale) in zip(
+        axes,
+        [("macs", "MACs (M, batch of 64)", 1e-6), ("comm_bytes", "bytes sent between parts (MB)", 1e-6)],
+        strict=True,
+    ):
+        for kind, colour in colours.items():
+            chosen = [v for (k, v) in points if k == kind]
+            if chosen:
+                ax.scatter(
+                    [v[at[x]] * scale for v in chosen],
+                    [v[at["latency_s"]] * 1e3 for v in chosen],
+                    s=18,
+                    c=colour,
+                    label=kind,
+                    alpha=0.8,
+                )
+        ringed = [v for v in front]
+        ax.scatter(
+            [v[at[x]] * scale for v in ringed],
+            [v[at["latency_s"]] * 1e3 for v in ringed],
+            s=60,
+            facecolors="none",
+            edgecolors="black",
+            label="joint front",
+        )
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("predicted latency (ms)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Joint decomposition search vs depth cuts only (7-block CNN, 4 CPU devices)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _kind(kinds) -> str:
+    used = {kind for kind, _ in kinds}
+    if used == {"depth"}:
+        return "whole"
+    used.discard("depth")
+    return used.pop() if len(used) == 1 else "mixed"
 
 
 def _label(kinds) -> str:
