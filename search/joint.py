@@ -18,7 +18,9 @@ Genes (names as `Space.names` lists them; fixed choices get no gene):
   nodes; with k parts the first k - 1 are used, sorted, each stage non-empty. DAG mode: `part:<block>`
   integers per block of the coarsened graph (`decomp.coarsen`), taken modulo the part count, made
   acyclic by `decomp.partition.plan.repair` and renumbered by first appearance; a DAG plan may end
-  with fewer parts than asked when repair merges some.
+  with fewer parts than asked when repair merges some. With `partitioner="dp"` (pipeline mode: a
+  bi-level search) there are no cut genes: each candidate's cuts are the optimal pipeline of its
+  pruned costs (`decomp.partition.baselines.pipeline_cuts`: least bottleneck, then fewest bytes).
 
 `repair` writes what decoding will use back into the genome (sorted cuts, exact cut positions, the
 repaired and renumbered block parts), so `decode(repair(g))` is the plan `repair` settled on and
@@ -37,17 +39,19 @@ import numpy as np
 from decomp.coarsen import coarsen
 from decomp.errors import SearchError
 from decomp.graph import ModelGraph
+from decomp.partition.baselines import StageCost, pipeline_cuts, received_matrix
 from decomp.partition.plan import PartitionPlan, expand, quotient, repair
 from decomp.pruning.estimate import Estimator
 from decomp.pruning.plan import CRITERIA, GroupChoice, LayerSparsity, PruningPlan, parse_pattern
 from search.records import Gene
 from search.space import Genome, Space
 
-__all__ = ["DEFAULT_LEVELS", "ENCODINGS", "PARTITION_MODES", "JointConfig", "JointSpace"]
+__all__ = ["DEFAULT_LEVELS", "ENCODINGS", "PARTITIONERS", "PARTITION_MODES", "JointConfig", "JointSpace"]
 
 DEFAULT_LEVELS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
 ENCODINGS = ("per_group", "compact")
 PARTITION_MODES = ("pipeline", "dag")
+PARTITIONERS = ("genes", "dp")
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class JointConfig:
     blocks: int = 16
     round_to: int = 1
     criterion: str = "l1"
+    partitioner: str = "genes"
 
     def __post_init__(self) -> None:
         levels = tuple(sorted({float(v) for v in self.levels}, reverse=True))
@@ -89,6 +94,10 @@ class JointConfig:
             raise SearchError(f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)}")
         if self.round_to < 1:
             raise SearchError(f"round_to must be >= 1, got {self.round_to}")
+        if self.partitioner not in PARTITIONERS:
+            raise SearchError(f"unknown partitioner {self.partitioner!r}; choose one of {', '.join(PARTITIONERS)}")
+        if self.partitioner == "dp" and self.mode != "pipeline":
+            raise SearchError("the dp partitioner cuts pipelines; for mode 'dag' use partitioner 'genes'")
 
 
 class JointSpace(Space):
@@ -108,6 +117,7 @@ class JointSpace(Space):
                 f"max_parts={self.max_parts}"
             )
         self.estimator = Estimator(graph)
+        self.dp = config.partitioner == "dp"
         self.searched = len(config.levels) > 1  # one level: pruning fixed, no pruning genes
         self.groups = self._ordered_groups() if self.searched or config.levels[0] < 1.0 else []
         self.stages = _spans(self.groups, config.stages)
@@ -160,9 +170,9 @@ class JointSpace(Space):
         genes += [Gene(f"nm:{layer}", 0, 1, integer=True) for layer in self.nm_layers]
         if self.config.min_parts < self.max_parts:
             genes.append(Gene("parts", self.config.min_parts, self.max_parts, integer=True))
-        if self.max_parts > 1 and self.blocks is None:
+        if self.max_parts > 1 and self.blocks is None and not self.dp:
             genes += [Gene(f"cut:{i}", 0.0, 1.0) for i in range(self.max_parts - 1)]
-        elif self.max_parts > 1:
+        elif self.max_parts > 1 and self.blocks is not None:
             genes += [Gene(f"part:{b}", 0, self.max_parts - 1, integer=True) for b in self.block_names]
         return genes
 
@@ -178,9 +188,9 @@ class JointSpace(Space):
         """Clip, then make the partition genes say exactly what decoding will use."""
         genome = list(self.clip(genome))
         k = self._parts(genome)
-        if self.blocks is None:
+        if self.blocks is None and not self.dp:
             self._repair_cuts(genome, k)
-        elif self.max_parts > 1:
+        elif self.blocks is not None and self.max_parts > 1:
             plan = self._block_plan(genome, k)
             part = plan.part_of()
             for b in self.block_names:
@@ -221,11 +231,11 @@ class JointSpace(Space):
         genome = [0.0] * len(self.genes)
         if "parts" in self._at:
             genome[self._at["parts"]] = k
-        if self.blocks is None:
+        if self.blocks is None and not self.dp:
             positions = _balanced([self.graph[n]["macs"] for n in self.nodes], k)
             for i, p in enumerate(positions):
                 genome[self._at[f"cut:{i}"]] = p / len(self.nodes)
-        elif k > 1:
+        elif self.blocks is not None and k > 1:
             positions = [0, *_balanced([self.blocks[b]["macs"] for b in self.block_names], k)]
             for b, name in enumerate(self.block_names):
                 genome[self._at[f"part:{name}"]] = sum(b >= p for p in positions) - 1
@@ -288,7 +298,7 @@ class JointSpace(Space):
         pruning = PruningPlan(groups=choices, criterion=self.config.criterion, round_to=self.config.round_to)
         if self.nm_layers:
             pruning = self._with_nm(pruning, genome)
-        return pruning, self._partition(genome)
+        return pruning, self._partition(genome, pruning)
 
     def _with_nm(self, plan: PruningPlan, genome: Genome) -> PruningPlan:
         chosen = [layer for layer in self.nm_layers if int(genome[self._at[f"nm:{layer}"]])]
@@ -303,13 +313,27 @@ class JointSpace(Space):
         )
         return PruningPlan(plan.groups, layers, plan.criterion, plan.round_to)
 
-    def _partition(self, genome: Genome) -> PartitionPlan:
+    def _partition(self, genome: Genome, pruning: PruningPlan) -> PartitionPlan:
         k = self._parts(genome)
         if k == 1:
             return PartitionPlan.from_assignment(dict.fromkeys(self.nodes, 0), self.config.mode, graph=self.graph)
+        if self.dp:
+            return self._dp_pipeline(pruning, k)
         if self.blocks is None:
             return PartitionPlan.pipeline(self.graph, self._cut_positions(genome, k))
         return expand(self._block_plan(genome, k), self.blocks)
+
+    def _dp_pipeline(self, pruning: PruningPlan, k: int) -> PartitionPlan:
+        """The k-stage pipeline with the least bottleneck, then the fewest bytes, for the pruned candidate: each
+        op's pruned time (measured seconds scaled, where the graph has them; else MACs) and each tensor's
+        pruned size (`pipeline_cuts`)."""
+        estimate = self.estimator(pruning)
+        at = [self.estimator.index[n] for n in self.nodes]
+        measured = estimate.seconds is not None
+        work = (estimate.seconds if measured else estimate.macs)[at]
+        kept = {n: float(estimate.out_fraction[i]) for n, i in self.estimator.index.items()}
+        cuts = pipeline_cuts(work, received_matrix(self.graph, kept), k, StageCost(measured=measured))
+        return PartitionPlan.pipeline(self.graph, cuts)
 
 
 def _balanced(weights: Sequence[float], k: int) -> list[int]:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,19 +84,20 @@ def _check_parts(graph: ModelGraph, parts: int) -> list[str]:
     return nodes
 
 
-def _received_matrix(graph: ModelGraph) -> np.ndarray:
+def received_matrix(graph: ModelGraph, kept: Mapping[str, float] | None = None) -> np.ndarray:
     """R[i, j] = bytes that stage [i, j) of `graph.compute_nodes()` receives: tensors made before i (model
     inputs included) that a node in [i, j) reads, each once. Built as a sum of rectangles: a tensor made at p
-    and read at c1 < c2 < ... is received by [i, j) when, for some k, c(k-1) < i <= c(k) < j (c0 = p)."""
+    and read at c1 < c2 < ... is received by [i, j) when, for some k, c(k-1) < i <= c(k) < j (c0 = p).
+    `kept`: the share of each producer's output a pruned candidate keeps (default: all of it)."""
     nodes = graph.compute_nodes()
     n = len(nodes)
     where = {v: i for i, v in enumerate(nodes)}
-    made: dict[Any, tuple[int, int]] = {}  # tensor -> (producer position, bytes)
+    made: dict[Any, tuple[int, float]] = {}  # tensor -> (producer position, bytes)
     readers: dict[Any, set[int]] = {}
     for u, v, tensor, size in tensor_flows(graph):
         if v not in where or (u not in where and graph[u]["op"] != "placeholder"):
             continue
-        made.setdefault(tensor, (where.get(u, -1), size))
+        made.setdefault(tensor, (where.get(u, -1), size * kept.get(u, 1.0) if kept is not None else size))
         readers.setdefault(tensor, set()).add(where[v])
     rows, cols, values = [], [], []
     for tensor, (producer, size) in made.items():
@@ -105,8 +107,9 @@ def _received_matrix(graph: ModelGraph) -> np.ndarray:
             cols += [reader + 1, reader + 1]
             values += [size, -size]
             previous = reader
-    table = np.zeros((n + 2, n + 2), dtype=np.int64)
-    np.add.at(table, (np.array(rows, dtype=np.intp), np.array(cols, dtype=np.intp)), np.array(values, np.int64))
+    dtype = np.int64 if kept is None else np.float64
+    table = np.zeros((n + 2, n + 2), dtype=dtype)
+    np.add.at(table, (np.array(rows, dtype=np.intp), np.array(cols, dtype=np.intp)), np.array(values, dtype))
     np.cumsum(table, axis=0, out=table)
     np.cumsum(table, axis=1, out=table)
     return table[: n + 1, : n + 1]
@@ -114,15 +117,21 @@ def _received_matrix(graph: ModelGraph) -> np.ndarray:
 
 def optimal_pipeline(graph: ModelGraph, parts: int, cost: StageCost = StageCost()) -> PartitionPlan:
     """The pipeline plan with `parts` stages whose slowest stage is fastest under `cost`; among those, the one
-    that sends the fewest bytes in total; among those, the one whose later cuts come earliest.
+    that sends the fewest bytes in total; among those, the one whose later cuts come earliest (`pipeline_cuts`)."""
+    nodes = _check_parts(graph, parts)
+    return PartitionPlan.pipeline(graph, pipeline_cuts(cost.work(graph, nodes), received_matrix(graph), parts, cost))
+
+
+def pipeline_cuts(work: np.ndarray, received: np.ndarray, parts: int, cost: StageCost = StageCost()) -> list[int]:
+    """The `parts - 1` cut positions of the optimal pipeline (see `optimal_pipeline`) of nodes with per-node
+    `work` (in `cost`'s unit) and `received[i, j]`: the bytes stage [i, j) receives (`received_matrix`).
 
     Two passes over the (N+1) x (N+1) table of stage times: the first finds the least bottleneck B, the
     second the least total received bytes over splits whose every stage takes at most B. O(K N^2) time
     and O(N^2) memory for N compute nodes."""
-    nodes = _check_parts(graph, parts)
-    n = len(nodes)
-    received = _received_matrix(graph)
-    work = cost.work(graph, nodes)
+    n = len(work)
+    if not 1 <= parts <= n:
+        raise InvalidPlanError(f"cannot split {n} compute node(s) into {parts} part(s); ask for 1..{n} parts")
     prefix = np.concatenate([np.zeros(1, work.dtype), np.cumsum(work)])
     times = cost.time(prefix[None, :] - prefix[:, None], received)
     rows = np.arange(n + 1)
@@ -138,7 +147,7 @@ def optimal_pipeline(graph: ModelGraph, parts: int, cost: StageCost = StageCost(
     for k in range(parts - 1, 0, -1):  # the earliest start of stage k that reaches the optimum
         end = int(np.flatnonzero(totals[k - 1] + bytes_in[:, end] == totals[k][end])[0])
         cuts.append(end)
-    return PartitionPlan.pipeline(graph, sorted(cuts))
+    return sorted(cuts)
 
 
 def graph_partition(

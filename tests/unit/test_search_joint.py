@@ -33,6 +33,7 @@ CONFIGS = {
     "dag": JointConfig(mode="dag", blocks=8),
     "nm": JointConfig(nm_pattern="2:4", levels=(1.0, 0.5)),
     "fixed_parts": JointConfig(min_parts=3, max_parts=3),
+    "dp": JointConfig(partitioner="dp"),
 }
 
 
@@ -93,6 +94,42 @@ def test_optimal_pipeline_cuts_are_expressible(tiny):
     n = len(graph.compute_nodes())
     _, plan = space.decode(space.repair([c / n for c in best.cuts(graph)]))
     assert plan == best
+
+
+def test_the_dp_partitioner_cuts_each_candidate_optimally_for_its_pruned_costs(tiny):
+    """Bi-level: no cut genes; a candidate's cuts give the least bottleneck of its pruned stage costs (then the
+    fewest bytes), checked against every possible cut of 2 and 3 stages; unpruned, they are optimal_pipeline's."""
+    import itertools
+
+    from decomp.partition.baselines import pipeline_cuts, received_matrix
+
+    _, _, graph, _ = tiny
+    space = JointSpace(graph, 3, JointConfig(partitioner="dp"))
+    assert not any(n.startswith("cut:") for n in space.names) and "parts" in space.names
+    rng = np.random.default_rng(1)
+    nodes = graph.compute_nodes()
+    for _ in range(6):
+        genome = space.repair(space.sample(rng))
+        pruning, plan = space.decode(genome)
+        k = int(genome[space.names.index("parts")])
+        assert plan.parts == k and plan.mode == "pipeline"
+        estimate = space.estimator(pruning)
+        work = estimate.macs[[space.estimator.index[n] for n in nodes]]
+        kept = {n: float(estimate.out_fraction[i]) for n, i in space.estimator.index.items()}
+        received = received_matrix(graph, kept)
+        cost = StageCost()
+
+        def bottleneck(cuts, work=work, received=received, cost=cost):
+            bounds = [0, *cuts, len(nodes)]
+            return max(cost.time(work[a:b].sum(), received[a, b]) for a, b in zip(bounds, bounds[1:], strict=False))
+
+        chosen = [i for i, n in enumerate(nodes) if i and plan.part_of()[n] != plan.part_of()[nodes[i - 1]]]
+        best = min(bottleneck(list(c)) for c in itertools.combinations(range(1, len(nodes)), k - 1))
+        assert bottleneck(chosen) == pytest.approx(best) and chosen == pipeline_cuts(work, received, k, cost)
+    unpruned = space.decode(space.baselines()[-1])[1]
+    assert unpruned.assignment == optimal_pipeline(graph, 3).assignment
+    with pytest.raises(SearchError, match="dp partitioner cuts pipelines"):
+        JointConfig(mode="dag", partitioner="dp")
 
 
 def test_compact_encoding_is_one_level_plus_stage_offsets(tiny):
