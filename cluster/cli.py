@@ -19,6 +19,7 @@ from cluster.cli_app import (
     Placement,
     PlanPicture,
     Replicas,
+    Sparse,
     Transport,
     Weights,
     app,
@@ -380,6 +381,7 @@ def run(
     transport: Transport = "auto",
     replicas: Replicas = None,
     placement: Placement = "PACK",
+    sparse: Sparse = False,
     json_path: JsonOut = None,
 ) -> None:
     """Run an export on random inputs, one Ray actor per part, and report throughput, latency and busy time."""
@@ -399,6 +401,7 @@ def run(
             replicas=replicas,
             placement=placement,
             progress=lambda step: status.update(f"{export}: {step} ..."),
+            sparse=sparse,
         )
     console.print(run_table(report))
     write_json(json_path, report.to_json())

@@ -44,6 +44,13 @@ Replicas = Annotated[
     Optional[int],
     typer.Option(help="copies of the pipeline side by side, batches dealt in turn (default: what the search priced)"),
 ]
+Sparse = Annotated[
+    bool,
+    typer.Option(
+        help="send activations whose channels are at least half zero as their nonzero channels and indices (the "
+        "closed channels of a channel-gated model; object store only)"
+    ),
+]
 Placement = Annotated[
     str,
     typer.Option(

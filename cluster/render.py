@@ -162,6 +162,9 @@ def run_table(report) -> Table:
             where = f"{report.devices[i]}{node}, outputs by {report.transports[k]}"
         label = f"replica {replica} part {k}" if report.replicas > 1 else f"part {k}"
         table.add_row(f"{label} busy", f"{busy:.3f} s ({100 * share:.0f}%)", where)
+        sent = report.bytes_out[i] if i < len(report.bytes_out) else 0
+        if sent:
+            table.add_row(f"{label} sends", f"{sent / 1024:.1f} KiB per sample", "through the object store")
     return table
 
 

@@ -50,6 +50,7 @@ class RunReport:
     transports: tuple[str, ...] = ()  # per part, how its outputs travelled (`cluster.runners.TRANSPORTS`)
     nodes: tuple[str, ...] = ()  # per part of each replica, the Ray node it ran on (name or address)
     replicas: int = 1
+    bytes_out: tuple[float, ...] = ()  # per part, bytes per sample its outputs took through the object store
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,7 +70,8 @@ def measure(
     chunks = split_batch(inputs, micro_batches)
     for _ in runner.map(chunks * warmup):
         pass
-    busy_before = [s["busy_s"] for s in runner.stats()]
+    before = runner.stats()
+    busy_before = [s["busy_s"] for s in before]
     submitted: dict[int, float] = {}
     latencies: list[float] = []
     batch: list[Any] = []
@@ -115,6 +117,10 @@ def measure(
         transports=tuple(getattr(runner, "transports", ["in-process"] * len(runner.layout.parts))),
         nodes=tuple(s.get("node", "") for s in stats),
         replicas=getattr(runner, "replicas", 1),
+        bytes_out=tuple(
+            (s.get("bytes_out", 0) - b.get("bytes_out", 0)) / max(1, done * inputs[0].shape[0])
+            for s, b in zip(stats, before, strict=True)
+        ),
     )
     return report, outputs
 
@@ -160,11 +166,12 @@ def run_export(
     replicas: int | None = None,
     placement: str = "PACK",
     progress: Callable[[str], None] | None = None,
+    sparse: bool = False,
 ) -> RunReport:
     """Run an export folder on random inputs (one Ray actor per part, with `transport` between them, in
     `replicas` copies placed by `placement`; or in this process with `local`) and measure it. The batch size
     micro-batches and replicas default to what the search priced (`priced_batch`, `priced_replicas`; one
-    copy in this process); `progress` hears each step."""
+    copy in this process); `sparse`: see `RayRunner`; `progress` hears each step."""
     say = progress or (lambda _: None)
     manifest = read_manifest(folder)
     priced_size, priced_micro = priced_batch(manifest)
@@ -182,7 +189,13 @@ def run_export(
         copies = f" x {replicas} replicas" if replicas > 1 else ""
         say(f"starting {parts * replicas} Ray actor(s) ({parts} parts{copies}); each loads its part file")
         runner = RayRunner(
-            layout, loaders, threads=threads, transport=transport, replicas=replicas, placement=placement
+            layout,
+            loaders,
+            threads=threads,
+            transport=transport,
+            replicas=replicas,
+            placement=placement,
+            sparse=sparse,
         )
     try:
         size = inputs[0].shape[0] if inputs else 0

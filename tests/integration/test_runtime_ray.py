@@ -283,7 +283,7 @@ def test_an_early_exit_export_runs_on_ray_sending_only_the_inputs_that_go_on(tmp
     assert report.bytes_kept == report.exited * 8 * 8 * 8 * 4
 
 
-def test_a_gated_models_closed_channels_are_not_sent_between_parts():
+def test_a_gated_models_closed_channels_are_not_sent_between_parts(tmp_path):
     """A channel-gated CNN cut after a gated activation: with `sparse`, part 0 sends only the open channels
     (half of them at keep 0.5, per micro-batch of one), and the outputs are the same."""
     import networkx as nx
@@ -313,3 +313,10 @@ def test_a_gated_models_closed_channels_are_not_sent_between_parts():
         for (out,), (b,) in zip(got, batches, strict=True):
             torch.testing.assert_close(out, gated(b))
     assert sent[False] == 4 * 8 * 36 * 4 and sent[True] == 4 * (4 * 36 * 4 + 4 * 8)
+    # exported, `decomp run --sparse` reports what part 0 sends per sample
+    from cluster.runtime import run_export
+    from decomp.partition import export_split
+
+    export_split(split, tmp_path / "gated")
+    per_sample = {s: run_export(tmp_path / "gated", 1, batches=2, sparse=s).bytes_out[0] for s in (False, True)}
+    assert per_sample[False] == 8 * 36 * 4 and per_sample[True] == 4 * 36 * 4 + 4 * 8
