@@ -10,7 +10,9 @@ and saves nothing is never needed; a move that improves every objective (a parti
 the bottleneck without changing the model) has a loss of at most 0 and is taken first. Infeasible moves
 (constraint violation > 0) are taken only when no feasible move saves anything, the least violating
 first. When no move saves any resource the trajectory ends at a local optimum and a new one starts from
-a random genome (`space.sample`), with a smaller step after each restart of a float space.
+a random genome (`space.sample`), with a smaller step after each restart of a float space. A step whose
+moves were all told before is walked at the next ask without asking anything (at most `STALLED_STEPS` in a
+row, then the ask explores at random).
 
 Every point of every trajectory is a told result, so the searcher's front is the front of all visited
 points: NetAdapt's family of models from large to small, plus the local optima of the partition.
@@ -35,6 +37,10 @@ from search.registry import register
 from search.settings import Settings, check_number
 
 __all__ = ["GreedySearcher", "GreedySettings"]
+
+# steps walked at one ask without asking anything (their moves were all told before) before the ask explores
+# at random instead: a small space the walks have exhausted would otherwise recurse through restarts forever
+STALLED_STEPS = 1000
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,7 @@ class GreedySearcher(Searcher):
         self._seen: dict[tuple, list] = {}  # genome -> [values, violation] of everything told
         self._restarts = 0
         self._rest: list[tuple] = []  # moves of this step not sampled (moves_per_step)
+        self._stalled = False  # the current step's moves were all told already: choose before asking
 
     # -- ask ----------------------------------------------------------------------------------------
 
@@ -115,6 +122,11 @@ class GreedySearcher(Searcher):
         """`n` genomes: the current step's first, then random ones (exploration); flagged by origin."""
         if self._current is None:
             self._begin(self.space.start(self.rng) if self._restarts == 0 else self.space.sample(self.rng))
+        for _ in range(STALLED_STEPS):  # steps whose moves were all told before: walk on without asking
+            if not self._stalled:
+                break
+            self._stalled = False
+            self._choose()
         out = []
         while len(out) < n and self._queue:
             out.append((self._queue.pop(0), True))
@@ -142,7 +154,7 @@ class GreedySearcher(Searcher):
         moves = [m for m in moves if m not in self._seen]
         self._queue = moves
         if not moves and not self._waiting:
-            self._choose()
+            self._stalled = True  # every move already told: choose at the next ask (no recursion)
 
     def _step_size(self) -> float:
         return self.settings.step / (1 + self._restarts) ** 0.5
@@ -230,6 +242,7 @@ class GreedySearcher(Searcher):
             "restarts": self._restarts,
             "rest": [list(g) for g in self._rest],
             "tiebreak": [[list(g), v] for g, v in self._tb.items()],
+            "stalled": self._stalled,
         }
 
     def _load(self, state: dict[str, Any]) -> None:
@@ -243,6 +256,7 @@ class GreedySearcher(Searcher):
         self._restarts = int(state["restarts"])
         self._rest = [tuple(g) for g in state["rest"]]
         self._tb = {tuple(g): float(v) for g, v in state["tiebreak"]}
+        self._stalled = bool(state.get("stalled", False))
 
 
 def _opt_list(values):

@@ -88,3 +88,24 @@ def test_bad_settings_are_named():
         make_searcher("greedy", BoxSpace(2), [Objective("f1"), Objective("f2")], resource="latency")
     with pytest.raises(SearchError, match="step"):
         make_searcher("greedy", BoxSpace(2), [Objective("f1")], step=0)
+
+
+def test_a_space_the_walks_have_exhausted_is_explored_not_recursed():
+    """25 genomes, 60 asks: once every move of every walk was told, steps are walked without asking (before:
+    endless recursion through restarts) and the asks explore at random; every ask is answered."""
+    space = Space([Gene("a", 0, 4, integer=True), Gene("b", 0, 4, integer=True)])
+    space.start = lambda rng: (4, 4)
+
+    def evaluate(g):
+        a, b = g
+        return (a + b, (4 - a) ** 2 + (4 - b) ** 2)
+
+    s = make_searcher("greedy", space, [Objective("size"), Objective("loss")], seed=0)
+    told = _run(s, evaluate, 60, batch=1)
+    assert len(told) == 60 and len({g for g, _ in told}) == 25  # the whole space, then repeats
+    best = {k: min((4 - a) ** 2 + (4 - (k - a)) ** 2 for a in range(max(0, k - 4), min(4, k) + 1)) for k in range(9)}
+    assert {tuple(t.values) for t in s.front()} == {(float(k), float(v)) for k, v in best.items()}
+    state = json.loads(json.dumps(s.state_dict()))
+    again = make_searcher("greedy", space, [Objective("size"), Objective("loss")], seed=0)
+    again.load_state_dict(state)
+    assert [c.genome for c in again.ask(3)] == [c.genome for c in s.ask(3)]  # exact resume
