@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader
 
 from decomp.build import build_graph
@@ -87,7 +88,8 @@ def run_exits(request: ExitRequest, out: str | Path, overwrite: bool = False) ->
     data = load_data(request.data)
     check_fit(module, data, request.model, request.data)
     splits = data.with_validation(request.validation, seed=request.seed)
-    train = DataLoader(splits.train, batch_size=request.batch_size, shuffle=True)
+    order = torch.Generator().manual_seed(request.seed)  # the same head for the same request
+    train = DataLoader(splits.train, batch_size=request.batch_size, shuffle=True, generator=order)
     validation = DataLoader(splits.validation, batch_size=256)
     test = DataLoader(splits.test, batch_size=256)
     exits = ExitModel(module, inputs, [request.at])
