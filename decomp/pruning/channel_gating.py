@@ -94,6 +94,11 @@ class ChannelGate(nn.Module):
             self.fc.bias.copy_(importance / importance.mean() if importance is not None else torch.ones(channels))
         self.saliency: torch.Tensor | None = None  # the last training batch's, for the L1 penalty
 
+    def train(self, mode: bool = True) -> ChannelGate:
+        if not mode:
+            self.saliency = None  # a training batch's graph is not kept past training (nor deep-copied)
+        return super().train(mode)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decide(x.mean(dim=(2, 3)))
 

@@ -107,6 +107,15 @@ def test_gates_learn_which_channels_to_open():
     assert all(g.saliency is None for g in gated.gates())  # nothing of training kept on the modules
     x = batches[0][0]
     torch.testing.assert_close(gated.eval().sliced(x), gated(x), rtol=1e-5, atol=1e-5)
+    # trained by hand (no train_gates): eval() lets go of the last batch's saliencies, so the report can copy it
+    from decomp.pruning.train import train
+
+    gated.train()
+    gated(x)
+    assert gated.gates()[0].saliency is not None
+    train(gated, batches, TrainConfig(epochs=1, lr=1e-3))  # ends in eval mode
+    assert all(g.saliency is None for g in gated.gates())
+    assert gating_report(gated, batches[:1]).same_as_mask == 1.0
 
 
 def test_an_exported_gated_model_predicts_what_the_model_does(tmp_path):
