@@ -96,14 +96,18 @@ class Searcher(ABC):
     def ask(self, n: int = 1) -> list[Candidate]:
         """`n` new candidates, each with a fresh id, a repaired genome and its decoded plans: the space's
         baselines first (once each), then the searcher's own proposals."""
+        out = self.baseline_candidates(n)
+        if len(out) < n:
+            out += [self.candidate(genome) for genome in self._propose(n - len(out))]
+        return out
+
+    def baseline_candidates(self, n: int) -> list[Candidate]:
+        """Up to `n` of the space's baselines not asked yet, as candidates (what every `ask` serves first)."""
         if n < 1:
             raise SearchError(f"ask needs n >= 1, got {n}")
         baselines = self.space.baselines()[self._baselines_asked : self._baselines_asked + n]
         self._baselines_asked += len(baselines)
-        out = [self.candidate(genome) for genome in baselines]
-        if len(out) < n:
-            out += [self.candidate(genome) for genome in self._propose(n - len(out))]
-        return out
+        return [self.candidate(genome) for genome in baselines]
 
     def tell(self, candidate: Candidate, evaluation: Evaluation) -> None:
         """Learn the result of a candidate this searcher asked (failed results are kept as failures)."""

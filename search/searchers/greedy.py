@@ -108,10 +108,10 @@ class GreedySearcher(Searcher):
         return [g for g, _ in self._take(n)]
 
     def ask(self, n: int = 1) -> list[Candidate]:
-        if n < 1:
-            raise SearchError(f"ask needs n >= 1, got {n}")
-        candidates = []
-        for genome, of_step in self._take(n):
+        candidates = self.baseline_candidates(n)  # the space's baselines first, as every searcher asks them
+        if len(candidates) == n:
+            return candidates
+        for genome, of_step in self._take(n - len(candidates)):
             c = self.candidate(genome)
             if of_step:
                 self._waiting[c.id] = c.genome
