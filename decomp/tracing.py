@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from decomp.costs import is_opaque, module_path
 from decomp.errors import InputShapeError, TracingError
 
-__all__ = ["TRACERS", "trace"]
+__all__ = ["TRACERS", "per_channel", "trace"]
 
 TRACERS = ("fx", "export")
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -52,6 +52,51 @@ class _LeafTracer(fx.Tracer):
             raise
         finally:
             self.stack.pop()
+
+
+# elementwise ops: channel c of the output reads channel c of the input only (a width split runs them inside
+# every slice; a channel gate may close a channel before them)
+ELEMENTWISE_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.Mish,
+    nn.Dropout,
+    nn.Identity,
+)
+ELEMENTWISE_FUNCTIONS = frozenset(
+    {
+        torch.relu,
+        torch.sigmoid,
+        torch.tanh,
+        nn.functional.relu,
+        nn.functional.relu6,
+        nn.functional.gelu,
+        nn.functional.silu,
+        nn.functional.hardswish,
+        nn.functional.dropout,
+    }
+)
+ELEMENTWISE_METHODS = frozenset({"relu", "sigmoid", "tanh"})
+
+
+def per_channel(
+    node: fx.Node, gm: fx.GraphModule, modules: tuple[type, ...] = (), functions: frozenset = frozenset()
+) -> bool:
+    """Whether `node` of `gm` acts on each channel alone: an elementwise op, or one of the caller's own
+    per-channel `modules` (e.g. BatchNorm, pooling) and `functions`."""
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), (*ELEMENTWISE_MODULES, *modules))
+    if node.op == "call_function":
+        return node.target in ELEMENTWISE_FUNCTIONS or node.target in functions
+    return node.op == "call_method" and node.target in ELEMENTWISE_METHODS
 
 
 def _user_frame(err: BaseException) -> str:

@@ -100,8 +100,7 @@ class ExitEvaluator(CostEvaluator):
             from decomp.timing import annotate_op_times, op_times
 
             exits = ExitModel(self.network, self.inputs, [at])
-            train_exits(exits, self.train, epochs=self.head_epochs, lr=self.lr)
-            exits.eval()
+            train_exits(exits, self.train, epochs=self.head_epochs, lr=self.lr)  # ends in eval mode
             graph = build_graph(exits, self.inputs)
             annotate_op_times(graph, op_times(exits, self.inputs[0], repeats=3, threads=1))
             predicted = self.latency_model.predict(graph, exit_plan(graph, exits))

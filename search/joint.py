@@ -118,6 +118,7 @@ class JointSpace(Space):
             )
         self.estimator = Estimator(graph)
         self.dp = config.partitioner == "dp"
+        self.cut_genes = config.mode == "pipeline" and not self.dp  # pipeline cuts searched as genes
         self.searched = len(config.levels) > 1  # one level: pruning fixed, no pruning genes
         self.groups = self._ordered_groups() if self.searched or config.levels[0] < 1.0 else []
         self.stages = _spans(self.groups, config.stages)
@@ -170,7 +171,7 @@ class JointSpace(Space):
         genes += [Gene(f"nm:{layer}", 0, 1, integer=True) for layer in self.nm_layers]
         if self.config.min_parts < self.max_parts:
             genes.append(Gene("parts", self.config.min_parts, self.max_parts, integer=True))
-        if self.max_parts > 1 and self.blocks is None and not self.dp:
+        if self.max_parts > 1 and self.cut_genes:
             genes += [Gene(f"cut:{i}", 0.0, 1.0) for i in range(self.max_parts - 1)]
         elif self.max_parts > 1 and self.blocks is not None:
             genes += [Gene(f"part:{b}", 0, self.max_parts - 1, integer=True) for b in self.block_names]
@@ -188,7 +189,7 @@ class JointSpace(Space):
         """Clip, then make the partition genes say exactly what decoding will use."""
         genome = list(self.clip(genome))
         k = self._parts(genome)
-        if self.blocks is None and not self.dp:
+        if self.cut_genes:
             self._repair_cuts(genome, k)
         elif self.blocks is not None and self.max_parts > 1:
             plan = self._block_plan(genome, k)
@@ -231,7 +232,7 @@ class JointSpace(Space):
         genome = [0.0] * len(self.genes)
         if "parts" in self._at:
             genome[self._at["parts"]] = k
-        if self.blocks is None and not self.dp:
+        if self.cut_genes:
             positions = _balanced([self.graph[n]["macs"] for n in self.nodes], k)
             for i, p in enumerate(positions):
                 genome[self._at[f"cut:{i}"]] = p / len(self.nodes)

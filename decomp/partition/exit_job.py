@@ -25,7 +25,6 @@ from decomp.partition.exits import ExitModel, calibrate_exits, exit_plan, exit_r
 from decomp.partition.job import export_verified
 from decomp.partition.plan import PartitionPlan
 from decomp.partition.split import split_model
-from decomp.pruning.train import evaluate
 from decomp.specs import load_model
 from decomp.training import check_fit
 
@@ -121,7 +120,7 @@ def run_exits(request: ExitRequest, out: str | Path, overwrite: bool = False) ->
     return ExitSummary(
         request=request,
         out=folder,
-        accuracy=evaluate(module, test),
+        accuracy=on_test.final_accuracy,
         threshold=threshold,
         validation=on_validation.to_json(),
         test=on_test.to_json(),

@@ -40,38 +40,10 @@ from decomp.errors import InvalidPlanError
 from decomp.graph import ModelGraph
 from decomp.partition.plan import PartitionPlan
 from decomp.partition.split import flat_outputs, outputs_diff
-from decomp.tracing import trace
+from decomp.tracing import per_channel, trace
 
 __all__ = ["HeadSlice", "WidthSplit", "WidthSplitModel", "parse_width", "split_width", "width_plan"]
 
-# ops that act on each channel alone: they run inside every slice
-_PER_CHANNEL_MODULES = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.GELU,
-    nn.SiLU,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.Mish,
-    nn.Dropout,
-    nn.Identity,
-)
-_PER_CHANNEL_FUNCTIONS = {
-    torch.relu,
-    torch.sigmoid,
-    torch.tanh,
-    nn.functional.relu,
-    nn.functional.relu6,
-    nn.functional.gelu,
-    nn.functional.silu,
-    nn.functional.hardswish,
-    nn.functional.dropout,
-}
-_PER_CHANNEL_METHODS = {"relu", "sigmoid", "tanh"}
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
@@ -378,20 +350,12 @@ def _chain(first: fx.Node, last: fx.Node, gm: fx.GraphModule, split: WidthSplit)
         (node,) = users
         if node is last:
             return chain
-        if not _per_channel(node, gm) or len(node.all_input_nodes) != 1:
+        if not per_channel(node, gm, _NORMS) or len(node.all_input_nodes) != 1:
             raise InvalidPlanError(
                 f"{split.layer} -> {split.then}: {node.name} ({node.target}) mixes channels; only activations, "
                 "dropout and BatchNorm may sit between the two layers of a paired width split"
             )
         chain.append(node)
-
-
-def _per_channel(node: fx.Node, gm: fx.GraphModule) -> bool:
-    if node.op == "call_module":
-        return isinstance(gm.get_submodule(node.target), (*_PER_CHANNEL_MODULES, *_NORMS))
-    if node.op == "call_function":
-        return node.target in _PER_CHANNEL_FUNCTIONS
-    return node.op == "call_method" and node.target in _PER_CHANNEL_METHODS
 
 
 def _rewrite(gm: fx.GraphModule, split: WidthSplit) -> tuple[tuple[tuple[str, ...], ...], tuple[str, ...]]:

@@ -38,46 +38,15 @@ from torch import fx, nn
 
 from decomp.errors import InvalidPlanError
 from decomp.pruning.train import Callback, TrainConfig, train
-from decomp.tracing import trace
+from decomp.tracing import per_channel, trace
 
 __all__ = ["ChannelGate", "GatedModel", "GatingReport", "gating_report", "train_gates"]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
-# ops that act on each channel alone (channel c of the output depends on channel c of the input only)
-_PER_CHANNEL_MODULES = (
-    nn.BatchNorm2d,
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.SiLU,
-    nn.GELU,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Mish,
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout2d,
-    nn.MaxPool2d,
-    nn.AvgPool2d,
-)
-_PER_CHANNEL_FUNCTIONS = {
-    F.relu,
-    torch.relu,
-    F.relu6,
-    F.silu,
-    F.gelu,
-    F.hardswish,
-    torch.sigmoid,
-    torch.tanh,
-    F.max_pool2d,
-    F.avg_pool2d,
-    F.dropout,
-}
-_PER_CHANNEL_METHODS = {"relu", "sigmoid", "tanh"}
+# per-channel ops a gated site may have between its two convolutions, beyond the elementwise ones
+_SITE_MODULES = (nn.BatchNorm2d, nn.Dropout2d, nn.MaxPool2d, nn.AvgPool2d)
+_SITE_FUNCTIONS = frozenset({F.max_pool2d, F.avg_pool2d})
 
 
 class ChannelGate(nn.Module):
@@ -122,14 +91,6 @@ class _Site:
     multiply: str = ""
 
 
-def _per_channel(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        return isinstance(modules[node.target], _PER_CHANNEL_MODULES)
-    if node.op == "call_function":
-        return node.target in _PER_CHANNEL_FUNCTIONS
-    return node.op == "call_method" and node.target in _PER_CHANNEL_METHODS
-
-
 def _plain_conv(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     m = modules.get(node.target) if node.op == "call_module" else None
     return isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros" and len(node.args) == 1
@@ -146,7 +107,7 @@ def _sites(gm: fx.GraphModule) -> tuple[dict[str, _Site], dict[str, str]]:
             refused[node.target] = "grouped, or padded other than with zeros"
             continue
         chain, last = [], node
-        while len(last.users) == 1 and _per_channel(next(iter(last.users)), modules):
+        while len(last.users) == 1 and per_channel(next(iter(last.users)), gm, _SITE_MODULES, _SITE_FUNCTIONS):
             last = next(iter(last.users))
             chain.append(last.name)
         users = list(last.users)
@@ -259,7 +220,8 @@ class _Sliced(fx.Interpreter):
             self.roles[site.gate] = ("gate", site)
         self.nodes = {n.name: n for n in gated.backbone.graph.nodes}
         self.kept: dict[str, torch.Tensor] = {}  # per site: the channels its gate opened
-        self.compact_bytes: dict[str, int] = {}
+        self.compact_bytes: dict[str, int] = {}  # per site: its gated activation, the open channels only
+        self.dense_bytes: dict[str, int] = {}  # and with every channel
 
     def run_node(self, n: fx.Node):
         role = self.roles.get(n.name)
@@ -271,12 +233,10 @@ class _Sliced(fx.Interpreter):
         columns = x.channels if isinstance(x, _Compact) else None
         tensor = x.tensor if isinstance(x, _Compact) else x
         if kind == "gate":  # reads the producer's input; channels a compact input lacks have mean 0
-            pooled = tensor.mean(dim=(2, 3))
+            gate, pooled = self.modules[n.target], tensor.mean(dim=(2, 3))
             if columns is not None:
-                gate = self.modules[n.target]
                 pooled = pooled.new_zeros(1, gate.fc.in_features).index_copy(1, columns, pooled)
-                return gate.decide(pooled)
-            return self.modules[n.target].decide(pooled)
+            return gate.decide(pooled)
         if kind == "producer":
             gate = self.env[self.nodes[site.gate]][0]
             rows = gate.nonzero().flatten()
@@ -289,6 +249,7 @@ class _Sliced(fx.Interpreter):
         if kind == "multiply":
             out = tensor * args[1][:, columns]
             self.compact_bytes[site.producer] = out.element_size() * out[0].numel()
+            self.dense_bytes[site.producer] = self.compact_bytes[site.producer] // len(columns) * args[1].shape[1]
             return _Compact(out, columns)
         if n.op == "call_module" and isinstance(self.modules[n.target], nn.BatchNorm2d):
             bn = self.modules[n.target]
@@ -327,11 +288,7 @@ def train_gates(
     mean loss per epoch."""
     if penalty < 0:
         raise InvalidPlanError(f"penalty must be >= 0, got {penalty}")
-    try:
-        return train(gated, loader, config or TrainConfig(), callbacks=[_SaliencyPenalty(gated, penalty)])
-    finally:
-        for gate in gated.gates():
-            gate.saliency = None
+    return train(gated, loader, config or TrainConfig(), callbacks=[_SaliencyPenalty(gated, penalty)])
 
 
 @dataclass(frozen=True)
@@ -369,6 +326,7 @@ def gating_report(gated: GatedModel, loader: Batches, dense: nn.Module | None = 
     kept = {s.producer: 0.0 for s in gated.sites}
     ever = {s.producer: None for s in gated.sites}
     sent = {s.producer: 0.0 for s in gated.sites}
+    dense_bytes: dict[str, int] = {}
     dense_macs = None
     for x, y in loader:
         masked = gated(x).argmax(-1)
@@ -383,6 +341,7 @@ def gating_report(gated: GatedModel, loader: Batches, dense: nn.Module | None = 
                 kept[p] += int(run.kept[p].sum())
                 ever[p] = run.kept[p] if ever[p] is None else ever[p] | run.kept[p]
                 sent[p] += run.compact_bytes[p]
+            dense_bytes = run.dense_bytes
             seen += 1
         if dense_macs is None:
             reference = dense if dense is not None else _without_gates(gated)
@@ -391,12 +350,11 @@ def gating_report(gated: GatedModel, loader: Batches, dense: nn.Module | None = 
         raise InvalidPlanError("gating_report needs at least one input")
     modules = dict(gated.backbone.named_modules())
     nodes = {n.name: n for n in gated.backbone.graph.nodes}
-    dense_bytes = _sizes(gated, x[:1])
     channels, sizes = {}, {}
     for s in gated.sites:
         name = nodes[s.producer].target
         channels[name] = (kept[s.producer] / seen, int(ever[s.producer].sum()), modules[name].out_channels)
-        sizes[name] = (sent[s.producer] / seen, dense_bytes[s.multiply])
+        sizes[name] = (sent[s.producer] / seen, dense_bytes[s.producer])
     return GatingReport(
         keep=gated.keep,
         accuracy=correct / seen,
@@ -406,21 +364,6 @@ def gating_report(gated: GatedModel, loader: Batches, dense: nn.Module | None = 
         channels=channels,
         bytes=sizes,
     )
-
-
-def _sizes(gated: GatedModel, x: torch.Tensor) -> dict[str, int]:
-    """Bytes per input of every node's tensor output in the mask form."""
-    sizes: dict[str, int] = {}
-
-    class Probe(fx.Interpreter):
-        def run_node(self, n):
-            out = super().run_node(n)
-            if isinstance(out, torch.Tensor):
-                sizes[n.name] = out.element_size() * out[0].numel()
-            return out
-
-    Probe(gated.backbone).run(x)
-    return sizes
 
 
 def _without_gates(gated: GatedModel) -> nn.Module:

@@ -34,6 +34,7 @@ from search.registry import make_searcher, searcher_names
 from tests.benchmarks import size
 from tests.benchmarks.models import group_cnn
 from tests.benchmarks.record import record
+from tests.benchmarks.searching import drive
 
 pytestmark = pytest.mark.benchmark
 
@@ -46,13 +47,7 @@ SETTINGS = {"nsga2": {"population": 8}, "skopt": {"max_points": 40, "n_restarts_
 
 def _run(name, space, evaluator, objectives, seed):
     searcher = make_searcher(name, space, objectives, seed=seed, **SETTINGS.get(name, {}))
-    told = []
-    while len(told) < BUDGET:
-        for c in searcher.ask(min(BATCH, BUDGET - len(told))):
-            evaluation = evaluator.evaluate(c, objectives)
-            searcher.tell(c, evaluation)
-            told.append((space.kinds_of(c.genome), evaluation))
-    return told
+    return [(space.kinds_of(c.genome), e) for c, e in drive(searcher, evaluator, objectives, BUDGET, BATCH)]
 
 
 def test_joint_decomposition_search_vs_depth_only():

@@ -28,6 +28,7 @@ from search.registry import make_searcher
 from tests.benchmarks import size
 from tests.benchmarks.models import group_cnn
 from tests.benchmarks.record import record
+from tests.benchmarks.searching import drive
 
 pytestmark = pytest.mark.benchmark
 
@@ -57,13 +58,7 @@ def test_exit_points_and_thresholds_searched():
             searcher = make_searcher(
                 name, space, objectives, seed=seed, **({"population": 8} if name == "nsga2" else {})
             )
-            told = []
-            while len(told) < BUDGET:
-                for c in searcher.ask(min(BATCH, BUDGET - len(told))):
-                    e = evaluator.evaluate(c, objectives)
-                    searcher.tell(c, e)
-                    told.append((c.genome, e))
-            runs[name, seed] = told
+            runs[name, seed] = [(c.genome, e) for c, e in drive(searcher, evaluator, objectives, BUDGET, BATCH)]
     plain = [
         (g, evaluator.evaluate(Candidate(i, "plain", g), objectives))
         for i, g in enumerate((k, CLOSED) for k in range(len(POINTS)))

@@ -34,6 +34,7 @@ from search.records import Candidate
 from search.registry import make_searcher, searcher_names
 from tests.benchmarks import size
 from tests.benchmarks.record import record
+from tests.benchmarks.searching import drive
 from tests.benchmarks.test_search_joint import OBJECTIVES, SETTINGS
 
 pytestmark = pytest.mark.benchmark
@@ -67,13 +68,7 @@ def _problem(spec: str, shapes):
 
 def _told(name, space, evaluator, objectives, seed, budget):
     searcher = make_searcher(name, space, objectives, seed=seed, **SETTINGS.get(name, {}))
-    values = []
-    while len(values) < budget:
-        for c in searcher.ask(min(BATCH, budget - len(values))):
-            e = evaluator.evaluate(c, objectives)
-            searcher.tell(c, e)
-            values.append(e.values if e.ok else None)
-    return values
+    return [e.values if e.ok else None for _, e in drive(searcher, evaluator, objectives, budget, BATCH)]
 
 
 def test_searchers_against_random_across_families():
